@@ -1,0 +1,191 @@
+"""Read candidate sites from any common vector format or a CSV of coordinates.
+
+The result is always a GeoDataFrame in EPSG:4326 with one polygon per site,
+a unique string ``site_id`` and the user's attributes unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import shapely
+
+from detector.errors import InputError, MissingFileError
+
+log = logging.getLogger(__name__)
+
+LON_NAMES = ("lon", "long", "longitude", "lng", "x")
+LAT_NAMES = ("lat", "latitude", "y")
+ID_NAMES = ("site_id", "id", "name_code", "name", "number")
+
+
+def read_sites(
+    path: str | Path,
+    *,
+    buffer_m: float = 500.0,
+    id_col: str | None = None,
+    lon_col: str | None = None,
+    lat_col: str | None = None,
+) -> gpd.GeoDataFrame:
+    """Read a site file and return one polygon per site in EPSG:4326.
+
+    Parameters
+    ----------
+    path : GeoJSON, GeoPackage, Shapefile, KML or any vector format GDAL reads,
+        or a CSV with longitude/latitude columns.
+    buffer_m : radius in metres of the disc around point (and line) sites.
+    id_col, lon_col, lat_col : column names that override detection.
+
+    Returns
+    -------
+    GeoDataFrame with ``site_id`` first, the user's columns, and polygon geometry.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise MissingFileError(f"{path} does not exist: give an existing site file")
+    frame = _read_csv(path, lon_col, lat_col) if path.suffix.lower() in (".csv", ".txt") else _read_vector(path)
+    if frame.empty:
+        raise InputError(f"{path} holds no sites: add at least one feature or row")
+    frame = _repair(frame, path)
+    frame = frame.to_crs(4326)
+    frame = frame.set_geometry(buffer_sites(frame.geometry.values, buffer_m=buffer_m))
+    ids = site_ids(frame, path, id_col)
+    frame = frame.drop(columns=[c for c in frame.columns if c == "site_id"])
+    frame.insert(0, "site_id", ids)
+    return frame.reset_index(drop=True)
+
+
+def _read_vector(path: Path) -> gpd.GeoDataFrame:
+    try:
+        frame = gpd.read_file(path)
+    except Exception as exc:  # pyogrio raises several unrelated types
+        raise InputError(
+            f"{path} is not a vector file GDAL can read ({_first_line(exc)}): "
+            "give GeoJSON, GeoPackage, Shapefile, KML or a CSV with lon/lat columns"
+        ) from None
+    if not isinstance(frame, gpd.GeoDataFrame) or frame.geometry.name not in frame:
+        raise InputError(f"{path} has no geometry column: give a vector layer of points or polygons")
+    if frame.crs is None:
+        raise InputError(f"{path} has no coordinate reference system: add a .prj or save it with a CRS")
+    return frame
+
+
+def _read_csv(path: Path, lon_col: str | None, lat_col: str | None) -> gpd.GeoDataFrame:
+    try:
+        table = pd.read_csv(path)
+    except Exception as exc:
+        raise InputError(f"{path} is not a readable CSV ({_first_line(exc)}): save it as comma-separated UTF-8") from None
+    lon = lon_col or _find_column(table.columns, LON_NAMES)
+    lat = lat_col or _find_column(table.columns, LAT_NAMES)
+    missing = [name for name, col in (("longitude", lon), ("latitude", lat)) if col not in table.columns]
+    if missing:
+        raise InputError(
+            f"{path} has no {' or '.join(missing)} column: found {list(table.columns)}; "
+            "name them lon/lat or pass --lon-col/--lat-col"
+        )
+    x = pd.to_numeric(table[lon], errors="coerce").to_numpy()
+    y = pd.to_numeric(table[lat], errors="coerce").to_numpy()
+    bad = np.flatnonzero(~np.isfinite(x) | ~np.isfinite(y) | (np.abs(x) > 180) | (np.abs(y) > 90))
+    if bad.size:
+        row = int(bad[0]) + 2  # 1-based, after the header line
+        raise InputError(
+            f"{path} line {row} has no valid coordinates ({lon}={table[lon].iloc[bad[0]]!r}, "
+            f"{lat}={table[lat].iloc[bad[0]]!r}): give decimal degrees"
+        )
+    return gpd.GeoDataFrame(table, geometry=gpd.points_from_xy(x, y), crs=4326)
+
+
+def _find_column(columns: pd.Index, names: tuple[str, ...]) -> str | None:
+    lower = {str(c).lower(): str(c) for c in columns}
+    return next((lower[n] for n in names if n in lower), None)
+
+
+def _repair(frame: gpd.GeoDataFrame, path: Path) -> gpd.GeoDataFrame:
+    geoms = frame.geometry.values
+    empty = np.flatnonzero(shapely.is_missing(geoms) | shapely.is_empty(geoms))
+    if empty.size:
+        raise InputError(
+            f"{path} row {int(empty[0]) + 1} has no geometry: fix or remove it"
+        )
+    invalid = ~shapely.is_valid(geoms)
+    if invalid.any():
+        log.warning("%s: repaired %d invalid geometries (rows %s)", path, invalid.sum(),
+                    list(np.flatnonzero(invalid)[:10] + 1))
+        fixed = shapely.make_valid(geoms[invalid])
+        if (shapely.is_empty(fixed) | (shapely.area(fixed) == 0) & (shapely.get_type_id(geoms[invalid]) >= 3)).any():
+            row = int(np.flatnonzero(invalid)[0]) + 1
+            raise InputError(f"{path} row {row} has an invalid geometry that cannot be repaired: redraw it")
+        geoms = geoms.copy()
+        geoms[invalid] = fixed
+        frame = frame.set_geometry(gpd.GeoSeries(geoms, crs=frame.crs, index=frame.index))
+    return frame
+
+
+def buffer_sites(geoms: np.ndarray, *, buffer_m: float) -> np.ndarray:
+    """Buffer points and lines by ``buffer_m`` metres; keep polygons as they are.
+
+    Each geometry is buffered in the UTM zone of its own centroid, so sites
+    spread over several zones keep metric discs.
+
+    Parameters
+    ----------
+    geoms : ndarray of shapely geometries in EPSG:4326.
+    """
+    out = np.array(geoms, dtype=object)
+    polygonal = np.isin(shapely.get_type_id(out), (3, 6))
+    todo = np.flatnonzero(~polygonal)
+    if todo.size == 0:
+        return out
+    if buffer_m <= 0:
+        raise InputError(f"--buffer-m is {buffer_m}: point sites need a positive buffer in metres")
+    centroids = shapely.centroid(out[todo])
+    zones = utm_epsg(shapely.get_x(centroids), shapely.get_y(centroids))
+    for epsg in np.unique(zones):
+        pick = todo[zones == epsg]
+        local = gpd.GeoSeries(out[pick], crs=4326).to_crs(int(epsg))
+        out[pick] = local.buffer(buffer_m, quad_segs=16).to_crs(4326).values
+    return out
+
+
+def utm_epsg(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    """EPSG code of the WGS84 UTM zone of each longitude/latitude."""
+    zone = np.clip(np.floor((np.asarray(lon) + 180.0) / 6.0).astype(int) + 1, 1, 60)
+    return np.where(np.asarray(lat) >= 0, 32600, 32700) + zone
+
+
+def site_ids(frame: gpd.GeoDataFrame, path: Path, id_col: str | None) -> list[str]:
+    """A stable, unique string id per site: an id or name column, else a geometry hash."""
+    if id_col is not None:
+        if id_col not in frame.columns:
+            raise InputError(f"{path} has no column {id_col!r}: found {list(frame.columns)}")
+        values = frame[id_col]
+        if values.isna().any() or values.astype(str).duplicated().any():
+            raise InputError(f"{path} column {id_col!r} has empty or repeated values: give a unique id column")
+        return values.astype(str).tolist()
+    lower = {str(c).lower(): c for c in frame.columns if c != frame.geometry.name}
+    for name in ID_NAMES:
+        col = lower.get(name)
+        if col is not None and frame[col].notna().all() and not frame[col].astype(str).duplicated().any():
+            return frame[col].astype(str).tolist()
+    return geometry_ids(frame.geometry.values)
+
+
+def geometry_ids(geoms: np.ndarray) -> list[str]:
+    """Ids derived from the geometry alone (rounded to 1e-7 degrees), unique."""
+    wkb = shapely.to_wkb(shapely.set_precision(geoms, 1e-7), output_dimension=2)
+    ids = ["s" + hashlib.sha256(b).hexdigest()[:10] for b in wkb]
+    seen: dict[str, int] = {}
+    out = []
+    for i in ids:
+        seen[i] = seen.get(i, 0) + 1
+        out.append(i if seen[i] == 1 else f"{i}-{seen[i]}")
+    return out
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -1,0 +1,294 @@
+"""Change evidence kernels: pure functions over batches of tiles.
+
+Array contract: ``before, after : ndarray, shape (N, C, H, W), float32`` on the
+same grid, NaN where nodata; ``names`` gives the canonical band name of each of
+the C bands.  Every kernel broadcasts over the batch; nothing loops over tiles
+or pixels in Python.  The result of :func:`change_score` is a per-pixel score
+in [0, 1] (NaN where either date has no data).
+
+The score is ``magnitude * (1 - greening) * (floor + (1 - floor) * construction)``:
+
+- *magnitude*: the change vector length ``m`` of the radiometrically
+  normalized bands, in units of each band's unchanged-pixel noise, mapped to
+  ``1 - exp(-(m - m_low) / m_scale)`` (0 under ``m_low``);
+- *construction*: the larger of new straight edges (an increase of oriented
+  structure-tensor energy of brightness, spread over ``support_m``) and, where a
+  SWIR band exists, an increase of the built-up index NDBI;
+- *greening*: an increase of NDVI (or, with RGB only, of the excess-green
+  index), so that a field turning green does not score like a compound.
+
+Change with no sign of construction stays under ``floor`` (0.5, the default
+pixel threshold).  Greening is measured per pixel (3 x 3), so a field that
+turns green scores 0 even along its new edges, while the roofs beside a lawn
+planted in a new compound keep their score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from detector import registration
+
+VISIBLE = ("blue", "green", "red")
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeParams:
+    """Tunable constants of the score, recorded in ``run.json``."""
+
+    m_low: float = 1.5
+    m_scale: float = 1.5
+    floor: float = 0.5
+    edge_gain: float = 0.5
+    ndbi_gain: float = 0.1
+    green_gain: float = 0.15
+    exg_gain: float = 0.1
+    support_m: float = 40.0
+    sample_step: int = 4
+    unchanged_quantile: float = 0.5
+
+
+def normalize(before: np.ndarray, after: np.ndarray, *, params: ChangeParams = ChangeParams()) -> np.ndarray:
+    """Map each band of ``after`` onto the radiometry of ``before``, per tile.
+
+    A first moment-matching pass ranks pixels by standardized difference; the
+    ``unchanged_quantile`` least different pixels (likely unchanged ground)
+    then give the gain and offset of a second pass.  Statistics are taken on
+    every ``sample_step``-th pixel.
+
+    Returns
+    -------
+    ndarray, shape (N, C, H, W), float32
+    """
+    s = params.sample_step
+    b, a = before[..., ::s, ::s], after[..., ::s, ::s]
+    both = np.isfinite(b).all(axis=1, keepdims=True) & np.isfinite(a).all(axis=1, keepdims=True)
+    b = np.where(both, b, np.nan)
+    a = np.where(both, a, np.nan)
+    gain, offset = _moments(b, a)
+    spread = np.nanstd(b, axis=(-2, -1), keepdims=True) + 1e-6
+    distance = np.nanmean(np.abs(a * gain + offset - b) / spread, axis=1, keepdims=True)
+    cut = _nanquantile(distance, params.unchanged_quantile)
+    keep = distance <= cut
+    gain, offset = _moments(np.where(keep, b, np.nan), np.where(keep, a, np.nan))
+    return (after * gain + offset).astype(np.float32)
+
+
+def _moments(b: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean_b, mean_a = _nanmean(b), _nanmean(a)
+    std_b, std_a = _nanstd(b), _nanstd(a)
+    gain = np.where(std_a > 1e-6, std_b / np.maximum(std_a, 1e-6), 1.0)
+    gain = np.clip(np.nan_to_num(gain, nan=1.0), 0.2, 5.0)
+    offset = np.nan_to_num(mean_b - gain * mean_a, nan=0.0)
+    return gain.astype(np.float32), offset.astype(np.float32)
+
+
+def noise(before: np.ndarray, after: np.ndarray, *, params: ChangeParams = ChangeParams()) -> np.ndarray:
+    """Per-band noise of the difference over likely-unchanged pixels.
+
+    Returns
+    -------
+    ndarray, shape (N, C, 1, 1): a robust standard deviation (1.4826 * MAD of
+    the pixels under the ``unchanged_quantile``), floored at 1 % of the band's
+    mean level so flat tiles do not blow up.
+    """
+    s = params.sample_step
+    diff = after[..., ::s, ::s] - before[..., ::s, ::s]
+    level = np.abs(_nanmean(before[..., ::s, ::s]))
+    centre = _nanquantile(diff, 0.5)
+    mad = _nanquantile(np.abs(diff - centre), params.unchanged_quantile)
+    sigma = np.nan_to_num(1.4826 * mad, nan=1.0)
+    return np.maximum(sigma, np.maximum(0.01 * np.nan_to_num(level, nan=1.0), 1e-3)).astype(np.float32)
+
+
+def magnitude(before: np.ndarray, after: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """Change vector length in noise units, averaged over 3 x 3 pixels, shape (N, H, W).
+
+    The local average of the squared length keeps blocks of change and
+    suppresses single-pixel noise (compression artefacts, speckle).
+    """
+    z = (after - before) / sigma
+    squared = np.mean(z * z, axis=1)
+    invalid = np.isnan(squared)
+    # a running-sum filter would smear one NaN along the whole row
+    smooth = ndimage.uniform_filter(np.where(invalid, 0.0, squared), (1, 3, 3))
+    return np.where(invalid, np.nan, np.sqrt(np.maximum(smooth, 0.0)))
+
+
+def brightness(x: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
+    """Mean of the visible bands (all bands if none is visible), shape (N, H, W)."""
+    picks = [i for i, n in enumerate(names) if n in VISIBLE] or list(range(len(names)))
+    return x[:, picks].mean(axis=1)
+
+
+def linear_energy(image: np.ndarray) -> np.ndarray:
+    """Oriented (straight-edge) energy of single-band tiles, shape (N, H, W).
+
+    The difference of the eigenvalues of the structure tensor, smoothed over 3
+    pixels: large along straight edges, small on isotropic texture and noise.
+    """
+    filled = np.nan_to_num(np.where(np.isfinite(image), image, _nanmean(image)))
+    gy, gx = np.gradient(filled, axis=(-2, -1))
+    size = (1, 3, 3)
+    jxx = ndimage.uniform_filter(gx * gx, size)
+    jyy = ndimage.uniform_filter(gy * gy, size)
+    jxy = ndimage.uniform_filter(gx * gy, size)
+    return np.sqrt((jxx - jyy) ** 2 + 4 * jxy * jxy)
+
+
+def index_gain(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], first: str, second: str) -> np.ndarray | None:
+    """Increase of the normalized difference (first - second) / (first + second).
+
+    Returns None when a band is missing.
+    """
+    if first not in names or second not in names:
+        return None
+    i, j = names.index(first), names.index(second)
+
+    def nd(x: np.ndarray) -> np.ndarray:
+        return (x[:, i] - x[:, j]) / np.maximum(np.abs(x[:, i] + x[:, j]), 1e-6)
+
+    return nd(after) - nd(before)
+
+
+def greening(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], *, pixel_m: float,
+             params: ChangeParams) -> np.ndarray:
+    """How much the ground turned green, 0..1 per pixel, shape (N, H, W).
+
+    NDVI gain where a NIR band exists, else excess-green gain, averaged over
+    3 x 3 pixels so that colour noise of compressed RGB counts less.
+    """
+    gain = index_gain(before, after, names, "nir", "red")
+    scale = params.green_gain
+    if gain is None and all(n in names for n in VISIBLE):
+        r, g, b = (names.index(n) for n in ("red", "green", "blue"))
+
+        def exg(x: np.ndarray) -> np.ndarray:
+            return (2 * x[:, g] - x[:, r] - x[:, b]) / np.maximum(np.abs(x[:, [r, g, b]].sum(axis=1)), 1e-6)
+
+        gain, scale = exg(after) - exg(before), params.exg_gain
+    if gain is None:
+        return np.zeros(before.shape[:1] + before.shape[2:], dtype=np.float32)
+    smooth = ndimage.uniform_filter(np.nan_to_num(gain), (1, 3, 3))
+    return np.clip(smooth / scale, 0.0, 1.0)
+
+
+def _support(pixel_m: float, params: ChangeParams) -> int:
+    """Odd window size in pixels spanning about ``support_m`` metres, at least 3."""
+    return max(3, int(round(params.support_m / max(pixel_m, 1e-6))) | 1)
+
+
+def construction(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], *, pixel_m: float,
+                 params: ChangeParams) -> np.ndarray:
+    """Evidence specific to construction, 0..1 per pixel, shape (N, H, W).
+
+    Pixels without data in either date take the before brightness (or the tile
+    mean) in both dates, so the edge of a nodata area is never a new edge.
+    """
+    light_b, light_a = brightness(before, names), brightness(after, names)
+    fill = np.where(np.isfinite(light_b), light_b, _nanmean(light_b))
+    invalid = ~(np.isfinite(light_b) & np.isfinite(light_a))
+    eb = linear_energy(np.where(invalid, fill, light_b))
+    ea = linear_energy(np.where(invalid, fill, light_a))
+    scale = np.nanmean(eb + ea, axis=(-2, -1), keepdims=True) * 0.5 + 1e-6
+    support = _support(pixel_m, params)
+    edges = ndimage.uniform_filter((ea - eb) / scale, (1, support, support))
+    evidence = _saturate(edges, params.edge_gain)
+    ndbi = index_gain(before, after, names, "swir16", "nir")
+    if ndbi is not None:
+        evidence = np.maximum(evidence, _saturate(np.nan_to_num(ndbi), params.ndbi_gain))
+    return evidence
+
+
+def change_score(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], *, pixel_m: float,
+                 params: ChangeParams = ChangeParams()) -> np.ndarray:
+    """Per-pixel construction change score in [0, 1].
+
+    Parameters
+    ----------
+    before, after : ndarray, shape (N, C, H, W), float32, NaN = nodata;
+        ``after`` already normalized and registered to ``before``.
+    names : canonical band names of the C bands.
+    pixel_m : pixel size in metres (spatial scale of the edge support).
+
+    Returns
+    -------
+    ndarray, shape (N, H, W), float32, NaN where either date has no data.
+    """
+    sigma = noise(before, after, params=params)
+    m = magnitude(before, after, sigma)
+    strength = _saturate(m - params.m_low, params.m_scale)
+    built = construction(before, after, names, pixel_m=pixel_m, params=params)
+    green = greening(before, after, names, pixel_m=pixel_m, params=params)
+    score = strength * (1 - green) * (params.floor + (1 - params.floor) * built)
+    return score.astype(np.float32)
+
+
+def _saturate(x: np.ndarray, scale: float) -> np.ndarray:
+    """0 for x <= 0, rising to 1 as ``1 - exp(-x / scale)``: no ties at the top, so ranks survive."""
+    return -np.expm1(-np.maximum(x, 0.0) / scale)
+
+
+def _likely_unchanged(before: np.ndarray, after: np.ndarray, *, quantile: float) -> np.ndarray:
+    """Pixels whose locally averaged difference is under the tile's ``quantile``.
+
+    Registration on these ignores what was built, so a new compound cannot
+    pull the estimate.  The signed difference is averaged over 9 x 9 pixels
+    before taking its size: a shift leaves opposite lobes on either side of
+    an edge that cancel, so the edges that carry the shift are kept.
+    Shape (N, H, W), bool.
+    """
+    diff = np.abs(ndimage.uniform_filter(np.nan_to_num(after - before), (1, 9, 9)))
+    return diff <= _nanquantile(diff[..., ::4, ::4], quantile)[..., 0, 0, None, None]
+
+
+def _nanmean(x: np.ndarray) -> np.ndarray:
+    return np.nanmean(x, axis=(-2, -1), keepdims=True)
+
+
+def _nanstd(x: np.ndarray) -> np.ndarray:
+    return np.nanstd(x, axis=(-2, -1), keepdims=True)
+
+
+def _nanquantile(x: np.ndarray, q: float) -> np.ndarray:
+    flat = x.reshape(x.shape[:-2] + (-1,))
+    return np.nanquantile(flat, q, axis=-1)[..., None, None]
+
+
+@dataclass(frozen=True, slots=True)
+class TileScores:
+    """What :func:`score_tiles` finds for a batch of N tiles."""
+
+    score: np.ndarray  # (N, H, W) float32 in [0, 1], NaN = nodata
+    shift: np.ndarray  # (N, 2) (dy, dx) estimated misregistration in pixels
+    peak: np.ndarray  # (N,) phase-correlation peak height, 0..1
+    applied: np.ndarray  # (N,) bool: the shift was corrected
+
+
+def score_tiles(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], *, pixel_m: float,
+                max_shift_px: float, min_peak: float, params: ChangeParams = ChangeParams()) -> TileScores:
+    """Normalize, register and score a batch of tile pairs.
+
+    The after tiles are normalized to the before tiles, their residual shift
+    is estimated on brightness and corrected where it is under
+    ``max_shift_px`` and the correlation peak is at least ``min_peak``; then
+    :func:`change_score` runs on the corrected pair.
+
+    Parameters
+    ----------
+    before, after : ndarray, shape (N, C, H, W), float32, NaN = nodata
+    """
+    after = normalize(before, after, params=params)
+    light_b, light_a = brightness(before, names), brightness(after, names)
+    steady = _likely_unchanged(light_b, light_a, quantile=0.7)
+    shift, peak = registration.estimate_shift(np.where(steady, light_b, np.nan), np.where(steady, light_a, np.nan))
+    size = np.hypot(shift[:, 0], shift[:, 1])
+    applied = (size <= max_shift_px) & (peak >= min_peak) & (size >= 0.25)
+    if applied.any():
+        after = after.copy()
+        after[applied] = registration.apply_shift(after[applied], shift[applied])
+    score = change_score(before, after, names, pixel_m=pixel_m, params=params)
+    return TileScores(score, shift, peak, applied)

@@ -1,0 +1,58 @@
+"""The typed configuration of one ``detector run``, validated once at the edge."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from detector.change import ChangeParams
+from detector.errors import InputError
+from detector.scoring import ScoreRule
+
+
+@dataclass(frozen=True, slots=True)
+class RunConfig:
+    """Everything that decides what ``run`` computes and where it writes.
+
+    ``sites`` None means cell mode: the overlap of the two dates is cut into
+    squares of ``cell_m`` metres and every cell is scored.
+    """
+
+    before: Path
+    after: Path
+    out: Path
+    sites: Path | None = None
+    buffer_m: float = 500.0
+    cell_m: float = 500.0
+    overwrite: bool = False
+    id_col: str | None = None
+    lon_col: str | None = None
+    lat_col: str | None = None
+    before_date: str | None = None
+    after_date: str | None = None
+    tile_px: int = 512
+    margin_px: int = 32
+    max_shift_px: float = 8.0
+    min_peak: float = 8.0
+    min_area_m2: float = 500.0
+    rule: ScoreRule = field(default_factory=ScoreRule)
+    params: ChangeParams = field(default_factory=ChangeParams)
+
+    def __post_init__(self) -> None:
+        checks = {
+            "--buffer-m": (self.buffer_m, 0, math.inf),
+            "--cell-m": (self.cell_m, 0, math.inf),
+            "--threshold": (self.rule.threshold, 0, 1),
+            "--pixel-threshold": (self.rule.pixel_threshold, 0, 1),
+            "--tile-px": (self.tile_px, 16, 8192),
+            "--min-area-m2": (self.min_area_m2, -1e-9, math.inf),
+        }
+        for flag, (value, low, high) in checks.items():
+            if not (low < value <= high):
+                raise InputError(f"{flag} is {value}: give a value in ({low}, {high}]")
+
+    def to_json(self) -> dict[str, Any]:
+        """Every parameter, as plain JSON values."""
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}

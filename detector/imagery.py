@@ -1,0 +1,303 @@
+"""Open one date of imagery and read windows of it onto a common grid.
+
+A *date* is a multi-band raster file or a folder of single-band files named by
+band (Sentinel-2 ``B02.tif``, Landsat ``*_B4.TIF``, or ``red.tif``).  Bands get
+canonical names (``blue``, ``green``, ``red``, ``nir``, ``swir16``...), so two
+dates are matched by name whatever their layout.  Every band is read onto one
+reference grid (the before date's finest band) through a ``WarpedVRT`` when its
+own grid differs, one window at a time: memory never grows with the scene.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp, Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window, from_bounds
+
+from detector.errors import InputError, MissingFileError
+from detector.tiling import intersect
+
+log = logging.getLogger(__name__)
+
+RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".img", ".vrt")
+SENTINEL2 = {
+    "B01": "coastal", "B02": "blue", "B03": "green", "B04": "red", "B05": "rededge1",
+    "B06": "rededge2", "B07": "rededge3", "B08": "nir", "B8A": "nir08", "B09": "watervapour",
+    "B10": "cirrus", "B11": "swir16", "B12": "swir22",
+}
+LANDSAT_OLI = {"B1": "coastal", "B2": "blue", "B3": "green", "B4": "red", "B5": "nir",
+               "B6": "swir16", "B7": "swir22", "B8": "pan", "B9": "cirrus"}
+LANDSAT_TM = {"B1": "blue", "B2": "green", "B3": "red", "B4": "nir", "B5": "swir16", "B7": "swir22"}
+COMMON = {"blue", "green", "red", "nir", "nir08", "swir16", "swir22", "coastal", "rededge1",
+          "rededge2", "rededge3", "pan", "swir1", "swir2"}
+ALIASES = {"swir1": "swir16", "swir2": "swir22", "r": "red", "g": "green", "b": "blue"}
+COLOR = {ColorInterp.red: "red", ColorInterp.green: "green", ColorInterp.blue: "blue"}
+DATE_IN_NAME = re.compile(r"(?<!\d)((?:19|20)\d{2})-?(0[1-9]|1[0-2])-?(0[1-9]|[12]\d|3[01])(?!\d)")
+
+
+@dataclass(frozen=True, slots=True)
+class Band:
+    """One band of a date: the file, its 1-based index in it, its canonical name."""
+
+    path: Path
+    index: int
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Grid:
+    """A raster grid: CRS, affine transform and shape in pixels."""
+
+    crs: CRS
+    transform: Affine
+    width: int
+    height: int
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        left, top = self.transform @ (0, 0)
+        right, bottom = self.transform @ (self.width, self.height)
+        return min(left, right), min(top, bottom), max(left, right), max(top, bottom)
+
+
+@dataclass(frozen=True, slots=True)
+class DateSource:
+    """One date of imagery: where it came from, its bands and its acquisition date."""
+
+    path: Path
+    bands: tuple[Band, ...]
+    date: str | None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(b.name for b in self.bands)
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return tuple(dict.fromkeys(b.path for b in self.bands))
+
+
+def open_date(path: str | Path, *, date: str | None = None) -> DateSource:
+    """Describe a date given as a multi-band file or a folder of band files.
+
+    Checks that every file opens, has a CRS and can be decoded at its first and
+    last block, so a damaged download fails before any work starts.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise MissingFileError(f"{path} does not exist: give a raster file or a folder of band files")
+    bands = _folder_bands(path) if path.is_dir() else _file_bands(path)
+    for file in dict.fromkeys(b.path for b in bands):
+        _check_readable(file)
+    return DateSource(path=path, bands=bands, date=date or date_of(path, bands[0].path))
+
+
+def _folder_bands(folder: Path) -> tuple[Band, ...]:
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in RASTER_SUFFIXES)
+    named = {}
+    for file in files:
+        name = band_name_from_file(file.stem)
+        if name is not None and name not in named:
+            named[name] = Band(file, 1, name)
+    if not named:
+        raise InputError(
+            f"{folder} holds no band files: found {[p.name for p in files][:10]}; "
+            "name them by band (B02.tif, LC08_..._B4.TIF, red.tif) or give one multi-band file"
+        )
+    return tuple(named.values())
+
+
+def band_name_from_file(stem: str) -> str | None:
+    """Canonical band name from a file name stem, or None if it names no band."""
+    low = stem.lower()
+    if low in COMMON or low in ALIASES:
+        return ALIASES.get(low, low)
+    match = re.search(r"(?:^|_)B(\d{1,2}|8A)(?:_|$)", stem, flags=re.IGNORECASE)
+    if match is None:
+        return None
+    code = match.group(1).upper()
+    if re.match(r"L[TE]0?[457]", stem, flags=re.IGNORECASE):
+        return LANDSAT_TM.get(f"B{int(code)}")
+    if len(code) == 2 and not re.match(r"L[CO]0?[89]", stem, flags=re.IGNORECASE):
+        return SENTINEL2.get(f"B{code}")
+    return LANDSAT_OLI.get(f"B{int(code)}") if code.isdigit() else None
+
+
+def _file_bands(path: Path) -> tuple[Band, ...]:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            src = rasterio.open(path)
+        with src:
+            names = dataset_band_names(src.descriptions, src.colorinterp, src.count)
+    except RasterioError as exc:
+        raise InputError(f"{path} is not a raster GDAL can read ({exc}): give a GeoTIFF") from None
+    return tuple(Band(path, i + 1, n) for i, n in enumerate(names))
+
+
+def dataset_band_names(descriptions: tuple, colorinterp: tuple, count: int) -> tuple[str, ...]:
+    """Band names of a multi-band file from descriptions, colour interpretation or count.
+
+    A plain 3-band file is read as red, green, blue.  Unknown bands are named
+    ``band1``, ``band2``... so they still match between dates by position.
+    """
+    names = []
+    for i in range(count):
+        desc = (descriptions[i] or "").strip()
+        name = band_name_from_file(desc) if desc else None
+        names.append(name or COLOR.get(colorinterp[i]))
+    if all(n is None for n in names) and count == 3:
+        return ("red", "green", "blue")
+    names = [n or f"band{i + 1}" for i, n in enumerate(names)]
+    if len(set(names)) != len(names):
+        return tuple(f"band{i + 1}" for i in range(count))
+    return tuple(names)
+
+
+def _check_readable(file: Path) -> None:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            src = rasterio.open(file)
+        with src:
+            if src.crs is None or src.transform == Affine.identity():
+                raise InputError(
+                    f"{file} has no coordinate reference system or georeferencing: "
+                    "georeference it (e.g. gdal_translate -a_srs/-a_ullr) and try again"
+                )
+            src.read(1, window=Window(0, 0, 1, 1))
+            src.read(src.count, window=Window(src.width - 1, src.height - 1, 1, 1))
+    except RasterioError as exc:
+        raise InputError(f"{file} is not a readable raster ({_short(exc)}): download or export it again") from None
+
+
+def date_of(path: Path, first_file: Path) -> str | None:
+    """Acquisition date as ``YYYY-MM-DD`` from the path name or the TIFF date tag."""
+    for text in (path.name, first_file.name, path.parent.name):
+        match = DATE_IN_NAME.search(text)
+        if match:
+            return "-".join(match.groups())
+    with rasterio.open(first_file) as src:
+        stamp = src.tags().get("TIFFTAG_DATETIME", "")
+    match = re.match(r"(\d{4}):(\d{2}):(\d{2})", stamp)
+    return "-".join(match.groups()) if match else None
+
+
+def grid_of(file: Path) -> Grid:
+    with rasterio.open(file) as src:
+        return Grid(src.crs, src.transform, src.width, src.height)
+
+
+def reference_grid(date: DateSource, names: tuple[str, ...]) -> Grid:
+    """The finest grid among the named bands of a date: the analysis grid."""
+    grids = [grid_of(b.path) for b in date.bands if b.name in names]
+    return min(grids, key=lambda g: abs(g.transform.a * g.transform.e))
+
+
+def match_bands(before: DateSource, after: DateSource) -> tuple[str, ...]:
+    """Band names both dates have, in the before date's order."""
+    common = tuple(n for n in before.names if n in after.names)
+    if not common:
+        raise InputError(
+            f"{before.path} and {after.path} have no band in common: before has {list(before.names)}, "
+            f"after has {list(after.names)}; give dates with the same bands or name the band files alike"
+        )
+    return common
+
+
+def overlap_window(grid: Grid, date: DateSource) -> Window:
+    """Window of ``grid`` covered by every band of ``date`` (pixel-snapped, clipped)."""
+    window = Window(0, 0, grid.width, grid.height)
+    for file in date.files:
+        g = grid_of(file)
+        bounds = transform_bounds(g.crs, grid.crs, *g.bounds, densify_pts=21)
+        other = from_bounds(*bounds, transform=grid.transform).round_offsets().round_lengths()
+        window = intersect(window, other)
+        if window is None:
+            raise InputError(
+                f"{file} does not overlap the before imagery: give two dates over the same area"
+            )
+    return window
+
+
+class DateReader:
+    """Reads windows of one date's named bands onto a grid, as float32 with NaN nodata.
+
+    Use as a context manager; files are opened once and kept open.
+    """
+
+    def __init__(self, date: DateSource, names: tuple[str, ...], grid: Grid) -> None:
+        self.date, self.names, self.grid = date, names, grid
+        self._stack = ExitStack()
+        self._groups: list[tuple[object, list[int], list[int], list[float | None]]] = []
+
+    def __enter__(self) -> DateReader:
+        by_file: dict[Path, list[tuple[int, Band]]] = {}
+        for k, name in enumerate(self.names):
+            band = next(b for b in self.date.bands if b.name == name)
+            by_file.setdefault(band.path, []).append((k, band))
+        for file, items in by_file.items():
+            src = self._stack.enter_context(rasterio.open(file))
+            nodata = src.nodatavals
+            if (src.crs, src.transform, src.width, src.height) != (
+                self.grid.crs, self.grid.transform, self.grid.width, self.grid.height
+            ):
+                src = self._stack.enter_context(self._warped(src))
+            self._groups.append((src, [k for k, _ in items], [b.index for _, b in items],
+                                 [nodata[b.index - 1] for _, b in items]))
+        return self
+
+    def _warped(self, src: rasterio.DatasetReader) -> WarpedVRT:
+        coarser = abs(src.transform.a * src.transform.e) > abs(self.grid.transform.a * self.grid.transform.e) * 1.01
+        return WarpedVRT(
+            src, crs=self.grid.crs, transform=self.grid.transform, width=self.grid.width,
+            height=self.grid.height, nodata=src.nodata if src.nodata is not None else 0,
+            resampling=Resampling.bilinear if coarser else Resampling.average,
+        )
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def read(self, window: Window) -> np.ndarray:
+        """Read a window of the grid.
+
+        Returns
+        -------
+        ndarray, shape (bands, height, width), float32; NaN where any band is
+        nodata or every band is 0.
+        """
+        out = np.empty((len(self.names), int(window.height), int(window.width)), dtype=np.float32)
+        invalid = np.zeros(out.shape[1:], dtype=bool)
+        for src, slots, indexes, nodatas in self._groups:
+            try:
+                raw = src.read(indexes, window=window)
+            except RasterioError as exc:
+                raise InputError(
+                    f"{self.date.path} could not be decoded at {window!r} ({_short(exc)}): "
+                    "the file is damaged; download or export it again"
+                ) from None
+            for k, layer, nodata in zip(slots, raw, nodatas):
+                out[k] = layer
+                if nodata is not None and not np.isnan(nodata):
+                    invalid |= layer == nodata
+        invalid |= ~out.any(axis=0)
+        out[:, invalid] = np.nan
+        return out
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:160] if text else type(exc).__name__

@@ -1,0 +1,132 @@
+"""Write results: every file goes to a temporary name in the output folder and
+is renamed into place only when all of them are complete."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import rasterio
+import rasterio.shutil
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.windows import Window
+
+from detector.errors import OutputExistsError
+
+log = logging.getLogger(__name__)
+
+OUTPUT_FILES = ("sites.geojson", "changes.geojson", "change.tif", "run.json")
+
+
+def prepare_out(out: Path, *, overwrite: bool) -> None:
+    """Create ``out``, or refuse when it already holds results and ``overwrite`` is off."""
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out} is a file: give a folder for --out")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise OutputExistsError(f"{out} already exists and is not empty: pass --overwrite or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+class Staging:
+    """Temporary files in ``out`` that become the results only on :meth:`commit`.
+
+    Used as a context manager: on error every temporary file is removed and
+    the files already in ``out`` stay as they were.
+    """
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.pending: dict[str, Path] = {}
+
+    def path(self, name: str) -> Path:
+        tmp = self.out / f".{name}.{os.getpid()}.tmp"
+        self.pending[name] = tmp
+        return tmp
+
+    def commit(self) -> None:
+        for name, tmp in self.pending.items():
+            os.replace(tmp, self.out / name)
+        self.pending.clear()
+
+    def __enter__(self) -> Staging:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for tmp in list(self.pending.values()) + list(self.out.glob(f".*.{os.getpid()}.tmp*")):
+            tmp.unlink(missing_ok=True)
+
+
+def write_geojson(frame: gpd.GeoDataFrame, path: Path) -> None:
+    """RFC 7946 GeoJSON: WGS84 lon/lat, right-hand rings, 7 decimals."""
+    frame.to_crs(4326).to_file(path, driver="GeoJSON", engine="pyogrio",
+                               layer_options={"RFC7946": "YES", "COORDINATE_PRECISION": "7",
+                                              "WRITE_NAME": "NO"})
+
+
+class ScoreRaster:
+    """A float32 raster of change scores over an area of the analysis grid.
+
+    Windows are written into an uncompressed scratch GeoTIFF, merged by
+    maximum where windows overlap; :meth:`finish` turns it into a tiled,
+    DEFLATE-compressed Cloud Optimized GeoTIFF with overviews.
+    """
+
+    def __init__(self, path: Path, *, crs: CRS, transform: Affine, area: Window) -> None:
+        self.path = path
+        self.area = area
+        self.scratch = path.with_name(path.name + ".scratch.tif")
+        self.transform = transform @ Affine.translation(area.col_off, area.row_off)
+        self.dst = rasterio.open(
+            self.scratch, "w+", driver="GTiff", width=int(area.width), height=int(area.height), count=1,
+            dtype="float32", crs=crs, transform=self.transform, nodata=np.nan, tiled=True,
+            blockxsize=256, blockysize=256, SPARSE_OK="TRUE",
+        )
+
+    def write(self, score: np.ndarray, window: Window, *, merge: bool) -> None:
+        """Write ``score`` (H, W) at ``window`` of the analysis grid (NaN = not analysed)."""
+        local = Window(window.col_off - self.area.col_off, window.row_off - self.area.row_off,
+                       window.width, window.height)
+        if merge:
+            score = np.fmax(self.dst.read(1, window=local), score)
+        self.dst.write(score.astype(np.float32, copy=False), 1, window=local)
+
+    def finish(self) -> None:
+        self.dst.close()
+        with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
+            rasterio.shutil.copy(self.scratch, self.path, driver="COG", COMPRESS="DEFLATE", LEVEL="1",
+                                 PREDICTOR="YES", BLOCKSIZE="512", OVERVIEWS="AUTO",
+                                 OVERVIEW_RESAMPLING="AVERAGE", NUM_THREADS="ALL_CPUS")
+        self.scratch.unlink(missing_ok=True)
+
+    def discard(self) -> None:
+        if not self.dst.closed:
+            self.dst.close()
+        self.scratch.unlink(missing_ok=True)
+
+
+def write_json(data: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=_plain) + "\n", encoding="utf-8")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def file_record(path: Path) -> dict[str, Any]:
+    """Path, size and SHA-256 of an input file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return {"path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": digest.hexdigest()}

@@ -1,0 +1,143 @@
+"""Pure window arithmetic: plan the tiles that cover sites or a grid of cells.
+
+Nothing here opens a file.  Windows are ``rasterio.windows.Window`` values in
+pixels of the analysis grid, always integer and clipped to it.
+
+A *unit* is one tile of work: a ``core`` window whose pixels it scores and a
+larger ``read`` window (the core plus a margin of context for normalization,
+registration and filters).  A *batch* is a list of units read with one
+windowed read (a row of cell tiles, or one site) and scored together.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from rasterio.windows import Window
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """One tile: the pixels it scores, the pixels it reads, the zones (sites) in it."""
+
+    core: Window
+    read: Window
+    zones: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Units read together: ``read`` encloses every unit's read window."""
+
+    read: Window
+    units: tuple[Unit, ...]
+
+    @property
+    def tile_shape(self) -> tuple[int, int]:
+        """Common (height, width) that every unit of the batch is padded to."""
+        return (max(int(u.read.height) for u in self.units), max(int(u.read.width) for u in self.units))
+
+
+def intersect(a: Window, b: Window) -> Window | None:
+    """The pixels two windows share, or None when they share none."""
+    r0, c0 = max(int(a.row_off), int(b.row_off)), max(int(a.col_off), int(b.col_off))
+    r1 = min(int(a.row_off + a.height), int(b.row_off + b.height))
+    c1 = min(int(a.col_off + a.width), int(b.col_off + b.width))
+    return Window(c0, r0, c1 - c0, r1 - r0) if r1 > r0 and c1 > c0 else None
+
+
+def pad(window: Window, margin: int, height: int, width: int) -> Window:
+    """``window`` grown by ``margin`` pixels on every side, clipped to the grid.
+
+    ``window`` must lie inside the grid, so the result is never empty.
+    """
+    grown = Window(window.col_off - margin, window.row_off - margin,
+                   window.width + 2 * margin, window.height + 2 * margin)
+    return intersect(grown, Window(0, 0, width, height)) or window
+
+
+def union(windows: list[Window]) -> Window:
+    """Smallest window that holds every window in ``windows``."""
+    r0 = min(int(w.row_off) for w in windows)
+    c0 = min(int(w.col_off) for w in windows)
+    r1 = max(int(w.row_off + w.height) for w in windows)
+    c1 = max(int(w.col_off + w.width) for w in windows)
+    return Window(c0, r0, c1 - c0, r1 - r0)
+
+
+def pixel_windows(rows: np.ndarray, cols: np.ndarray, area: Window) -> list[Window | None]:
+    """Integer windows that cover fractional pixel extents, clipped to ``area``.
+
+    Parameters
+    ----------
+    rows, cols : ndarray, shape (n, 2), float
+        Min and max fractional row / column of each extent.
+
+    Returns
+    -------
+    One window per extent, None where the extent misses ``area``.
+    """
+    r0, c0 = np.floor(rows[:, 0]).astype(int), np.floor(cols[:, 0]).astype(int)
+    r1 = np.maximum(np.ceil(rows[:, 1]).astype(int), r0 + 1)
+    c1 = np.maximum(np.ceil(cols[:, 1]).astype(int), c0 + 1)
+    return [intersect(Window(a, b, c - a, d - b), area)
+            for a, b, c, d in zip(c0.tolist(), r0.tolist(), c1.tolist(), r1.tolist())]
+
+
+def plan_sites(windows: list[Window | None], *, margin: int, height: int, width: int) -> list[Batch]:
+    """One batch of one unit per site window; sites without a window get none.
+
+    The read margin is at least ``margin`` and at least half the site's size,
+    so that unchanged surroundings outweigh a site that changed entirely.
+    """
+    batches = []
+    for zone, window in enumerate(windows):
+        if window is None:
+            continue
+        context = max(margin, int(max(window.height, window.width)) // 2)
+        unit = Unit(window, pad(window, context, height, width), (zone,))
+        batches.append(Batch(unit.read, (unit,)))
+    return batches
+
+
+def cell_windows(area: Window, cell_h: int, cell_w: int) -> list[list[Window]]:
+    """Cells of ``cell_h`` x ``cell_w`` pixels over ``area``, row by row.
+
+    The last row and column of cells are cut at the edge of ``area`` so every
+    pixel of it lies in exactly one cell.
+    """
+    r0, c0 = int(area.row_off), int(area.col_off)
+    r1, c1 = r0 + int(area.height), c0 + int(area.width)
+    return [[Window(c, r, min(cell_w, c1 - c), min(cell_h, r1 - r)) for c in range(c0, c1, cell_w)]
+            for r in range(r0, r1, cell_h)]
+
+
+def plan_cells(
+    area: Window, *, cell_h: int, cell_w: int, tile_px: int, margin: int, height: int, width: int
+) -> tuple[list[Window], list[Batch]]:
+    """Cells over ``area`` and batches of tiles of whole cells that cover them.
+
+    Each tile holds about ``tile_px`` x ``tile_px`` pixels of whole cells; each
+    batch is one row of tiles, read in one strip.
+
+    Returns
+    -------
+    cells : every cell window, zone number = position in this list
+    batches : one per row of tiles
+    """
+    grid = cell_windows(area, cell_h, cell_w)
+    per_row = max(1, tile_px // cell_h)
+    per_col = max(1, tile_px // cell_w)
+    n_cols = len(grid[0])
+    cells = [w for row in grid for w in row]
+    batches = []
+    for i0 in range(0, len(grid), per_row):
+        units = []
+        for j0 in range(0, n_cols, per_col):
+            zones = tuple(i * n_cols + j for i in range(i0, min(i0 + per_row, len(grid)))
+                          for j in range(j0, min(j0 + per_col, n_cols)))
+            core = union([cells[z] for z in zones])
+            units.append(Unit(core, pad(core, margin, height, width), zones))
+        batches.append(Batch(union([u.read for u in units]), tuple(units)))
+    return cells, batches

@@ -1,0 +1,110 @@
+"""Reading sites from every supported format, ids, buffers and repairs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import shapely
+
+from aoi import read_sites
+from aoi.sites import geometry_ids
+from detector.errors import InputError, MissingFileError
+
+POINTS = gpd.GeoDataFrame(
+    {"name": ["Dabancheng Facility #1", "Кашгар", "喀什 设施"], "tier": [3, 2, 1]},
+    geometry=gpd.points_from_xy([88.2899, 75.99, 76.01], [43.3838, 39.47, 39.48]), crs=4326)
+
+
+@pytest.mark.parametrize("suffix,driver", [(".geojson", "GeoJSON"), (".gpkg", "GPKG"), (".shp", "ESRI Shapefile"),
+                                           (".kml", "KML")])
+def test_vector_formats_give_buffered_polygons_with_ids_and_attributes(tmp_path: Path, suffix: str,
+                                                                       driver: str) -> None:
+    path = tmp_path / f"sites{suffix}"
+    POINTS.to_file(path, driver=driver)
+    sites = read_sites(path, buffer_m=500)
+    assert sites.crs.to_epsg() == 4326
+    assert sites["site_id"].is_unique
+    names = sites["name"] if "name" in sites else sites["Name"]
+    assert list(names) == list(POINTS["name"])
+    if driver != "KML":  # GDAL's KML driver adds its own id column
+        assert list(sites["site_id"]) == list(POINTS["name"])
+    assert (sites.geom_type == "Polygon").all()
+    areas = sites.to_crs(sites.estimate_utm_crs()).area
+    assert np.allclose(areas.iloc[:1], np.pi * 500**2, rtol=0.01)
+    if driver != "KML":
+        assert list(sites["tier"].astype(int)) == [3, 2, 1]
+
+
+@pytest.mark.parametrize("lon,lat", [("lon", "lat"), ("Longitude", "Latitude"), ("Long", "Lat"), ("x", "y")])
+def test_csv_coordinate_columns_are_detected(tmp_path: Path, lon: str, lat: str) -> None:
+    path = tmp_path / "sites.csv"
+    path.write_text(f"Number,{lon},{lat},note\n1,88.29,43.38,a\n2,88.27,43.37,b\n", encoding="utf-8")
+    sites = read_sites(path, buffer_m=200)
+    assert list(sites["site_id"]) == ["1", "2"]
+    assert list(sites["note"]) == ["a", "b"]
+    assert sites.geometry.iloc[0].contains(shapely.Point(88.29, 43.38))
+
+
+def test_csv_columns_given_by_option(tmp_path: Path) -> None:
+    path = tmp_path / "sites.csv"
+    path.write_text("E,N\n88.29,43.38\n", encoding="utf-8")
+    assert len(read_sites(path, lon_col="E", lat_col="N")) == 1
+
+
+def test_csv_without_coordinates_names_the_file_and_the_fix(tmp_path: Path) -> None:
+    path = tmp_path / "sites.csv"
+    path.write_text("east,north\n1,2\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"sites.csv has no longitude or latitude column.*--lon-col"):
+        read_sites(path)
+
+
+def test_csv_with_a_bad_coordinate_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "sites.csv"
+    path.write_text("lon,lat\n88.29,43.38\n88.1,north\n", encoding="utf-8")
+    with pytest.raises(InputError, match="line 3"):
+        read_sites(path)
+
+
+def test_polygons_are_kept_and_invalid_ones_repaired(tmp_path: Path) -> None:
+    bowtie = shapely.Polygon([(88.0, 43.0), (88.01, 43.01), (88.01, 43.0), (88.0, 43.01)])
+    square = shapely.box(88.1, 43.1, 88.11, 43.11)
+    path = tmp_path / "polys.geojson"
+    gpd.GeoDataFrame({"id": ["a", "b"]}, geometry=[bowtie, square], crs=4326).to_file(path)
+    sites = read_sites(path)
+    assert sites.is_valid.all()
+    assert sites.geometry.iloc[1].equals(square)
+
+
+def test_empty_geometry_is_rejected_naming_the_row(tmp_path: Path) -> None:
+    path = tmp_path / "sites.geojson"
+    path.write_text('{"type":"FeatureCollection","features":['
+                    '{"type":"Feature","geometry":{"type":"Point","coordinates":[88,43]},"properties":{}},'
+                    '{"type":"Feature","geometry":null,"properties":{}}]}', encoding="utf-8")
+    with pytest.raises(InputError, match="row 2"):
+        read_sites(path)
+
+
+def test_ids_fall_back_to_a_stable_geometry_hash(tmp_path: Path) -> None:
+    path = tmp_path / "sites.geojson"
+    gpd.GeoDataFrame({"tier": [1, 1]}, geometry=POINTS.geometry.iloc[:2].values, crs=4326).to_file(path)
+    first, second = read_sites(path), read_sites(path)
+    assert list(first["site_id"]) == list(second["site_id"])
+    assert first["site_id"].is_unique and first["site_id"].str.startswith("s").all()
+    twin = geometry_ids(np.array([shapely.Point(1, 1), shapely.Point(1, 1)]))
+    assert twin[0] != twin[1]
+
+
+def test_missing_empty_and_unreadable_site_files(tmp_path: Path) -> None:
+    with pytest.raises(MissingFileError, match="nothing.geojson does not exist"):
+        read_sites(tmp_path / "nothing.geojson")
+    empty = tmp_path / "empty.geojson"
+    empty.write_text('{"type":"FeatureCollection","features":[]}', encoding="utf-8")
+    with pytest.raises(InputError, match="holds no sites"):
+        read_sites(empty)
+    junk = tmp_path / "junk.gpkg"
+    junk.write_bytes(b"this is not a geopackage")
+    with pytest.raises(InputError, match="junk.gpkg is not a vector file"):
+        read_sites(junk)

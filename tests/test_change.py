@@ -1,0 +1,75 @@
+"""Change evidence kernels on small hand-made batches."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from detector.change import ChangeParams, change_score, greening, normalize, score_tiles
+
+NAMES = ("blue", "green", "red", "nir")
+
+
+def bare_ground(n: int = 2, size: int = 96, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    levels = np.array([800.0, 900.0, 1000.0, 1300.0])[None, :, None, None]
+    return (levels + rng.normal(scale=20, size=(n, 4, size, size))).astype(np.float32)
+
+
+def with_compound(x: np.ndarray) -> np.ndarray:
+    out = x.copy()
+    for r in range(30, 66, 8):
+        out[:, :, r:r + 5, 30:66] = 3000.0
+    return out
+
+
+def with_green_field(x: np.ndarray) -> np.ndarray:
+    out = x.copy()
+    out[:, 2, 30:66, 30:66] *= 0.5
+    out[:, 3, 30:66, 30:66] *= 2.2
+    return out
+
+
+def test_new_roofs_score_high_and_quiet_ground_low() -> None:
+    before = bare_ground()
+    after = with_compound(bare_ground(seed=1))
+    score = change_score(before, after, NAMES, pixel_m=10.0)
+    assert score.shape == (2, 96, 96) and score.dtype == np.float32
+    assert np.nanquantile(score[:, 30:66, 30:66], 0.9) > 0.7
+    assert np.nanquantile(score[:, :20, :20], 0.9) < 0.1
+    assert np.nanmin(score) >= 0.0 and np.nanmax(score) <= 1.0
+
+
+def test_a_field_turning_green_does_not_score_like_a_compound() -> None:
+    before = bare_ground()
+    compound = change_score(before, with_compound(bare_ground(seed=1)), NAMES, pixel_m=10.0)
+    field = change_score(before, with_green_field(bare_ground(seed=1)), NAMES, pixel_m=10.0)
+    assert np.nanquantile(field[:, 30:66, 30:66], 0.9) < 0.2 < np.nanquantile(compound[:, 30:66, 30:66], 0.9)
+    assert greening(before, with_green_field(before), NAMES, pixel_m=10.0, params=ChangeParams())[:, 40:56, 40:56].min() > 0.9
+
+
+def test_nodata_flows_through_as_nan_without_spreading() -> None:
+    before = bare_ground()
+    after = with_compound(bare_ground(seed=1))
+    after[0, :, :10, :] = np.nan
+    score = change_score(before, after, NAMES, pixel_m=10.0)
+    assert np.isnan(score[0, :10]).all()
+    assert np.isfinite(score[0, 12:]).all() and np.isfinite(score[1]).all()
+
+
+def test_normalization_removes_gain_and_offset_between_dates() -> None:
+    before = bare_ground()
+    after = with_compound(before * 1.7 + 250)
+    normalized = normalize(before, after)
+    assert np.allclose(normalized[:, :, :25, :25], before[:, :, :25, :25], rtol=0.02)
+
+
+def test_score_tiles_corrects_a_small_shift_and_reports_it() -> None:
+    rng = np.random.default_rng(4)
+    from scipy import ndimage
+    texture = ndimage.gaussian_filter(rng.normal(size=(1, 1, 128, 128)), (0, 0, 2, 2)) * 3000 + 2000
+    before = np.repeat(texture, 4, axis=1).astype(np.float32)
+    after = ndimage.shift(before, (0, 0, 2.0, -1.0), order=1, mode="nearest")
+    tiles = score_tiles(before, after, NAMES, pixel_m=10.0, max_shift_px=8.0, min_peak=8.0)
+    assert tiles.applied[0]
+    assert np.allclose(tiles.shift[0], (2.0, -1.0), atol=0.3)
+    assert np.nanquantile(tiles.score, 0.99) < 0.5  # a shifted texture is not construction

@@ -1,0 +1,195 @@
+"""``detector run`` end to end on generated GeoTIFFs, and every bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+
+from conftest import COMPOUND, SHIFT_PX, Scene
+from detector.cli import main
+
+
+def run_cli(*args: str | Path) -> int:
+    return main([str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def site_run(scene: Scene, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "results"
+    assert run_cli("-q", "run", "--sites", scene.sites, "--before", scene.before, "--after", scene.after,
+                   "--out", out, "--buffer-m", "250") == 0
+    return out
+
+
+def test_planted_compound_is_flagged_and_first(site_run: Path) -> None:
+    sites = gpd.read_file(site_run / "sites.geojson").set_index("site_id")
+    assert sites.loc["compound", "rank"] == 1 and bool(sites.loc["compound", "flagged"])
+    assert not sites.loc[["green field", "quiet"], "flagged"].any()
+    assert sites.loc["compound", "changed_area_m2"] > 0.5 * np.pi * 250**2
+    assert sites.loc["far away", "status"] == "no_coverage" and sites.loc["far away", "valid_fraction"] == 0
+    assert sites.loc["quiet", "status"] == "ok"
+    assert list(sites.loc[["compound", "quiet"], "note"]) == ["planted compound", "planted quiet"]
+
+
+def test_the_misregistration_is_estimated_and_corrected(site_run: Path) -> None:
+    sites = gpd.read_file(site_run / "sites.geojson").set_index("site_id")
+    ok = sites.loc[["compound", "green field", "quiet"]]
+    assert ok["shift_corrected"].all()
+    assert np.allclose(ok[["shift_dy_px", "shift_dx_px"]].to_numpy(), SHIFT_PX, atol=0.5)
+
+
+def test_geojson_is_rfc7946(site_run: Path) -> None:
+    data = json.loads((site_run / "sites.geojson").read_text(encoding="utf-8"))
+    assert "crs" not in data
+    feature = data["features"][0]
+    ring = np.array(feature["geometry"]["coordinates"][0])
+    area2 = np.sum(ring[:-1, 0] * ring[1:, 1] - ring[1:, 0] * ring[:-1, 1])
+    assert area2 > 0  # exterior ring counter-clockwise
+    assert all(len(str(v).split(".")[-1]) <= 7 for v in ring.ravel())
+    props = feature["properties"]
+    for field in ("site_id", "score", "rank", "flagged", "changed_area_m2", "changed_fraction", "valid_fraction",
+                  "status", "shift_px", "before_source", "after_source", "before_date", "after_date"):
+        assert field in props
+    assert props["before_date"] == "2017-03-02" and props["after_date"] == "2018-10-11"
+    changes = json.loads((site_run / "changes.geojson").read_text(encoding="utf-8"))
+    assert changes["features"] and {"site_id", "area_m2", "score"} <= set(changes["features"][0]["properties"])
+    assert all(f["properties"]["area_m2"] >= 500 for f in changes["features"])
+
+
+def test_change_raster_is_a_tiled_compressed_float_with_overviews(site_run: Path) -> None:
+    with rasterio.open(site_run / "change.tif") as src:
+        assert src.count == 1 and src.dtypes[0] == "float32"
+        assert src.profile["tiled"] and src.compression is not None
+        data = src.read(1)
+        assert np.isnan(data).any() and np.nanmax(data) <= 1 and np.nanmin(data) >= 0
+        assert src.crs.to_epsg() == 32645
+
+
+def test_run_json_records_inputs_parameters_and_threshold(site_run: Path, scene: Scene) -> None:
+    record = json.loads((site_run / "run.json").read_text(encoding="utf-8"))
+    assert record["inputs"]["before"]["files"][0]["sha256"] and record["inputs"]["sites"]["bytes"] > 0
+    assert record["parameters"]["buffer_m"] == 250 and record["threshold"]["value"] == 0.5
+    assert "rasterio" in record["versions"] and record["timings_s"]["total_s"] > 0
+    assert not list(site_run.glob(".*tmp*"))
+
+
+def test_cell_mode_ranks_the_compound_cells_first(scene: Scene, tmp_path: Path) -> None:
+    out = tmp_path / "cells"
+    assert run_cli("-q", "run", "--before", scene.before, "--after", scene.after, "--out", out,
+                   "--cell-m", "200") == 0
+    cells = gpd.read_file(out / "sites.geojson").sort_values("rank")
+    with rasterio.open(scene.before) as src:
+        r0, r1, c0, c1 = COMPOUND
+        x0, y0 = src.transform @ (c0, r0)
+        x1, y1 = src.transform @ (c1, r1)
+    compound = gpd.GeoSeries.from_xy([x0, x1], [y0, y1], crs=src.crs).to_crs(4326).total_bounds
+    import shapely
+    box = shapely.box(*compound)
+    touching = cells.geometry.intersects(box).to_numpy()
+    top = cells["rank"].to_numpy()[touching].max()
+    assert cells["flagged"].to_numpy()[~touching].sum() == 0
+    assert (cells["rank"].to_numpy()[:touching.sum()] <= top).all()
+    assert cells["rank"].iloc[0] == 1 and touching[0]
+
+
+def test_existing_output_is_kept_without_overwrite(site_run: Path, scene: Scene, capsys) -> None:
+    before = (site_run / "sites.geojson").read_bytes()
+    code = run_cli("run", "--sites", scene.sites, "--before", scene.before, "--after", scene.after, "--out", site_run)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--overwrite" in err[0]
+    assert (site_run / "sites.geojson").read_bytes() == before
+
+
+def damaged_tif(scene: Scene, tmp_path: Path) -> Path:
+    data = scene.before.read_bytes()
+    path = tmp_path / "damaged.tif"
+    path.write_bytes(data[: len(data) * 2 // 3])
+    return path
+
+
+def no_crs_tif(tmp_path: Path) -> Path:
+    path = tmp_path / "nocrs.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=3, dtype="uint8") as dst:
+        dst.write(np.ones((3, 8, 8), np.uint8))
+    return path
+
+
+def far_sites(tmp_path: Path) -> Path:
+    path = tmp_path / "far.csv"
+    path.write_text("lon,lat\n10,10\n11,11\n", encoding="utf-8")
+    return path
+
+
+def far_raster(scene: Scene, tmp_path: Path) -> Path:
+    path = tmp_path / "far.tif"
+    with rasterio.open(scene.before) as src:
+        profile = src.profile
+        profile["transform"] = src.transform @ rasterio.Affine.translation(100000, 0)
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(src.read())
+    return path
+
+
+def other_bands(scene: Scene, tmp_path: Path) -> Path:
+    folder = tmp_path / "swir_only"
+    folder.mkdir()
+    with rasterio.open(scene.before) as src:
+        profile = src.profile | {"count": 1}
+        with rasterio.open(folder / "B11.tif", "w", **profile) as dst:
+            dst.write(src.read(1), 1)
+    return folder
+
+
+BAD = {
+    "missing file": lambda s, t: ["--before", t / "nope.tif", "--after", s.after],
+    "not a raster": lambda s, t: ["--before", s.sites, "--after", s.after],
+    "not a vector": lambda s, t: ["--before", s.before, "--after", s.after, "--sites", s.before],
+    "no crs": lambda s, t: ["--before", no_crs_tif(t), "--after", s.after],
+    "damaged tif": lambda s, t: ["--before", damaged_tif(s, t), "--after", s.after],
+    "sites outside": lambda s, t: ["--before", s.before, "--after", s.after, "--sites", far_sites(t)],
+    "dates apart": lambda s, t: ["--before", s.before, "--after", far_raster(s, t)],
+    "csv without coordinates": lambda s, t: ["--before", s.before, "--after", s.after, "--sites",
+                                             (t / "nocoords.csv", (t / "nocoords.csv").write_text("a,b\n1,2\n"))[0]],
+    "empty sites": lambda s, t: ["--before", s.before, "--after", s.after, "--sites",
+                                 (t / "e.geojson", (t / "e.geojson").write_text(
+                                     '{"type":"FeatureCollection","features":[]}'))[0]],
+    "no common band": lambda s, t: ["--before", s.before, "--after", other_bands(s, t)],
+}
+NAMES = {"missing file": "nope.tif", "not a raster": "sites.geojson", "not a vector": "before_2017-03-02.tif",
+         "no crs": "nocrs.tif", "damaged tif": "damaged.tif", "sites outside": "far.csv", "dates apart": "far.tif",
+         "csv without coordinates": "nocoords.csv", "empty sites": "e.geojson", "no common band": "swir_only"}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_gets_one_line_exit_2_and_writes_nothing(case: str, scene: Scene, tmp_path: Path,
+                                                            capsys) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sites.geojson").write_text("earlier results", encoding="utf-8")
+    args = BAD[case](scene, tmp_path)
+    code = run_cli("-q", "run", *args, "--out", out, "--overwrite")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("detector: error: ") and NAMES[case] in err[0], err
+    assert sorted(p.name for p in out.iterdir()) == ["sites.geojson"]
+    assert (out / "sites.geojson").read_text(encoding="utf-8") == "earlier results"
+
+
+@pytest.mark.parametrize("make,expected", [(lambda t: t / "missing.tif", "missing.tif does not exist"),
+                                           (no_crs_tif, "nocrs.tif has no coordinate reference system")])
+def test_the_console_script_exits_2_with_one_line(make, expected: str, scene: Scene, tmp_path: Path) -> None:
+    exe = Path(sys.executable).with_name("detector")
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "detector.cli"]
+    proc = subprocess.run([*command, "run", "--before", str(make(tmp_path)), "--after",
+                           str(scene.after), "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    assert expected in proc.stderr

@@ -1,0 +1,65 @@
+"""Per-zone histograms, site scores, ranks and change components."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from detector.metrics import average_precision
+from detector.scoring import BINS, ScoreRule, change_components, rank, site_table, zone_histograms
+
+
+def test_histograms_count_every_pixel_of_each_zone() -> None:
+    score = np.array([[0.0, 0.5, 0.99], [np.nan, 0.25, 1.0]], dtype=np.float32)
+    labels = np.array([[1, 1, 2], [1, 0, 2]])
+    hist = zone_histograms(score, labels, 2)
+    assert hist.shape == (2, BINS + 1)
+    assert hist[0].sum() == 3 and hist[0, BINS] == 1 and hist[0, 0] == 1 and hist[0, BINS // 2] == 1
+    assert hist[1].sum() == 2 and hist[1, BINS - 2] == 1 and hist[1, BINS - 1] == 1
+
+
+def test_site_table_scores_flags_and_reports_coverage() -> None:
+    rng = np.random.default_rng(0)
+    busy = np.r_[rng.uniform(0, 0.2, 800), rng.uniform(0.8, 1.0, 200)]
+    quiet = rng.uniform(0, 0.2, 1000)
+    score = np.r_[busy, quiet, np.full(10, np.nan)].reshape(1, -1).astype(np.float32)
+    labels = np.r_[np.full(1000, 1), np.full(1000, 2), np.full(10, 3)].reshape(1, -1)
+    hist = zone_histograms(score, labels, 4)
+    table = site_table(hist, np.array([1000, 1000, 10, 50]), np.full(4, 100.0), rule=ScoreRule())
+    assert table["score"][0] >= 0.8 and table["score"][1] <= 0.2
+    assert table["flagged"].tolist() == [True, False, False, False]
+    assert table["status"].tolist() == ["ok", "ok", "no_coverage", "no_coverage"]
+    assert table["changed_area_m2"][0] == 200 * 100.0
+    assert table["rank"].tolist()[:2] == [1, 2] and table["rank"].isna().tolist() == [False, False, True, True]
+
+
+def test_partial_coverage_is_not_flagged() -> None:
+    score = np.full((1, 100), 0.9, dtype=np.float32)
+    hist = zone_histograms(score, np.ones((1, 100), int), 1)
+    table = site_table(hist, np.array([400]), np.array([1.0]), rule=ScoreRule())
+    assert table["status"][0] == "partial_coverage" and not table["flagged"][0]
+    assert table["valid_fraction"][0] == 0.25
+
+
+def test_rank_breaks_ties_by_changed_pixels() -> None:
+    assert rank(np.array([0.5, 0.9, 0.5, np.nan]), np.array([10, 1, 20, 0])).tolist() == [3, 1, 2, None]
+
+
+def test_components_split_at_zone_borders_and_carry_mean_score() -> None:
+    score = np.zeros((6, 6), dtype=np.float32)
+    score[1:4, 1:5] = 0.8
+    score[1, 1] = 1.0
+    labels = np.ones((6, 6), int)
+    labels[:, 3:] = 2
+    components, zone, mean = change_components(score, labels, pixel_threshold=0.5)
+    assert components.max() == 2 and sorted(zone.tolist()) == [0, 1]
+    left = zone.tolist().index(0)
+    assert np.isclose(mean[left], (0.8 * 5 + 1.0) / 6)
+
+
+def test_average_precision_on_a_hand_made_case() -> None:
+    score = np.array([0.9, 0.8, 0.7, 0.6, 0.5, np.nan])
+    truth = np.array([True, False, True, False, False, True])
+    # ranked: T F T F F -> precision at the two hits 1/1 and 2/3, recall steps 1/2 each
+    assert np.isclose(average_precision(score, truth), 0.5 * 1.0 + 0.5 * 2 / 3)
+    assert np.isclose(average_precision(np.array([0.5, 0.5]), np.array([True, False])), 0.5)
+    assert np.isnan(average_precision(score, np.zeros(6, bool)))

@@ -37,6 +37,7 @@ class RunConfig:
     max_shift_px: float = 8.0
     min_peak: float = 8.0
     min_area_m2: float = 500.0
+    workers: int = 0
     rule: ScoreRule = field(default_factory=ScoreRule)
     params: ChangeParams = field(default_factory=ChangeParams)
 

@@ -6,9 +6,13 @@ This module reads, calls the pure kernels and writes; it owns no arithmetic.
 from __future__ import annotations
 
 import logging
+import os
+import queue
+import threading
 import platform
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,7 +37,7 @@ from detector.errors import InputError
 from detector.imagery import DateReader, DateSource, Grid, match_bands, open_date, overlap_window, reference_grid
 from detector.outputs import ScoreRaster, Staging, file_record, prepare_out, write_geojson, write_json
 from detector.scoring import BINS, change_components, site_table, zone_histograms
-from detector.tiling import Batch, intersect, pixel_windows, plan_cells, plan_sites, union
+from detector.tiling import Batch, Unit, intersect, pixel_windows, plan_cells, plan_sites, union
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +91,7 @@ def run(config: RunConfig, *, progress: Progress | None = None, command: list[st
         raster = ScoreRaster(staging.path("change.tif"), crs=grid.crs, transform=grid.transform,
                              area=union([u.core for b in zones.batches for u in b.units]))
         try:
-            acc = score_zones(config, before, after, names, grid, zones, raster, progress)
+            acc = score_zones(config, (before, after), names, grid, zones, raster, progress)
             clock["score_s"] = time.perf_counter() - tic
             tic = time.perf_counter()
             raster.finish()
@@ -150,28 +154,96 @@ def centre_lonlat(grid: Grid, area: Window) -> tuple[float, float]:
     return float(point.x), float(point.y)
 
 
-def read_batches(readers: tuple[DateReader, DateReader], batches: list[Batch]) -> Iterator[tuple[Batch, np.ndarray, np.ndarray]]:
-    """Yield each batch with its before and after tiles, reading the next batch meanwhile."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        def load(batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-            return cut_tiles(readers[0].read(batch.read), batch), cut_tiles(readers[1].read(batch.read), batch)
+@dataclass(frozen=True, slots=True)
+class UnitResult:
+    """What one tile adds to the run: its zones' histograms, shift, polygons and scores."""
 
-        pending: Future | None = pool.submit(load, batches[0]) if batches else None
-        for i, batch in enumerate(batches):
-            assert pending is not None
-            before, after = pending.result()
-            pending = pool.submit(load, batches[i + 1]) if i + 1 < len(batches) else None
-            yield batch, before, after
+    unit: Unit
+    hist: np.ndarray  # (len(unit.zones), BINS + 1)
+    shift: np.ndarray  # (2,)
+    applied: bool
+    polygons: list[tuple[int, float, Any]]  # (zone, mean score, geometry in the grid CRS)
+    score: np.ndarray  # (H, W) over unit.core, NaN outside the zones
+
+
+class BatchScorer:
+    """Scores batches of tiles already read; safe to call from several threads."""
+
+    def __init__(self, config: RunConfig, names: tuple[str, ...], grid: Grid, geoms: np.ndarray) -> None:
+        self.config, self.names, self.grid, self.geoms = config, names, grid, geoms
+        lon, lat = centre_lonlat(grid, Window(0, 0, grid.width, grid.height))
+        self.pixel_m = float(np.mean(pixel_size_m(grid.crs, grid.transform, lon, lat)))
+
+    def __call__(self, batch: Batch, before: np.ndarray, after: np.ndarray) -> list[UnitResult]:
+        tiles = score_tiles(before, after, self.names, pixel_m=self.pixel_m, max_shift_px=self.config.max_shift_px,
+                            min_peak=self.config.min_peak, params=self.config.params)
+        return [self.unit_result(unit, tiles.score[i], tiles.shift[i], bool(tiles.applied[i]))
+                for i, unit in enumerate(batch.units)]
+
+    def unit_result(self, unit: Unit, tile_score: np.ndarray, shift: np.ndarray, applied: bool) -> UnitResult:
+        r = int(unit.core.row_off - unit.read.row_off)
+        c = int(unit.core.col_off - unit.read.col_off)
+        score = tile_score[r:r + int(unit.core.height), c:c + int(unit.core.width)]
+        transform = window_transform(unit.core, self.grid.transform)
+        labels = zone_labels(unit.zones, self.geoms, unit.core, transform)
+        hist = zone_histograms(score, labels, len(unit.zones))
+        polygons = change_polygons(score, labels, unit.zones, transform,
+                                   pixel_threshold=self.config.rule.pixel_threshold)
+        return UnitResult(unit, hist, shift, applied, polygons, np.where(labels > 0, score, np.float32(np.nan)))
+
+
+def read_in_background(dates: tuple[DateSource, DateSource], names: tuple[str, ...], grid: Grid,
+                       batches: list[Batch], *, depth: int) -> Iterator[tuple[Batch, np.ndarray, np.ndarray]]:
+    """Yield each batch with its before and after tiles, read in order by one background thread.
+
+    One thread keeps the files open, so blocks shared by neighbouring batches
+    come from GDAL's cache instead of being decoded twice, and GDAL decodes the
+    blocks of a window with all cores.  At most ``depth`` batches wait.
+    """
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"), DateReader(dates[0], names, grid) as first, \
+                    DateReader(dates[1], names, grid) as second:
+                for batch in batches:
+                    if stop.is_set():
+                        return
+                    items.put((batch, cut_tiles(first.read(batch.read), batch),
+                               cut_tiles(second.read(batch.read), batch)))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            items.put(exc)
+        finally:
+            items.put(None)
+
+    thread = threading.Thread(target=produce, name="detector-reader", daemon=True)
+    thread.start()
+    try:
+        while (item := items.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                items.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        thread.join()
 
 
 def cut_tiles(strip: np.ndarray, batch: Batch) -> np.ndarray:
-    """Stack the units of a batch from its strip, NaN-padded to one shape.
+    """Stack the units of a batch from its read window, NaN-padded to one shape.
 
     Returns
     -------
     ndarray, shape (N, C, H, W), float32
     """
     h, w = batch.tile_shape
+    if len(batch.units) == 1 and strip.shape[1:] == (h, w):
+        return strip[None]
     tiles = np.full((len(batch.units), strip.shape[0], h, w), np.nan, dtype=np.float32)
     for i, unit in enumerate(batch.units):
         r = int(unit.read.row_off - batch.read.row_off)
@@ -181,53 +253,57 @@ def cut_tiles(strip: np.ndarray, batch: Batch) -> np.ndarray:
     return tiles
 
 
-def score_zones(config: RunConfig, before: DateSource, after: DateSource, names: tuple[str, ...], grid: Grid,
+def score_zones(config: RunConfig, dates: tuple[DateSource, DateSource], names: tuple[str, ...], grid: Grid,
                 zones: Zones, raster: ScoreRaster, progress: Progress | None) -> Accumulated:
-    """Run the kernels over every batch and gather histograms, shifts and polygons."""
+    """Score every batch (read in the background, scored by worker threads) and gather the results."""
     count = len(zones.frame)
     acc = Accumulated(np.zeros((count, BINS + 1), np.int64), np.full((count, 2), np.nan),
                       np.zeros(count, bool), [])
-    lon, lat = centre_lonlat(grid, Window(0, 0, grid.width, grid.height))
-    pixel_m = float(np.mean(pixel_size_m(grid.crs, grid.transform, lon, lat)))
-    geoms = zones.frame.geometry.values
-    with DateReader(before, names, grid) as rb, DateReader(after, names, grid) as ra, warnings.catch_warnings():
+    scorer = BatchScorer(config, names, grid, zones.frame.geometry.values)
+    workers = config.workers or os.cpu_count() or 1
+    done = 0
+
+    def gather(results: list[UnitResult]) -> None:
+        nonlocal done
+        for result in results:
+            picks = list(result.unit.zones)
+            acc.hist[picks] += result.hist
+            acc.shift[picks] = result.shift
+            acc.applied[picks] = result.applied
+            acc.polygons.extend(result.polygons)
+            raster.write(result.score, result.unit.core, merge=not zones.cell_mode)
+        done += 1
+        if progress is not None:
+            progress(done, len(zones.batches))
+
+    with ThreadPoolExecutor(max_workers=workers) as pool, warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        for done, (batch, b, a) in enumerate(read_batches((rb, ra), zones.batches), start=1):
-            tiles = score_tiles(b, a, names, pixel_m=pixel_m, max_shift_px=config.max_shift_px,
-                                min_peak=config.min_peak, params=config.params)
-            for i, unit in enumerate(batch.units):
-                r = int(unit.core.row_off - unit.read.row_off)
-                c = int(unit.core.col_off - unit.read.col_off)
-                score = tiles.score[i, r:r + int(unit.core.height), c:c + int(unit.core.width)]
-                labels = zone_labels(unit.zones, geoms, unit.core, grid)
-                gather(acc, unit.zones, labels, score, window_transform(unit.core, grid.transform),
-                       pixel_threshold=config.rule.pixel_threshold)
-                acc.shift[list(unit.zones)] = tiles.shift[i]
-                acc.applied[list(unit.zones)] = tiles.applied[i]
-                raster.write(np.where(labels > 0, score, np.nan), unit.core, merge=not zones.cell_mode)
-            if progress is not None:
-                progress(done, len(zones.batches))
+        pending: deque[Future] = deque()
+        for batch, before, after in read_in_background(dates, names, grid, zones.batches, depth=workers):
+            pending.append(pool.submit(scorer, batch, before, after))
+            while len(pending) > workers:
+                gather(pending.popleft().result())
+        while pending:
+            gather(pending.popleft().result())
     return acc
 
 
-def zone_labels(zones: tuple[int, ...], geoms: np.ndarray, core: Window, grid: Grid) -> np.ndarray:
+def zone_labels(zones: tuple[int, ...], geoms: np.ndarray, core: Window, transform: Any) -> np.ndarray:
     """Raster of local zone numbers (position in ``zones`` + 1) over ``core``."""
     shapes = [(geoms[z], k + 1) for k, z in enumerate(zones)]
-    return features.rasterize(shapes, out_shape=(int(core.height), int(core.width)),
-                              transform=window_transform(core, grid.transform), fill=0, dtype="int32")
+    return features.rasterize(shapes, out_shape=(int(core.height), int(core.width)), transform=transform,
+                              fill=0, dtype="int32")
 
 
-def gather(acc: Accumulated, zones: tuple[int, ...], labels: np.ndarray, score: np.ndarray, transform: Any, *,
-           pixel_threshold: float) -> None:
-    """Add one tile's histograms and change polygons to the accumulators."""
-    acc.hist[list(zones)] += zone_histograms(score, labels, len(zones))
+def change_polygons(score: np.ndarray, labels: np.ndarray, zones: tuple[int, ...], transform: Any, *,
+                    pixel_threshold: float) -> list[tuple[int, float, Any]]:
+    """Changed regions of one tile as (zone, mean score, polygon in the grid CRS)."""
     components, local_zone, mean = change_components(score, labels, pixel_threshold=pixel_threshold)
     if len(mean) == 0:
-        return
+        return []
     shapes = features.shapes(components, mask=components > 0, transform=transform)
-    for geometry, value in shapes:
-        k = int(value) - 1
-        acc.polygons.append((zones[local_zone[k]], float(mean[k]), shapely.geometry.shape(geometry)))
+    return [(zones[local_zone[int(value) - 1]], float(mean[int(value) - 1]), shapely.geometry.shape(geometry))
+            for geometry, value in shapes]
 
 
 def site_results(config: RunConfig, zones: Zones, acc: Accumulated, grid: Grid, before: DateSource,

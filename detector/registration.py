@@ -8,6 +8,7 @@ after image sampled at ``(y + dy, x + dx)`` lines up with the before image.
 from __future__ import annotations
 
 import numpy as np
+from scipy import fft
 
 MAX_SIDE = 256
 CUTOFF = 0.08
@@ -31,10 +32,10 @@ def estimate_shift(before: np.ndarray, after: np.ndarray) -> tuple[np.ndarray, n
         how far the match stands out of the noise.
     """
     b, a = _prepare(_centre(before)), _prepare(_centre(after))
-    cross = np.fft.fft2(a) * np.conj(np.fft.fft2(b))
-    cross /= np.maximum(np.abs(cross), 1e-12)
+    cross = fft.fft2(a) * np.conj(fft.fft2(b))
+    cross /= np.maximum(np.abs(cross), np.float32(1e-12))
     cross *= _low_pass(b.shape[-2:])
-    surface = np.fft.ifft2(cross).real
+    surface = fft.ifft2(cross).real.astype(np.float64)
     n, h, w = surface.shape
     flat = surface.reshape(n, -1).argmax(axis=1)
     py, px = np.unravel_index(flat, (h, w))
@@ -57,7 +58,7 @@ def _low_pass(shape: tuple[int, ...]) -> np.ndarray:
     """
     fy = np.fft.fftfreq(shape[0])[:, None]
     fx = np.fft.fftfreq(shape[1])[None, :]
-    return np.exp(-(fy * fy + fx * fx) / (2 * CUTOFF * CUTOFF))
+    return np.exp(-(fy * fy + fx * fx) / (2 * CUTOFF * CUTOFF)).astype(np.float32)
 
 
 def _centre(x: np.ndarray) -> np.ndarray:
@@ -74,10 +75,10 @@ def _prepare(x: np.ndarray) -> np.ndarray:
     not even an edge at its border that both dates would share and that would
     pull the estimate to zero.
     """
-    gy, gx = np.gradient(x.astype(np.float64), axis=(-2, -1))
-    grad = np.nan_to_num(gx + 1j * gy)
+    gy, gx = np.gradient(x.astype(np.float32), axis=(-2, -1))
+    grad = np.nan_to_num(gx + np.complex64(1j) * gy)
     h, w = x.shape[-2:]
-    return grad * np.outer(np.hanning(h), np.hanning(w))
+    return grad * np.outer(np.hanning(h), np.hanning(w)).astype(np.float32)
 
 
 def _parabola(left: np.ndarray, centre: np.ndarray, right: np.ndarray) -> np.ndarray:

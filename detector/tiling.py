@@ -114,17 +114,21 @@ def cell_windows(area: Window, cell_h: int, cell_w: int) -> list[list[Window]]:
 
 
 def plan_cells(
-    area: Window, *, cell_h: int, cell_w: int, tile_px: int, margin: int, height: int, width: int
+    area: Window, *, cell_h: int, cell_w: int, tile_px: int, margin: int, height: int, width: int,
+    batch_tiles: int = 4,
 ) -> tuple[list[Window], list[Batch]]:
     """Cells over ``area`` and batches of tiles of whole cells that cover them.
 
     Each tile holds about ``tile_px`` x ``tile_px`` pixels of whole cells; each
-    batch is one row of tiles, read in one strip.
+    batch is up to ``batch_tiles`` neighbouring tiles of one row, read in one
+    window.  Small batches keep every array of the kernels small enough to be
+    reused by the allocator instead of being mapped afresh (page faults cost
+    more than the arithmetic on these machines).
 
     Returns
     -------
     cells : every cell window, zone number = position in this list
-    batches : one per row of tiles
+    batches : row by row, left to right
     """
     grid = cell_windows(area, cell_h, cell_w)
     per_row = max(1, tile_px // cell_h)
@@ -139,5 +143,7 @@ def plan_cells(
                           for j in range(j0, min(j0 + per_col, n_cols)))
             core = union([cells[z] for z in zones])
             units.append(Unit(core, pad(core, margin, height, width), zones))
-        batches.append(Batch(union([u.read for u in units]), tuple(units)))
+        for k in range(0, len(units), batch_tiles):
+            group = tuple(units[k:k + batch_tiles])
+            batches.append(Batch(union([u.read for u in group]), group))
     return cells, batches

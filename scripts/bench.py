@@ -1,0 +1,127 @@
+"""Time ``detector run`` in cell mode on a Sentinel-2-sized pair against a plain read.
+
+Generates (once, cached in ``--data``) a 10980 x 10980, 4-band (blue, green,
+red, nir), uint16, DEFLATE-tiled GeoTIFF pair in UTM with new compounds planted
+in the after date, then measures, each in a fresh process so peak memory is its
+own:
+
+- ``read``: a plain rasterio read of both files, whole, with GDAL's decoding
+  threads on (``GDAL_NUM_THREADS=ALL_CPUS``);
+- ``run``: the whole ``detector run`` in cell mode (500 m cells) on the pair.
+
+Prints megapixels per second (spatial pixels of both dates), wall time, peak
+resident memory and the ratio of the run's speed to the plain read's.
+
+    python scripts/bench.py [--size 10980] [--data /tmp/detector-bench] [--repeat 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.transform import from_origin
+from rasterio.windows import Window
+
+BANDS = ("blue", "green", "red", "nir")
+LEVELS = np.array([900, 1100, 1300, 2600], dtype=np.float32)[:, None, None]
+
+
+def scene_rows(rng: np.random.Generator, rows: slice, size: int, *, after: bool) -> np.ndarray:
+    """Rows of a synthetic scene: smooth fields, texture, noise; compounds in the after date."""
+    y = np.arange(rows.start, rows.stop, dtype=np.float32)[:, None]
+    x = np.arange(size, dtype=np.float32)[None, :]
+    fields = ((np.floor(y / 97) * 7 + np.floor(x / 131) * 3) % 5) * 60
+    ripples = 80 * np.sin(x / 37.0) * np.cos(y / 53.0)
+    data = LEVELS + (fields + ripples)[None] + rng.normal(scale=30, size=(4, y.size, size)).astype(np.float32)
+    if after:
+        data = data * 1.08 + 120
+        block = ((y // 1500) % 3 == 1) & ((x // 1500) % 3 == 1) & ((y % 1500) < 300) & ((x % 1500) < 400)
+        roofs = block & ((y % 20) < 10) & ((x % 30) < 22)
+        data = np.where(roofs[None], LEVELS * 3.2, data)
+    return np.clip(data, 1, 65535).astype(np.uint16)
+
+
+def make_pair(folder: Path, size: int) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = (folder / f"before_{size}_2017-06-01.tif", folder / f"after_{size}_2018-06-01.tif")
+    profile = dict(driver="GTiff", width=size, height=size, count=4, dtype="uint16", crs="EPSG:32645",
+                   transform=from_origin(399960, 4900020, 10, 10), tiled=True, blockxsize=512, blockysize=512,
+                   compress="deflate", interleave="pixel", NUM_THREADS="ALL_CPUS")
+    for path, after in zip(paths, (False, True)):
+        if path.exists():
+            continue
+        rng = np.random.default_rng(1 if after else 0)
+        tmp = path.with_suffix(".partial.tif")
+        with rasterio.open(tmp, "w", **profile) as dst:
+            for r0 in range(0, size, 512):
+                rows = slice(r0, min(r0 + 512, size))
+                dst.write(scene_rows(rng, rows, size, after=after), window=Window(0, r0, size, rows.stop - r0))
+            for i, name in enumerate(BANDS, start=1):
+                dst.set_band_description(i, name)
+        os.replace(tmp, path)
+    return paths
+
+
+def plain_read(paths: list[str]) -> None:
+    with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
+        for path in paths:
+            with rasterio.open(path) as src:
+                src.read()
+
+
+def child(kind: str, paths: tuple[Path, Path], out: Path) -> dict[str, float]:
+    """Run one measurement in a fresh process; return wall seconds and peak RSS in MB."""
+    if kind == "read":
+        code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench; " \
+               f"bench.plain_read({[str(p) for p in paths]!r})"
+        command = [sys.executable, "-c", code]
+    else:
+        command = [sys.executable, "-m", "detector.cli", "-q", "run", "--before", str(paths[0]), "--after",
+                   str(paths[1]), "--out", str(out), "--overwrite", "--cell-m", "500"]
+    start = time.perf_counter()
+    proc = subprocess.Popen(command)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if status != 0:
+        raise SystemExit(f"{kind} failed with status {status}")
+    return {"wall_s": wall, "peak_mb": usage.ru_maxrss / 1024}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=10980)
+    parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "detector-bench")
+    parser.add_argument("--repeat", type=int, default=1)
+    args = parser.parse_args()
+    tic = time.perf_counter()
+    paths = make_pair(args.data, args.size)
+    print(f"pair ready in {time.perf_counter() - tic:.0f} s: {[p.stat().st_size // 2**20 for p in paths]} MiB")
+    mpx = 2 * args.size * args.size / 1e6
+    results: dict[str, list[dict[str, float]]] = {"read": [], "run": []}
+    for _ in range(args.repeat):
+        for kind in ("read", "run"):
+            results[kind].append(child(kind, paths, args.data / "out"))
+    best = {k: min(v, key=lambda r: r["wall_s"]) for k, v in results.items()}
+    for kind, r in best.items():
+        print(f"{kind:>4}: {r['wall_s']:6.1f} s  {mpx / r['wall_s']:6.1f} Mpx/s  peak {r['peak_mb']:7.0f} MB")
+    ratio = best["read"]["wall_s"] / best["run"]["wall_s"]
+    print(f"run speed / plain read speed = {ratio:.2f} (target >= 0.5); run peak memory "
+          f"{best['run']['peak_mb']:.0f} MB (target < 2000)")
+    timings = json.loads((args.data / "out" / "run.json").read_text())["timings_s"]
+    print(f"run stages: {timings}")
+    return 0
+
+
+if __name__ == "__main__":
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    sys.exit(main())

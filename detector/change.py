@@ -158,8 +158,10 @@ def greening(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], *, p
              params: ChangeParams) -> np.ndarray:
     """How much the ground turned green, 0..1 per pixel, shape (N, H, W).
 
-    NDVI gain where a NIR band exists, else excess-green gain, averaged over
-    3 x 3 pixels so that colour noise of compressed RGB counts less.
+    NDVI gain where a NIR band exists, else excess-green gain: the median over
+    3 x 3 pixels (colour noise of compressed RGB does not count), then the
+    maximum over 3 x 3 pixels, so the mixed pixels along a greened field's
+    border are suppressed with it.
     """
     gain = index_gain(before, after, names, "nir", "red")
     scale = params.green_gain
@@ -185,43 +187,24 @@ def construction(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], 
                  params: ChangeParams, light: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Evidence specific to construction, 0..1 per pixel, shape (N, H, W).
 
-    New edges are measured on brightness binned 2 x 2 (they are spread over
-    ``support_m`` anyway, and it is four times less work), then repeated back
-    onto the full grid.  Pixels without data in either date take the before
-    brightness (or the tile mean) in both dates, so the edge of a nodata area
-    is never a new edge.  ``light`` is the brightness of both dates when the
-    caller has it already.
+    Pixels without data in either date take the before brightness (or the
+    tile mean) in both dates, so the edge of a nodata area is never a new
+    edge.  ``light`` is the brightness of both dates when the caller has it
+    already.
     """
     light_b, light_a = light if light is not None else (brightness(before, names), brightness(after, names))
     fill = np.where(np.isfinite(light_b), light_b, _nanmean(light_b))
     invalid = ~(np.isfinite(light_b) & np.isfinite(light_a))
-    eb = linear_energy(_bin2(np.where(invalid, fill, light_b)))
-    ea = linear_energy(_bin2(np.where(invalid, fill, light_a)))
+    eb = linear_energy(np.where(invalid, fill, light_b))
+    ea = linear_energy(np.where(invalid, fill, light_a))
     scale = np.mean(eb + ea, axis=(-2, -1), keepdims=True) * 0.5 + 1e-6
-    support = _support(2 * pixel_m, params)
+    support = _support(pixel_m, params)
     edges = ndimage.uniform_filter((ea - eb) / scale, (1, support, support))
-    evidence = _unbin2(_saturate(edges, params.edge_gain), before.shape[-2:])
+    evidence = _saturate(edges, params.edge_gain)
     ndbi = index_gain(before, after, names, "swir16", "nir")
     if ndbi is not None:
         evidence = np.maximum(evidence, _saturate(np.nan_to_num(ndbi), params.ndbi_gain))
     return evidence
-
-
-def _bin2(x: np.ndarray) -> np.ndarray:
-    """Mean of 2 x 2 blocks over the last two axes (an odd last row/column is dropped)."""
-    h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
-    total = x[..., 0:h:2, 0:w:2] + x[..., 1:h:2, 0:w:2]
-    total += x[..., 0:h:2, 1:w:2]
-    total += x[..., 1:h:2, 1:w:2]
-    total *= np.float32(0.25)
-    return total
-
-
-def _unbin2(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Repeat each value onto its 2 x 2 block, edge-padded to ``shape`` (H, W)."""
-    full = np.repeat(np.repeat(x, 2, axis=-2), 2, axis=-1)
-    pad = [(0, 0)] * (x.ndim - 2) + [(0, shape[0] - full.shape[-2]), (0, shape[1] - full.shape[-1])]
-    return np.pad(full, pad, mode="edge")
 
 
 def change_score(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], *, pixel_m: float,
@@ -246,7 +229,8 @@ def change_score(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], 
     strength = _saturate(m - params.m_low, params.m_scale)
     built = construction(before, after, names, pixel_m=pixel_m, params=params, light=light)
     green = greening(before, after, names, pixel_m=pixel_m, params=params)
-    score = strength * (1 - green) * (params.floor + (1 - params.floor) * built)
+    near_green = ndimage.maximum_filter(green, (1, 3, 3))
+    score = strength * (1 - green) * (params.floor + (1 - params.floor) * built * (1 - near_green))
     return score.astype(np.float32)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import sys
 from pathlib import Path
@@ -11,6 +12,8 @@ from detector import __version__
 from detector.errors import DetectorError
 
 log = logging.getLogger("detector")
+
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3  # glibc mallopt parameters
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,11 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--after-date", help="acquisition date of --after, YYYY-MM-DD")
     run.add_argument("--tile-px", type=int, default=512, help="tile size in pixels (512)")
     run.add_argument("--max-shift-px", type=float, default=8.0, help="largest misregistration corrected (8)")
+    run.add_argument("--bin", type=int, default=2,
+                     help="score on blocks of BIN x BIN pixels, repeated back onto the grid (2; 1 = full resolution)")
+    run.add_argument("--workers", type=int, default=0, help="scoring threads (default: one per core)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("pyogrio").setLevel(logging.WARNING)
@@ -63,7 +70,8 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
         before=args.before, after=args.after, out=args.out, sites=args.sites, buffer_m=args.buffer_m,
         cell_m=args.cell_m, overwrite=args.overwrite, id_col=args.id_col, lon_col=args.lon_col,
         lat_col=args.lat_col, before_date=args.before_date, after_date=args.after_date,
-        tile_px=args.tile_px, max_shift_px=args.max_shift_px, min_area_m2=args.min_area_m2,
+        tile_px=args.tile_px, max_shift_px=args.max_shift_px, min_area_m2=args.min_area_m2, bin=args.bin,
+        workers=args.workers,
         rule=replace(ScoreRule(), threshold=args.threshold, pixel_threshold=args.pixel_threshold),
     )
     record = run(config, progress=None if args.quiet else _progress, command=["detector", *argv])
@@ -74,6 +82,23 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
           f"{counts['flagged']} flagged, {counts['no_coverage']} without coverage, "
           f"{counts['change_polygons']} change polygons; results in {args.out}")
     return 0
+
+
+def keep_freed_memory() -> None:
+    """Ask glibc to keep freed memory for reuse instead of unmapping it.
+
+    The kernels allocate arrays of a few MB per tile batch; by default glibc
+    maps each one afresh and every page then faults on first touch, which on
+    these virtual machines costs more than the arithmetic (see
+    ``../shared/PERFORMANCE.md``).  A no-op where the C library is not glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)
+    libc.mallopt(M_TRIM_THRESHOLD, 512 * 2**20)
+    libc.mallopt(M_TOP_PAD, 256 * 2**20)
 
 
 def _progress(done: int, total: int) -> None:

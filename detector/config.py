@@ -38,6 +38,7 @@ class RunConfig:
     min_peak: float = 8.0
     min_area_m2: float = 500.0
     workers: int = 0
+    bin: int = 2
     rule: ScoreRule = field(default_factory=ScoreRule)
     params: ChangeParams = field(default_factory=ChangeParams)
 
@@ -49,6 +50,7 @@ class RunConfig:
             "--pixel-threshold": (self.rule.pixel_threshold, 0, 1),
             "--tile-px": (self.tile_px, 16, 8192),
             "--min-area-m2": (self.min_area_m2, -1e-9, math.inf),
+            "--bin": (self.bin, 0, 16),
         }
         for flag, (value, low, high) in checks.items():
             if not (low < value <= high):

@@ -279,23 +279,45 @@ class DateReader:
         ndarray, shape (bands, height, width), float32; NaN where any band is
         nodata or every band is 0.
         """
-        out = np.empty((len(self.names), int(window.height), int(window.width)), dtype=np.float32)
-        invalid = np.zeros(out.shape[1:], dtype=bool)
-        for src, slots, indexes, nodatas in self._groups:
-            try:
-                raw = src.read(indexes, window=window)
-            except RasterioError as exc:
-                raise InputError(
-                    f"{self.date.path} could not be decoded at {window!r} ({_short(exc)}): "
-                    "the file is damaged; download or export it again"
-                ) from None
-            for k, layer, nodata in zip(slots, raw, nodatas):
-                out[k] = layer
+        raw, invalid = self.read_raw(window)
+        out = raw.astype(np.float32)
+        if invalid.any():
+            out[:, invalid] = np.nan
+        return out
+
+    def read_raw(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """Read a window of the grid in the files' own data type, with its nodata mask.
+
+        Returns
+        -------
+        raw : ndarray, shape (bands, height, width)
+        invalid : ndarray, shape (height, width), bool: any band is nodata or
+            every band is 0.
+        """
+        parts = [(slots, self._read_raw(src, indexes, window), nodatas)
+                 for src, slots, indexes, nodatas in self._groups]
+        if len(parts) == 1 and parts[0][0] == list(range(len(self.names))):
+            raw = parts[0][1]
+        else:
+            raw = np.empty((len(self.names), int(window.height), int(window.width)),
+                           dtype=np.result_type(*[p[1].dtype for p in parts]))
+            for slots, part, _ in parts:
+                raw[slots] = part
+        invalid = ~raw.any(axis=0)
+        for slots, part, nodatas in parts:
+            for layer, nodata in zip(part, nodatas):
                 if nodata is not None and not np.isnan(nodata):
                     invalid |= layer == nodata
-        invalid |= ~out.any(axis=0)
-        out[:, invalid] = np.nan
-        return out
+        return raw, invalid
+
+    def _read_raw(self, src: rasterio.DatasetReader | WarpedVRT, indexes: list[int], window: Window) -> np.ndarray:
+        try:
+            return src.read(indexes, window=window)
+        except RasterioError as exc:
+            raise InputError(
+                f"{self.date.path} could not be decoded at {window!r} ({_short(exc)}): "
+                "the file is damaged; download or export it again"
+            ) from None
 
 
 def _short(exc: Exception) -> str:

@@ -101,7 +101,7 @@ class ScoreRaster:
         self.dst.close()
         with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
             rasterio.shutil.copy(self.scratch, self.path, driver="COG", COMPRESS="DEFLATE", LEVEL="1",
-                                 PREDICTOR="YES", BLOCKSIZE="512", OVERVIEWS="AUTO",
+                                 BLOCKSIZE="512", OVERVIEWS="AUTO",
                                  OVERVIEW_RESAMPLING="AVERAGE", NUM_THREADS="ALL_CPUS")
         self.scratch.unlink(missing_ok=True)
 

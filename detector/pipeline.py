@@ -31,6 +31,7 @@ from rasterio.windows import Window, transform as window_transform
 import aoi
 from aoi.cells import cell_frame, cell_pixels, pixel_size_m
 from detector import __version__
+from detector.binning import bin_any, bin_mean, unbin
 from detector.change import score_tiles
 from detector.config import RunConfig
 from detector.errors import InputError
@@ -41,7 +42,12 @@ from detector.tiling import Batch, Unit, intersect, pixel_windows, plan_cells, p
 
 log = logging.getLogger(__name__)
 
+# GDAL's block cache: enough for two rows of 512-px blocks of two 4-band
+# Sentinel-2 tiles, so neighbouring tiles never decode a block twice.
+CACHE_MB = 300
+
 Progress = Callable[[int, int], None]
+Raw = tuple[np.ndarray, np.ndarray]  # a read window in the file's type, and its nodata mask
 OUR_FIELDS = ("site_id", "score", "rank", "flagged", "changed_area_m2", "changed_fraction", "valid_fraction",
               "status", "shift_px", "shift_dy_px", "shift_dx_px", "shift_corrected", "before_source",
               "after_source", "before_date", "after_date", "threshold", "method")
@@ -49,11 +55,33 @@ OUR_FIELDS = ("site_id", "score", "rank", "flagged", "changed_area_m2", "changed
 
 @dataclass(frozen=True, slots=True)
 class Zones:
-    """What is scored: one polygon per site or cell on the analysis grid."""
+    """What is scored: one polygon per site or cell on the analysis grid.
+
+    Cells also keep their pixel windows (``windows``), which label a tile by
+    filling rectangles instead of rasterizing polygons; sites have none.
+    """
 
     frame: gpd.GeoDataFrame  # site_id, user columns, geometry in the grid CRS
     batches: list[Batch]
-    cell_mode: bool
+    windows: list[Window] | None = None
+
+    @property
+    def cell_mode(self) -> bool:
+        return self.windows is not None
+
+    def labels(self, zones: tuple[int, ...], core: Window, transform: Any) -> np.ndarray:
+        """Raster of local zone numbers (position in ``zones`` + 1) over ``core``, 0 outside."""
+        shape = (int(core.height), int(core.width))
+        if self.windows is None:
+            geoms = self.frame.geometry.values
+            return features.rasterize([(geoms[z], k + 1) for k, z in enumerate(zones)], out_shape=shape,
+                                      transform=transform, fill=0, dtype="int32")
+        labels = np.zeros(shape, dtype=np.int32)
+        for k, z in enumerate(zones):
+            w = self.windows[z]
+            r, c = int(w.row_off - core.row_off), int(w.col_off - core.col_off)
+            labels[max(r, 0):r + int(w.height), max(c, 0):c + int(w.width)] = k + 1
+        return labels
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +113,8 @@ def run(config: RunConfig, *, progress: Progress | None = None, command: list[st
         raise InputError(f"{config.before} and {config.after} do not overlap: give two dates over the same area")
     zones = plan_zones(config, grid, area)
     clock["plan_s"] = time.perf_counter() - start
-    with ThreadPoolExecutor(max_workers=1) as hasher, Staging(config.out) as staging:
-        hashes = hasher.submit(input_records, config, before, after)
+    with ThreadPoolExecutor(max_workers=2) as side, Staging(config.out) as staging:
+        hashes = side.submit(input_records, config, before, after)
         tic = time.perf_counter()
         raster = ScoreRaster(staging.path("change.tif"), crs=grid.crs, transform=grid.transform,
                              area=union([u.core for b in zones.batches for u in b.units]))
@@ -94,21 +122,29 @@ def run(config: RunConfig, *, progress: Progress | None = None, command: list[st
             acc = score_zones(config, (before, after), names, grid, zones, raster, progress)
             clock["score_s"] = time.perf_counter() - tic
             tic = time.perf_counter()
-            raster.finish()
+            cog = side.submit(timed, raster.finish)  # GDAL compresses while the vectors are written
+            sites = site_results(config, zones, acc, grid, before, after)
+            changes = change_frame(acc.polygons, sites["site_id"].to_numpy(), grid, min_area_m2=config.min_area_m2)
+            clock["vectors_s"] = time.perf_counter() - tic
+            write_geojson(sites, staging.path("sites.geojson"))
+            write_geojson(changes, staging.path("changes.geojson"))
+            clock["geojson_s"] = time.perf_counter() - tic - clock["vectors_s"]
+            clock["raster_s"] = cog.result()
+            clock["outputs_s"] = time.perf_counter() - tic
         finally:
             raster.discard()
-        clock["raster_s"] = time.perf_counter() - tic
-        tic = time.perf_counter()
-        sites = site_results(config, zones, acc, grid, before, after)
-        changes = change_frame(acc.polygons, sites["site_id"].to_numpy(), grid, min_area_m2=config.min_area_m2)
-        write_geojson(sites, staging.path("sites.geojson"))
-        write_geojson(changes, staging.path("changes.geojson"))
-        clock["vectors_s"] = time.perf_counter() - tic
         clock["total_s"] = time.perf_counter() - start
         record = run_record(config, hashes.result(), names, grid, area, sites, changes, clock, command)
         write_json(record, staging.path("run.json"))
         staging.commit()
     return record
+
+
+def timed(work: Callable[[], object]) -> float:
+    """Seconds that ``work()`` took."""
+    tic = time.perf_counter()
+    work()
+    return time.perf_counter() - tic
 
 
 def plan_zones(config: RunConfig, grid: Grid, area: Window) -> Zones:
@@ -126,7 +162,7 @@ def plan_zones(config: RunConfig, grid: Grid, area: Window) -> Zones:
             "check the site coordinates or give imagery that covers them"
         )
     batches = plan_sites(windows, margin=config.margin_px, height=grid.height, width=grid.width)
-    return Zones(frame, batches, cell_mode=False)
+    return Zones(frame, batches)
 
 
 def pixel_extents(geoms: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
@@ -145,7 +181,7 @@ def plan_cell_zones(config: RunConfig, grid: Grid, area: Window) -> Zones:
                                 margin=config.margin_px, height=grid.height, width=grid.width)
     n_cols = -(-int(area.width) // cell_w)
     frame = cell_frame(cells, (len(cells) // n_cols, n_cols), grid.transform, grid.crs)
-    return Zones(frame, batches, cell_mode=True)
+    return Zones(frame, batches, windows=cells)
 
 
 def centre_lonlat(grid: Grid, area: Window) -> tuple[float, float]:
@@ -167,25 +203,33 @@ class UnitResult:
 
 
 class BatchScorer:
-    """Scores batches of tiles already read; safe to call from several threads."""
+    """Scores batches of tiles already read; safe to call from several threads.
 
-    def __init__(self, config: RunConfig, names: tuple[str, ...], grid: Grid, geoms: np.ndarray) -> None:
-        self.config, self.names, self.grid, self.geoms = config, names, grid, geoms
+    The kernels run on tiles block-averaged by ``config.bin``; their scores are
+    repeated back onto the analysis grid, where zones, areas, polygons and the
+    change raster are measured.  Shifts are reported in grid pixels.
+    """
+
+    def __init__(self, config: RunConfig, names: tuple[str, ...], grid: Grid, zones: Zones) -> None:
+        self.config, self.names, self.grid, self.zones = config, names, grid, zones
         lon, lat = centre_lonlat(grid, Window(0, 0, grid.width, grid.height))
         self.pixel_m = float(np.mean(pixel_size_m(grid.crs, grid.transform, lon, lat)))
 
-    def __call__(self, batch: Batch, before: np.ndarray, after: np.ndarray) -> list[UnitResult]:
-        tiles = score_tiles(before, after, self.names, pixel_m=self.pixel_m, max_shift_px=self.config.max_shift_px,
-                            min_peak=self.config.min_peak, params=self.config.params)
-        return [self.unit_result(unit, tiles.score[i], tiles.shift[i], bool(tiles.applied[i]))
+    def __call__(self, batch: Batch, before: Raw, after: Raw) -> list[UnitResult]:
+        factor = self.config.bin
+        tiles = score_tiles(cut_tiles(*before, batch, factor=factor), cut_tiles(*after, batch, factor=factor), self.names, pixel_m=self.pixel_m * factor,
+                            max_shift_px=self.config.max_shift_px / factor, min_peak=self.config.min_peak,
+                            params=self.config.params)
+        return [self.unit_result(unit, tiles.score[i], tiles.shift[i] * factor, bool(tiles.applied[i]))
                 for i, unit in enumerate(batch.units)]
 
     def unit_result(self, unit: Unit, tile_score: np.ndarray, shift: np.ndarray, applied: bool) -> UnitResult:
         r = int(unit.core.row_off - unit.read.row_off)
         c = int(unit.core.col_off - unit.read.col_off)
-        score = tile_score[r:r + int(unit.core.height), c:c + int(unit.core.width)]
+        full = unbin(tile_score, self.config.bin, (int(unit.read.height), int(unit.read.width)))
+        score = full[r:r + int(unit.core.height), c:c + int(unit.core.width)]
         transform = window_transform(unit.core, self.grid.transform)
-        labels = zone_labels(unit.zones, self.geoms, unit.core, transform)
+        labels = self.zones.labels(unit.zones, unit.core, transform)
         hist = zone_histograms(score, labels, len(unit.zones))
         polygons = change_polygons(score, labels, unit.zones, transform,
                                    pixel_threshold=self.config.rule.pixel_threshold)
@@ -193,25 +237,26 @@ class BatchScorer:
 
 
 def read_in_background(dates: tuple[DateSource, DateSource], names: tuple[str, ...], grid: Grid,
-                       batches: list[Batch], *, depth: int) -> Iterator[tuple[Batch, np.ndarray, np.ndarray]]:
-    """Yield each batch with its before and after tiles, read in order by one background thread.
+                       batches: list[Batch], *, depth: int) -> Iterator[tuple[Batch, Raw, Raw]]:
+    """Yield each batch with the raw before and after windows, read in order by one background thread.
 
     One thread keeps the files open, so blocks shared by neighbouring batches
-    come from GDAL's cache instead of being decoded twice, and GDAL decodes the
-    blocks of a window with all cores.  At most ``depth`` batches wait.
+    come from GDAL's cache (``CACHE_MB``) instead of being decoded twice, and
+    GDAL decodes the blocks of a window with all cores.  At most ``depth``
+    batches wait.
     """
     items: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
     def produce() -> None:
         try:
-            with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"), DateReader(dates[0], names, grid) as first, \
+            with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS", GDAL_CACHEMAX=CACHE_MB * 2**20), \
+                    DateReader(dates[0], names, grid) as first, \
                     DateReader(dates[1], names, grid) as second:
                 for batch in batches:
                     if stop.is_set():
                         return
-                    items.put((batch, cut_tiles(first.read(batch.read), batch),
-                               cut_tiles(second.read(batch.read), batch)))
+                    items.put((batch, first.read_raw(batch.read), second.read_raw(batch.read)))
         except BaseException as exc:  # handed to the consumer, which raises it
             items.put(exc)
         finally:
@@ -234,22 +279,30 @@ def read_in_background(dates: tuple[DateSource, DateSource], names: tuple[str, .
         thread.join()
 
 
-def cut_tiles(strip: np.ndarray, batch: Batch) -> np.ndarray:
-    """Stack the units of a batch from its read window, NaN-padded to one shape.
+def cut_tiles(raw: np.ndarray, invalid: np.ndarray, batch: Batch, *, factor: int) -> np.ndarray:
+    """Cut the units of a batch out of its read window, block-averaged by ``factor``.
+
+    Parameters
+    ----------
+    raw : ndarray, shape (C, H, W): the batch's read window, in the file's type
+    invalid : ndarray, shape (H, W), bool: its nodata mask
 
     Returns
     -------
-    ndarray, shape (N, C, H, W), float32
+    ndarray, shape (N, C, h // factor, w // factor), float32, NaN = nodata,
+    each unit NaN-padded to the batch's tile shape (h, w).
     """
-    h, w = batch.tile_shape
-    if len(batch.units) == 1 and strip.shape[1:] == (h, w):
-        return strip[None]
-    tiles = np.full((len(batch.units), strip.shape[0], h, w), np.nan, dtype=np.float32)
+    h, w = (n // factor for n in batch.tile_shape)
+    tiles = np.full((len(batch.units), raw.shape[0], h, w), np.nan, dtype=np.float32)
     for i, unit in enumerate(batch.units):
         r = int(unit.read.row_off - batch.read.row_off)
         c = int(unit.read.col_off - batch.read.col_off)
-        tiles[i, :, :int(unit.read.height), :int(unit.read.width)] = strip[:, r:r + int(unit.read.height),
-                                                                            c:c + int(unit.read.width)]
+        rows, cols = slice(r, r + int(unit.read.height)), slice(c, c + int(unit.read.width))
+        binned = bin_mean(raw[:, rows, cols], factor)
+        holes = bin_any(invalid[rows, cols], factor)
+        if holes.any():
+            binned[:, holes] = np.nan
+        tiles[i, :, :binned.shape[1], :binned.shape[2]] = binned
     return tiles
 
 
@@ -259,7 +312,7 @@ def score_zones(config: RunConfig, dates: tuple[DateSource, DateSource], names: 
     count = len(zones.frame)
     acc = Accumulated(np.zeros((count, BINS + 1), np.int64), np.full((count, 2), np.nan),
                       np.zeros(count, bool), [])
-    scorer = BatchScorer(config, names, grid, zones.frame.geometry.values)
+    scorer = BatchScorer(config, names, grid, zones)
     workers = config.workers or os.cpu_count() or 1
     done = 0
 
@@ -286,13 +339,6 @@ def score_zones(config: RunConfig, dates: tuple[DateSource, DateSource], names: 
         while pending:
             gather(pending.popleft().result())
     return acc
-
-
-def zone_labels(zones: tuple[int, ...], geoms: np.ndarray, core: Window, transform: Any) -> np.ndarray:
-    """Raster of local zone numbers (position in ``zones`` + 1) over ``core``."""
-    shapes = [(geoms[z], k + 1) for k, z in enumerate(zones)]
-    return features.rasterize(shapes, out_shape=(int(core.height), int(core.width)), transform=transform,
-                              fill=0, dtype="int32")
 
 
 def change_polygons(score: np.ndarray, labels: np.ndarray, zones: tuple[int, ...], transform: Any, *,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import fft
 
-MAX_SIDE = 256
+MAX_SIDE = 128
 CUTOFF = 0.08
 
 

@@ -92,7 +92,7 @@ def test_cell_mode_ranks_the_compound_cells_first(scene: Scene, tmp_path: Path) 
         x1, y1 = src.transform @ (c1, r1)
     compound = gpd.GeoSeries.from_xy([x0, x1], [y0, y1], crs=src.crs).to_crs(4326).total_bounds
     import shapely
-    box = shapely.box(*compound)
+    box = shapely.box(*compound).buffer(3e-4)  # walls spill a pixel or two into the next cell
     touching = cells.geometry.intersects(box).to_numpy()
     top = cells["rank"].to_numpy()[touching].max()
     assert cells["flagged"].to_numpy()[~touching].sum() == 0

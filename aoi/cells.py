@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import geopandas as gpd
 import numpy as np
-from numpy.typing import ArrayLike
 import shapely
 from affine import Affine
+from numpy.typing import ArrayLike
 from pyproj import Geod
 from rasterio.crs import CRS
 from rasterio.windows import Window
@@ -49,8 +49,8 @@ def cell_frame(cells: list[Window], shape: tuple[int, int], transform: Affine, c
     c0 = np.array([w.col_off for w in cells], dtype=float)
     r1 = r0 + np.array([w.height for w in cells])
     c1 = c0 + np.array([w.width for w in cells])
-    corners = [transform @ (c, r) for c, r in ((c0, r0), (c1, r0), (c1, r1), (c0, r1))]
+    corners = [transform @ (c, r) for c, r in ((c0, r0), (c1, r0), (c1, r1), (c0, r1))]  # type: ignore[operator]
     ring = np.stack([np.stack(xy, axis=-1) for xy in corners] + [np.stack(corners[0], axis=-1)], axis=1)
     polygons = shapely.polygons(ring)
-    ids = [f"r{r}c{c}" for r, c in zip(rows.tolist(), cols.tolist())]
+    ids = [f"r{r}c{c}" for r, c in zip(rows.tolist(), cols.tolist(), strict=True)]
     return gpd.GeoDataFrame({"site_id": ids, "cell_row": rows, "cell_col": cols}, geometry=polygons, crs=crs)

@@ -79,7 +79,9 @@ def _read_csv(path: Path, lon_col: str | None, lat_col: str | None) -> gpd.GeoDa
     try:
         table = pd.read_csv(path)
     except Exception as exc:
-        raise InputError(f"{path} is not a readable CSV ({_first_line(exc)}): save it as comma-separated UTF-8") from None
+        raise InputError(
+            f"{path} is not a readable CSV ({_first_line(exc)}): save it as comma-separated UTF-8"
+        ) from None
     lon = lon_col or _find_column(table.columns, LON_NAMES)
     lat = lat_col or _find_column(table.columns, LAT_NAMES)
     missing = [name for name, col in (("longitude", lon), ("latitude", lat)) if col not in table.columns]

@@ -17,7 +17,7 @@ def bin_mean(x: np.ndarray, factor: int) -> np.ndarray:
     if factor == 1:
         return x.astype(np.float32, copy=False)
     h, w = x.shape[-2] // factor * factor, x.shape[-1] // factor * factor
-    total = np.zeros(x.shape[:-2] + (h // factor, w // factor), dtype=np.float32)
+    total = np.zeros((*x.shape[:-2], h // factor, w // factor), dtype=np.float32)
     for i in range(factor):
         for j in range(factor):
             total += x[..., i:h:factor, j:w:factor]
@@ -30,7 +30,7 @@ def bin_any(mask: np.ndarray, factor: int) -> np.ndarray:
     if factor == 1:
         return mask
     h, w = mask.shape[-2] // factor * factor, mask.shape[-1] // factor * factor
-    out = np.zeros(mask.shape[:-2] + (h // factor, w // factor), dtype=bool)
+    out = np.zeros((*mask.shape[:-2], h // factor, w // factor), dtype=bool)
     for i in range(factor):
         for j in range(factor):
             out |= mask[..., i:h:factor, j:w:factor]

@@ -49,15 +49,17 @@ class ChangeParams:
     support_m: float = 40.0
     sample_step: int = 4
     unchanged_quantile: float = 0.5
+    fit_quantile: float = 0.9
 
 
 def normalize(before: np.ndarray, after: np.ndarray, *, params: ChangeParams = ChangeParams()) -> np.ndarray:
     """Map each band of ``after`` onto the radiometry of ``before``, per tile.
 
-    A first moment-matching pass ranks pixels by standardized difference; the
-    ``unchanged_quantile`` least different pixels (likely unchanged ground)
-    then give the gain and offset of a second pass.  Statistics are taken on
-    every ``sample_step``-th pixel.
+    A first, robust fit matches medians and median absolute deviations, so
+    what changed (up to nearly half the tile) cannot pull it; the
+    ``fit_quantile`` of pixels closest to that fit (likely unchanged
+    ground) then give the gain and offset by matching means and standard
+    deviations.  Statistics are taken on every ``sample_step``-th pixel.
 
     Returns
     -------
@@ -68,21 +70,34 @@ def normalize(before: np.ndarray, after: np.ndarray, *, params: ChangeParams = C
     both = np.isfinite(b).all(axis=1, keepdims=True) & np.isfinite(a).all(axis=1, keepdims=True)
     b = np.where(both, b, np.nan)
     a = np.where(both, a, np.nan)
-    gain, offset = _moments(b, a)
-    spread = np.nanstd(b, axis=(-2, -1), keepdims=True) + 1e-6
+    gain, offset = _robust_fit(b, a)
+    spread = _nanquantile(np.abs(b - _nanquantile(b, 0.5)), 0.5) + 1e-6
     distance = np.nanmean(np.abs(a * gain + offset - b) / spread, axis=1, keepdims=True)
-    cut = _nanquantile(distance, params.unchanged_quantile)
-    keep = distance <= cut
+    keep = distance <= _nanquantile(distance, params.fit_quantile)
     gain, offset = _moments(np.where(keep, b, np.nan), np.where(keep, a, np.nan))
-    return (after * gain + offset).astype(np.float32)
+    out = after * gain.astype(np.float32)
+    out += offset.astype(np.float32)
+    return out
+
+
+def _robust_fit(b: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Gain and offset that match medians and median absolute deviations."""
+    centre_b, centre_a = _nanquantile(b, 0.5), _nanquantile(a, 0.5)
+    spread_b = _nanquantile(np.abs(b - centre_b), 0.5)
+    spread_a = _nanquantile(np.abs(a - centre_a), 0.5)
+    return _gain_offset(centre_b, centre_a, spread_b, spread_a)
 
 
 def _moments(b: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    mean_b, mean_a = _nanmean(b), _nanmean(a)
-    std_b, std_a = _nanstd(b), _nanstd(a)
-    gain = np.where(std_a > 1e-6, std_b / np.maximum(std_a, 1e-6), 1.0)
-    gain = np.clip(np.nan_to_num(gain, nan=1.0), 0.2, 5.0)
-    offset = np.nan_to_num(mean_b - gain * mean_a, nan=0.0)
+    """Gain and offset that match means and standard deviations."""
+    return _gain_offset(_nanmean(b), _nanmean(a), _nanstd(b), _nanstd(a))
+
+
+def _gain_offset(centre_b: np.ndarray, centre_a: np.ndarray, spread_b: np.ndarray,
+                 spread_a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    gain = np.where(spread_a > 1e-6, spread_b / np.maximum(spread_a, 1e-6), 1.0)
+    gain = np.clip(np.nan_to_num(gain, nan=1.0), 1e-3, 1e3)  # 8-bit against 16-bit is a gain of ~1/40
+    offset = np.nan_to_num(centre_b - gain * centre_a, nan=0.0)
     return gain.astype(np.float32), offset.astype(np.float32)
 
 
@@ -139,7 +154,8 @@ def linear_energy(image: np.ndarray) -> np.ndarray:
     return np.sqrt((jxx - jyy) ** 2 + 4 * jxy * jxy)
 
 
-def index_gain(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], first: str, second: str) -> np.ndarray | None:
+def index_gain(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], first: str,
+               second: str) -> np.ndarray | None:
     """Increase of the normalized difference (first - second) / (first + second).
 
     Returns None when a band is missing.
@@ -261,7 +277,7 @@ def _nanstd(x: np.ndarray) -> np.ndarray:
 
 
 def _nanquantile(x: np.ndarray, q: float) -> np.ndarray:
-    flat = x.reshape(x.shape[:-2] + (-1,))
+    flat = x.reshape((*x.shape[:-2], -1))
     return np.nanquantile(flat, q, axis=-1)[..., None, None]
 
 

@@ -154,14 +154,14 @@ def dataset_band_names(descriptions: tuple, colorinterp: tuple, count: int) -> t
     A plain 3-band file is read as red, green, blue.  Unknown bands are named
     ``band1``, ``band2``... so they still match between dates by position.
     """
-    names = []
+    found: list[str | None] = []
     for i in range(count):
         desc = (descriptions[i] or "").strip()
         name = band_name_from_file(desc) if desc else None
-        names.append(name or COLOR.get(colorinterp[i]))
-    if all(n is None for n in names) and count == 3:
+        found.append(name or COLOR.get(colorinterp[i]))
+    if all(n is None for n in found) and count == 3:
         return ("red", "green", "blue")
-    names = [n or f"band{i + 1}" for i, n in enumerate(names)]
+    names = [n or f"band{i + 1}" for i, n in enumerate(found)]
     if len(set(names)) != len(names):
         return tuple(f"band{i + 1}" for i in range(count))
     return tuple(names)
@@ -303,9 +303,9 @@ class DateReader:
                            dtype=np.result_type(*[p[1].dtype for p in parts]))
             for slots, part, _ in parts:
                 raw[slots] = part
-        invalid = ~raw.any(axis=0)
-        for slots, part, nodatas in parts:
-            for layer, nodata in zip(part, nodatas):
+        invalid = np.logical_not(raw.any(axis=0))
+        for _, part, nodatas in parts:
+            for layer, nodata in zip(part, nodatas, strict=True):
                 if nodata is not None and not np.isnan(nodata):
                     invalid |= layer == nodata
         return raw, invalid

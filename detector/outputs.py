@@ -32,6 +32,8 @@ def prepare_out(out: Path, *, overwrite: bool) -> None:
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise OutputExistsError(f"{out} already exists and is not empty: pass --overwrite or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".*.tmp*"):  # left by a run that was killed
+        stale.unlink(missing_ok=True)
 
 
 class Staging:

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import queue
 import threading
-import platform
 import time
 import warnings
 from collections import deque
@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
@@ -26,7 +25,8 @@ import pandas as pd
 import rasterio
 import shapely
 from rasterio import features
-from rasterio.windows import Window, transform as window_transform
+from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
 
 import aoi
 from aoi.cells import cell_frame, cell_pixels, pixel_size_m
@@ -217,7 +217,8 @@ class BatchScorer:
 
     def __call__(self, batch: Batch, before: Raw, after: Raw) -> list[UnitResult]:
         factor = self.config.bin
-        tiles = score_tiles(cut_tiles(*before, batch, factor=factor), cut_tiles(*after, batch, factor=factor), self.names, pixel_m=self.pixel_m * factor,
+        tiles = score_tiles(cut_tiles(*before, batch, factor=factor), cut_tiles(*after, batch, factor=factor),
+                            self.names, pixel_m=self.pixel_m * factor,
                             max_shift_px=self.config.max_shift_px / factor, min_peak=self.config.min_peak,
                             params=self.config.params)
         return [self.unit_result(unit, tiles.score[i], tiles.shift[i] * factor, bool(tiles.applied[i]))

@@ -108,7 +108,7 @@ def apply_shift(image: np.ndarray, shift: np.ndarray) -> np.ndarray:
     -------
     ndarray like ``image``; pixels sampled from outside the tile are NaN.
     """
-    n, c, h, w = image.shape
+    h, w = image.shape[-2:]
     out = _along(image, shift[:, 0], axis=2, size=h)
     return _along(out, shift[:, 1], axis=3, size=w)
 

@@ -97,7 +97,8 @@ def rank(score: np.ndarray, changed: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def change_components(score: np.ndarray, labels: np.ndarray, *, pixel_threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def change_components(score: np.ndarray, labels: np.ndarray, *,
+                      pixel_threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Connected changed regions inside zones, split at zone borders.
 
     Parameters

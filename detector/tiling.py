@@ -82,7 +82,7 @@ def pixel_windows(rows: np.ndarray, cols: np.ndarray, area: Window) -> list[Wind
     r1 = np.maximum(np.ceil(rows[:, 1]).astype(int), r0 + 1)
     c1 = np.maximum(np.ceil(cols[:, 1]).astype(int), c0 + 1)
     return [intersect(Window(a, b, c - a, d - b), area)
-            for a, b, c, d in zip(c0.tolist(), r0.tolist(), c1.tolist(), r1.tolist())]
+            for a, b, c, d in zip(c0.tolist(), r0.tolist(), c1.tolist(), r1.tolist(), strict=True)]
 
 
 def plan_sites(windows: list[Window | None], *, margin: int, height: int, width: int) -> list[Batch]:

@@ -57,7 +57,7 @@ def make_pair(folder: Path, size: int) -> tuple[Path, Path]:
     profile = dict(driver="GTiff", width=size, height=size, count=4, dtype="uint16", crs="EPSG:32645",
                    transform=from_origin(399960, 4900020, 10, 10), tiled=True, blockxsize=512, blockysize=512,
                    compress="deflate", interleave="pixel", NUM_THREADS="ALL_CPUS")
-    for path, after in zip(paths, (False, True)):
+    for path, after in zip(paths, (False, True), strict=True):
         if path.exists():
             continue
         rng = np.random.default_rng(1 if after else 0)

@@ -18,7 +18,8 @@ import pytest
 import rasterio
 from rasterio.crs import CRS
 from rasterio.transform import from_origin
-from rasterio.warp import Resampling, calculate_default_transform, reproject, transform as warp_points
+from rasterio.warp import Resampling, calculate_default_transform, reproject
+from rasterio.warp import transform as warp_points
 from scipy import ndimage
 
 UTM = CRS.from_epsg(32645)

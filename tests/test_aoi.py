@@ -98,7 +98,7 @@ def test_ids_fall_back_to_a_stable_geometry_hash(tmp_path: Path) -> None:
 
 
 def test_missing_empty_and_unreadable_site_files(tmp_path: Path) -> None:
-    with pytest.raises(MissingFileError, match="nothing.geojson does not exist"):
+    with pytest.raises(MissingFileError, match=r"nothing\.geojson does not exist"):
         read_sites(tmp_path / "nothing.geojson")
     empty = tmp_path / "empty.geojson"
     empty.write_text('{"type":"FeatureCollection","features":[]}', encoding="utf-8")
@@ -106,5 +106,5 @@ def test_missing_empty_and_unreadable_site_files(tmp_path: Path) -> None:
         read_sites(empty)
     junk = tmp_path / "junk.gpkg"
     junk.write_bytes(b"this is not a geopackage")
-    with pytest.raises(InputError, match="junk.gpkg is not a vector file"):
+    with pytest.raises(InputError, match=r"junk\.gpkg is not a vector file"):
         read_sites(junk)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +11,8 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
-
 from conftest import COMPOUND, SHIFT_PX, Scene
+
 from detector.cli import main
 
 

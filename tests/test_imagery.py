@@ -13,8 +13,15 @@ from rasterio.transform import from_origin
 from rasterio.windows import Window
 
 from detector.errors import InputError
-from detector.imagery import (DateReader, band_name_from_file, dataset_band_names, match_bands, open_date,
-                              overlap_window, reference_grid)
+from detector.imagery import (
+    DateReader,
+    band_name_from_file,
+    dataset_band_names,
+    match_bands,
+    open_date,
+    overlap_window,
+    reference_grid,
+)
 
 
 @pytest.mark.parametrize("stem,name", [
@@ -36,7 +43,8 @@ def test_plain_three_band_file_is_rgb_and_descriptions_win() -> None:
 
 def write_band(path: Path, data: np.ndarray, pixel: float) -> None:
     with rasterio.open(path, "w", driver="GTiff", width=data.shape[1], height=data.shape[0], count=1,
-                       dtype=data.dtype, crs=CRS.from_epsg(32645), transform=from_origin(500000, 4800000, pixel, pixel)) as dst:
+                       dtype=data.dtype, crs=CRS.from_epsg(32645),
+                       transform=from_origin(500000, 4800000, pixel, pixel)) as dst:
         dst.write(data, 1)
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import geopandas as gpd
 import pytest
 import shapely
-
 from conftest import SAMPLE, SHARED
+
 from detector.cli import main
 
 # The new compound's walled block, read off registered/2018-10-11.tif by eye (lon/lat).
@@ -42,7 +42,10 @@ def test_facility_2_still_bare_is_not_flagged(dabancheng_sites: gpd.GeoDataFrame
 def test_cells_over_the_new_compound_rank_above_the_rest(tmp_path: Path) -> None:
     assert main(["-q", "run", *SAMPLE_ARGS, "--out", str(tmp_path)]) == 0
     cells = gpd.read_file(tmp_path / "sites.geojson")
-    inside = cells.geometry.intersection(COMPOUND).area / cells.geometry.area
+    utm = cells.estimate_utm_crs()
+    compound = gpd.GeoSeries([COMPOUND], crs=4326).to_crs(utm).iloc[0]
+    metric = cells.to_crs(utm).geometry
+    inside = metric.intersection(compound).area / metric.area
     over = cells.loc[inside >= 0.5, "rank"]
     away = cells.loc[inside == 0, "rank"]
     assert len(over) >= 3 and len(away) >= 20

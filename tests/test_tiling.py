@@ -72,11 +72,11 @@ def test_pad_stays_in_grid_and_grows_by_margin(grid: tuple, margin: int) -> None
 @given(st.lists(st.tuples(st.floats(-50, 350), st.floats(0.01, 80), st.floats(-50, 350), st.floats(0.01, 80)),
                 min_size=1, max_size=20), area_in_grid())
 def test_pixel_windows_cover_extents_inside_area(extents: list, grid: tuple) -> None:
-    height, width, area = grid
+    _, _, area = grid
     arr = np.array(extents)
     rows = np.stack([arr[:, 0], arr[:, 0] + arr[:, 1]], 1)
     cols = np.stack([arr[:, 2], arr[:, 2] + arr[:, 3]], 1)
-    for (r0, r1), (c0, c1), w in zip(rows, cols, pixel_windows(rows, cols, area)):
+    for (r0, r1), (c0, c1), w in zip(rows, cols, pixel_windows(rows, cols, area), strict=True):
         exact = Window(int(np.floor(c0)), int(np.floor(r0)), int(np.ceil(c1)) - int(np.floor(c0)),
                        int(np.ceil(r1)) - int(np.floor(r0)))
         assert w == intersect(exact, area)

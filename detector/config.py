@@ -35,7 +35,7 @@ class RunConfig:
     tile_px: int = 512
     margin_px: int = 32
     max_shift_px: float = 8.0
-    min_peak: float = 8.0
+    min_peak: float = 15.0
     min_area_m2: float = 500.0
     workers: int = 0
     bin: int = 2

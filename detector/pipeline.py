@@ -49,7 +49,7 @@ CACHE_MB = 300
 Progress = Callable[[int, int], None]
 Raw = tuple[np.ndarray, np.ndarray]  # a read window in the file's type, and its nodata mask
 OUR_FIELDS = ("site_id", "score", "rank", "flagged", "changed_area_m2", "changed_fraction", "valid_fraction",
-              "status", "shift_px", "shift_dy_px", "shift_dx_px", "shift_corrected", "before_source",
+              "status", "shift_px", "shift_dy_px", "shift_dx_px", "shift_peak", "shift_corrected", "before_source",
               "after_source", "before_date", "after_date", "threshold", "method")
 
 
@@ -90,6 +90,7 @@ class Accumulated:
 
     hist: np.ndarray  # (Z, BINS + 1)
     shift: np.ndarray  # (Z, 2)
+    peak: np.ndarray  # (Z,) phase-correlation peak contrast of the shift estimate
     applied: np.ndarray  # (Z,)
     polygons: list[tuple[int, float, Any]]  # (zone, mean score, shapely geometry in grid CRS)
 
@@ -197,6 +198,7 @@ class UnitResult:
     unit: Unit
     hist: np.ndarray  # (len(unit.zones), BINS + 1)
     shift: np.ndarray  # (2,)
+    peak: float
     applied: bool
     polygons: list[tuple[int, float, Any]]  # (zone, mean score, geometry in the grid CRS)
     score: np.ndarray  # (H, W) over unit.core, NaN outside the zones
@@ -221,10 +223,12 @@ class BatchScorer:
                             self.names, pixel_m=self.pixel_m * factor,
                             max_shift_px=self.config.max_shift_px / factor, min_peak=self.config.min_peak,
                             params=self.config.params)
-        return [self.unit_result(unit, tiles.score[i], tiles.shift[i] * factor, bool(tiles.applied[i]))
+        return [self.unit_result(unit, tiles.score[i], tiles.shift[i] * factor, float(tiles.peak[i]),
+                                 bool(tiles.applied[i]))
                 for i, unit in enumerate(batch.units)]
 
-    def unit_result(self, unit: Unit, tile_score: np.ndarray, shift: np.ndarray, applied: bool) -> UnitResult:
+    def unit_result(self, unit: Unit, tile_score: np.ndarray, shift: np.ndarray, peak: float,
+                    applied: bool) -> UnitResult:
         r = int(unit.core.row_off - unit.read.row_off)
         c = int(unit.core.col_off - unit.read.col_off)
         full = unbin(tile_score, self.config.bin, (int(unit.read.height), int(unit.read.width)))
@@ -234,7 +238,8 @@ class BatchScorer:
         hist = zone_histograms(score, labels, len(unit.zones))
         polygons = change_polygons(score, labels, unit.zones, transform,
                                    pixel_threshold=self.config.rule.pixel_threshold)
-        return UnitResult(unit, hist, shift, applied, polygons, np.where(labels > 0, score, np.float32(np.nan)))
+        return UnitResult(unit, hist, shift, peak, applied, polygons,
+                          np.where(labels > 0, score, np.float32(np.nan)))
 
 
 def read_in_background(dates: tuple[DateSource, DateSource], names: tuple[str, ...], grid: Grid,
@@ -312,7 +317,7 @@ def score_zones(config: RunConfig, dates: tuple[DateSource, DateSource], names: 
     """Score every batch (read in the background, scored by worker threads) and gather the results."""
     count = len(zones.frame)
     acc = Accumulated(np.zeros((count, BINS + 1), np.int64), np.full((count, 2), np.nan),
-                      np.zeros(count, bool), [])
+                      np.full(count, np.nan), np.zeros(count, bool), [])
     scorer = BatchScorer(config, names, grid, zones)
     workers = config.workers or os.cpu_count() or 1
     done = 0
@@ -323,6 +328,7 @@ def score_zones(config: RunConfig, dates: tuple[DateSource, DateSource], names: 
             picks = list(result.unit.zones)
             acc.hist[picks] += result.hist
             acc.shift[picks] = result.shift
+            acc.peak[picks] = result.peak
             acc.applied[picks] = result.applied
             acc.polygons.extend(result.polygons)
             raster.write(result.score, result.unit.core, merge=not zones.cell_mode)
@@ -365,6 +371,7 @@ def site_results(config: RunConfig, zones: Zones, acc: Accumulated, grid: Grid, 
     shift = np.round(acc.shift, 2)
     table["shift_px"] = np.round(np.hypot(shift[:, 0], shift[:, 1]), 2)
     table["shift_dy_px"], table["shift_dx_px"] = shift[:, 0], shift[:, 1]
+    table["shift_peak"] = np.round(acc.peak, 1)
     table["shift_corrected"] = acc.applied
     table["before_source"], table["after_source"] = str(before.path), str(after.path)
     table["before_date"], table["after_date"] = before.date, after.date

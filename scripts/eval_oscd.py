@@ -3,7 +3,7 @@
 Prints pixel average precision (AP) of ``change.tif`` against the city's
 change map, next to the AP of a random score (the share of changed pixels).
 
-    python scripts/eval_oscd.py [--data ../shared/data/oscd-dev] [--out /tmp/oscd]
+    python scripts/eval_oscd.py [--data ../shared/data/oscd-dev] [--out /tmp/oscd] [--bin 2]
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from detector.pipeline import run
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "oscd-dev"
 
 
-def city_ap(city: Path, out: Path) -> dict[str, float]:
+def city_ap(city: Path, out: Path, *, bin_factor: int = 2) -> dict[str, float]:
     """Run one city end to end and return its AP and the chance level."""
-    run(RunConfig(before=city / "imgs_1", after=city / "imgs_2", out=out, overwrite=True))
+    run(RunConfig(before=city / "imgs_1", after=city / "imgs_2", out=out, overwrite=True, bin=bin_factor))
     with rasterio.open(city / "imgs_1" / "B02.tif") as ref:
         transform = ref.transform
     with rasterio.open(city / "cm" / f"{city.name}-cm.tif") as cm:
@@ -46,12 +46,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="oscd-")))
+    parser.add_argument("--bin", type=int, default=2, help="detector run --bin (2; 1 = full resolution)")
     args = parser.parse_args()
     cities = sorted(p for p in args.data.iterdir() if (p / "cm").is_dir())
     results = {}
     print(f"{'city':<12} {'AP':>6} {'chance':>7} {'lift':>6}")
     for city in cities:
-        res = city_ap(city, args.out / city.name)
+        res = city_ap(city, args.out / city.name, bin_factor=args.bin)
         results[city.name] = res
         print(f"{city.name:<12} {res['ap']:6.3f} {res['chance']:7.3f} {res['ap'] / res['chance']:6.1f}")
     aps = np.array([r["ap"] for r in results.values()])

@@ -192,3 +192,32 @@ def test_the_console_script_exits_2_with_one_line(make, expected: str, scene: Sc
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
     assert expected in proc.stderr
+
+
+def test_overlapping_sites_csv_input_and_clashing_attributes(scene: Scene, tmp_path: Path) -> None:
+    from conftest import site_collection
+
+    compound = site_collection()["features"][0]["geometry"]["coordinates"]
+    csv = tmp_path / "sites.csv"
+    csv.write_text("name,longitude,latitude,score\n"
+                   f"big,{compound[0]},{compound[1]},high\n"
+                   f"offset,{compound[0] + 0.001},{compound[1]},low\n", encoding="utf-8")
+    out = tmp_path / "out"
+    assert run_cli("-q", "run", "--sites", csv, "--before", scene.before, "--after", scene.after, "--out", out,
+                   "--buffer-m", "200") == 0
+    sites = gpd.read_file(out / "sites.geojson").set_index("site_id")
+    assert sites["flagged"].all()
+    assert list(sites.loc[["big", "offset"], "user_score"]) == ["high", "low"]
+    with rasterio.open(out / "change.tif") as src:
+        data = src.read(1)
+    assert np.isfinite(data).sum() > 0 and np.nanmax(data) <= 1
+
+
+def test_the_sample_change_raster_has_overviews(tmp_path: Path) -> None:
+    from conftest import SAMPLE
+
+    out = tmp_path / "sample"
+    assert run_cli("-q", "run", "--before", SAMPLE / "2017-03-02.tif", "--after", SAMPLE / "2018-10-11.tif",
+                   "--out", out) == 0
+    with rasterio.open(out / "change.tif") as src:
+        assert src.overviews(1) and src.block_shapes[0] == (512, 512)

@@ -6,7 +6,8 @@ the C bands.  Every kernel broadcasts over the batch; nothing loops over tiles
 or pixels in Python.  The result of :func:`change_score` is a per-pixel score
 in [0, 1] (NaN where either date has no data).
 
-The score is ``magnitude * (1 - greening) * (floor + (1 - floor) * construction)``:
+The score is
+``magnitude * (1 - greening) * (floor + (1 - floor) * construction * (1 - greening nearby))``:
 
 - *magnitude*: the change vector length ``m`` of the radiometrically
   normalized bands, in units of each band's unchanged-pixel noise, mapped to
@@ -18,9 +19,10 @@ The score is ``magnitude * (1 - greening) * (floor + (1 - floor) * construction)
   index), so that a field turning green does not score like a compound.
 
 Change with no sign of construction stays under ``floor`` (0.5, the default
-pixel threshold).  Greening is measured per pixel (3 x 3), so a field that
-turns green scores 0 even along its new edges, while the roofs beside a lawn
-planted in a new compound keep their score.
+pixel threshold).  Greening is measured per pixel (averaged over 3 x 3), so
+the roofs beside a lawn planted in a new compound keep their score; its
+maximum over 3 x 3 pixels cancels the edge evidence, so the border of a field
+that turned green is not taken for a new wall.
 """
 
 from __future__ import annotations
@@ -170,14 +172,12 @@ def index_gain(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], fi
     return nd(after) - nd(before)
 
 
-def greening(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], *, pixel_m: float,
+def greening(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], *,
              params: ChangeParams) -> np.ndarray:
     """How much the ground turned green, 0..1 per pixel, shape (N, H, W).
 
-    NDVI gain where a NIR band exists, else excess-green gain: the median over
-    3 x 3 pixels (colour noise of compressed RGB does not count), then the
-    maximum over 3 x 3 pixels, so the mixed pixels along a greened field's
-    border are suppressed with it.
+    NDVI gain where a NIR band exists, else excess-green gain, averaged over
+    3 x 3 pixels so that the colour noise of compressed RGB counts less.
     """
     gain = index_gain(before, after, names, "nir", "red")
     scale = params.green_gain
@@ -244,7 +244,7 @@ def change_score(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], 
     m = magnitude(before, after, sigma)
     strength = _saturate(m - params.m_low, params.m_scale)
     built = construction(before, after, names, pixel_m=pixel_m, params=params, light=light)
-    green = greening(before, after, names, pixel_m=pixel_m, params=params)
+    green = greening(before, after, names, params=params)
     near_green = ndimage.maximum_filter(green, (1, 3, 3))
     score = strength * (1 - green) * (params.floor + (1 - params.floor) * built * (1 - near_green))
     return score.astype(np.float32)
@@ -287,7 +287,7 @@ class TileScores:
 
     score: np.ndarray  # (N, H, W) float32 in [0, 1], NaN = nodata
     shift: np.ndarray  # (N, 2) (dy, dx) estimated misregistration in pixels
-    peak: np.ndarray  # (N,) phase-correlation peak height, 0..1
+    peak: np.ndarray  # (N,) correlation peak over the surface's mean absolute value
     applied: np.ndarray  # (N,) bool: the shift was corrected
 
 
@@ -311,7 +311,6 @@ def score_tiles(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], *
     size = np.hypot(shift[:, 0], shift[:, 1])
     applied = (size <= max_shift_px) & (peak >= min_peak) & (size >= 0.25)
     if applied.any():
-        after = after.copy()
         after[applied] = registration.apply_shift(after[applied], shift[applied])
         light_a[applied] = brightness(after[applied], names)
     score = change_score(before, after, names, pixel_m=pixel_m, params=params, light=(light_b, light_a))

@@ -25,15 +25,15 @@ log = logging.getLogger(__name__)
 OUTPUT_FILES = ("sites.geojson", "changes.geojson", "change.tif", "run.json")
 
 
-def prepare_out(out: Path, *, overwrite: bool) -> None:
-    """Create ``out``, or refuse when it already holds results and ``overwrite`` is off."""
+def check_out(out: Path, *, overwrite: bool) -> None:
+    """Refuse an ``out`` that is a file, or that holds results while ``overwrite`` is off.
+
+    Touches nothing, so it can run before the inputs are checked.
+    """
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out} is a file: give a folder for --out")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise OutputExistsError(f"{out} already exists and is not empty: pass --overwrite or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".*.tmp*"):  # left by a run that was killed
-        stale.unlink(missing_ok=True)
 
 
 class Staging:
@@ -46,6 +46,9 @@ class Staging:
     def __init__(self, out: Path) -> None:
         self.out = out
         self.pending: dict[str, Path] = {}
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(".*.tmp*"):  # left by a run that was killed
+            stale.unlink(missing_ok=True)
 
     def path(self, name: str) -> Path:
         tmp = self.out / f".{name}.{os.getpid()}.tmp"

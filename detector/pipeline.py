@@ -36,13 +36,13 @@ from detector.change import score_tiles
 from detector.config import RunConfig
 from detector.errors import InputError
 from detector.imagery import DateReader, DateSource, Grid, match_bands, open_date, overlap_window, reference_grid
-from detector.outputs import ScoreRaster, Staging, file_record, prepare_out, write_geojson, write_json
+from detector.outputs import ScoreRaster, Staging, check_out, file_record, write_geojson, write_json
 from detector.scoring import BINS, change_components, site_table, zone_histograms
 from detector.tiling import Batch, Unit, intersect, pixel_windows, plan_cells, plan_sites, union
 
 log = logging.getLogger(__name__)
 
-# GDAL's block cache: enough for two rows of 512-px blocks of two 4-band
+# GDAL's block cache: about three rows of 512-px blocks of two 4-band uint16
 # Sentinel-2 tiles, so neighbouring tiles never decode a block twice.
 CACHE_MB = 300
 
@@ -104,7 +104,7 @@ def run(config: RunConfig, *, progress: Progress | None = None, command: list[st
     """
     clock: dict[str, float] = {}
     start = time.perf_counter()
-    prepare_out(config.out, overwrite=config.overwrite)
+    check_out(config.out, overwrite=config.overwrite)
     before = open_date(config.before, date=config.before_date)
     after = open_date(config.after, date=config.after_date)
     names = match_bands(before, after)

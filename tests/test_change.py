@@ -44,7 +44,7 @@ def test_a_field_turning_green_does_not_score_like_a_compound() -> None:
     compound = change_score(before, with_compound(bare_ground(seed=1)), NAMES, pixel_m=10.0)
     field = change_score(before, with_green_field(bare_ground(seed=1)), NAMES, pixel_m=10.0)
     assert np.nanquantile(field[:, 30:66, 30:66], 0.9) < 0.2 < np.nanquantile(compound[:, 30:66, 30:66], 0.9)
-    green = greening(before, with_green_field(before), NAMES, pixel_m=10.0, params=ChangeParams())
+    green = greening(before, with_green_field(before), NAMES, params=ChangeParams())
     assert green[:, 40:56, 40:56].min() > 0.9
 
 

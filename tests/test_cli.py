@@ -182,6 +182,13 @@ def test_bad_input_gets_one_line_exit_2_and_writes_nothing(case: str, scene: Sce
     assert (out / "sites.geojson").read_text(encoding="utf-8") == "earlier results"
 
 
+@pytest.mark.parametrize("case", ["missing file", "no crs", "sites outside"])
+def test_bad_input_creates_no_output_folder(case: str, scene: Scene, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "new" / "out"
+    assert run_cli("-q", "run", *BAD[case](scene, tmp_path), "--out", out) == 2
+    assert not (tmp_path / "new").exists()
+
+
 @pytest.mark.parametrize("make,expected", [(lambda t: t / "missing.tif", "missing.tif does not exist"),
                                            (no_crs_tif, "nocrs.tif has no coordinate reference system")])
 def test_the_console_script_exits_2_with_one_line(make, expected: str, scene: Scene, tmp_path: Path) -> None:

@@ -1,0 +1,216 @@
+"""The scan: tiles read in the background, scored by worker threads, gathered per zone."""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import rasterio
+import shapely
+from rasterio import features
+from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
+
+from aoi.cells import pixel_size_m
+from detector.binning import bin_any, bin_mean, unbin
+from detector.change import score_tiles
+from detector.config import RunConfig
+from detector.imagery import DateReader, DateSource, Grid
+from detector.outputs import ScoreRaster
+from detector.scoring import BINS, change_components, zone_histograms
+from detector.tiling import Batch, Unit
+from detector.zones import Zones, centre_lonlat
+
+# GDAL's block cache: about three rows of 512-px blocks of two 4-band uint16
+# Sentinel-2 tiles, so neighbouring tiles never decode a block twice.
+CACHE_MB = 300
+
+Progress = Callable[[int, int], None]
+Raw = tuple[np.ndarray, np.ndarray]  # a read window in the file's type, and its nodata mask
+
+
+@dataclass(frozen=True, slots=True)
+class Accumulated:
+    """Per-zone results gathered over all batches."""
+
+    hist: np.ndarray  # (Z, BINS + 1)
+    shift: np.ndarray  # (Z, 2)
+    peak: np.ndarray  # (Z,) phase-correlation peak contrast of the shift estimate
+    applied: np.ndarray  # (Z,)
+    polygons: list[tuple[int, float, Any]]  # (zone, mean score, shapely geometry in grid CRS)
+
+
+@dataclass(frozen=True, slots=True)
+class UnitResult:
+    """What one tile adds to the run: its zones' histograms, shift, polygons and scores."""
+
+    unit: Unit
+    hist: np.ndarray  # (len(unit.zones), BINS + 1)
+    shift: np.ndarray  # (2,)
+    peak: float
+    applied: bool
+    polygons: list[tuple[int, float, Any]]  # (zone, mean score, geometry in the grid CRS)
+    score: np.ndarray  # (H, W) over unit.core, NaN outside the zones
+
+
+class BatchScorer:
+    """Scores batches of tiles already read; safe to call from several threads.
+
+    The kernels run on tiles block-averaged by ``config.bin``; their scores are
+    repeated back onto the analysis grid, where zones, areas, polygons and the
+    change raster are measured.  Shifts are reported in grid pixels.
+    """
+
+    def __init__(self, config: RunConfig, names: tuple[str, ...], grid: Grid, zones: Zones) -> None:
+        self.config, self.names, self.grid, self.zones = config, names, grid, zones
+        lon, lat = centre_lonlat(grid, Window(0, 0, grid.width, grid.height))
+        self.pixel_m = float(np.mean(pixel_size_m(grid.crs, grid.transform, lon, lat)))
+
+    def __call__(self, batch: Batch, before: Raw, after: Raw) -> list[UnitResult]:
+        factor = self.config.bin
+        tiles = score_tiles(cut_tiles(*before, batch, factor=factor), cut_tiles(*after, batch, factor=factor),
+                            self.names, pixel_m=self.pixel_m * factor,
+                            max_shift_px=self.config.max_shift_px / factor, min_peak=self.config.min_peak,
+                            params=self.config.params)
+        return [self.unit_result(unit, tiles.score[i], tiles.shift[i] * factor, float(tiles.peak[i]),
+                                 bool(tiles.applied[i]))
+                for i, unit in enumerate(batch.units)]
+
+    def unit_result(self, unit: Unit, tile_score: np.ndarray, shift: np.ndarray, peak: float,
+                    applied: bool) -> UnitResult:
+        r = int(unit.core.row_off - unit.read.row_off)
+        c = int(unit.core.col_off - unit.read.col_off)
+        full = unbin(tile_score, self.config.bin, (int(unit.read.height), int(unit.read.width)))
+        score = full[r:r + int(unit.core.height), c:c + int(unit.core.width)]
+        transform = window_transform(unit.core, self.grid.transform)
+        labels = self.zones.labels(unit.zones, unit.core, transform)
+        hist = zone_histograms(score, labels, len(unit.zones))
+        polygons = change_polygons(score, labels, unit.zones, transform,
+                                   pixel_threshold=self.config.rule.pixel_threshold)
+        return UnitResult(unit, hist, shift, peak, applied, polygons,
+                          np.where(labels > 0, score, np.float32(np.nan)))
+
+
+def read_in_background(dates: tuple[DateSource, DateSource], names: tuple[str, ...], grid: Grid,
+                       batches: list[Batch], *, depth: int) -> Iterator[tuple[Batch, Raw, Raw]]:
+    """Yield each batch with the raw before and after windows, read in order by one background thread.
+
+    One thread keeps the files open, so blocks shared by neighbouring batches
+    come from GDAL's cache (``CACHE_MB``) instead of being decoded twice, and
+    GDAL decodes the blocks of a window with all cores.  At most ``depth``
+    batches wait.
+    """
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS", GDAL_CACHEMAX=CACHE_MB * 2**20), \
+                    DateReader(dates[0], names, grid) as first, \
+                    DateReader(dates[1], names, grid) as second:
+                for batch in batches:
+                    if stop.is_set():
+                        return
+                    items.put((batch, first.read_raw(batch.read), second.read_raw(batch.read)))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            items.put(exc)
+        finally:
+            items.put(None)
+
+    thread = threading.Thread(target=produce, name="detector-reader", daemon=True)
+    thread.start()
+    try:
+        while (item := items.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                items.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        thread.join()
+
+
+def cut_tiles(raw: np.ndarray, invalid: np.ndarray, batch: Batch, *, factor: int) -> np.ndarray:
+    """Cut the units of a batch out of its read window, block-averaged by ``factor``.
+
+    Parameters
+    ----------
+    raw : ndarray, shape (C, H, W): the batch's read window, in the file's type
+    invalid : ndarray, shape (H, W), bool: its nodata mask
+
+    Returns
+    -------
+    ndarray, shape (N, C, h // factor, w // factor), float32, NaN = nodata,
+    each unit NaN-padded to the batch's tile shape (h, w).
+    """
+    h, w = (n // factor for n in batch.tile_shape)
+    tiles = np.full((len(batch.units), raw.shape[0], h, w), np.nan, dtype=np.float32)
+    for i, unit in enumerate(batch.units):
+        r = int(unit.read.row_off - batch.read.row_off)
+        c = int(unit.read.col_off - batch.read.col_off)
+        rows, cols = slice(r, r + int(unit.read.height)), slice(c, c + int(unit.read.width))
+        binned = bin_mean(raw[:, rows, cols], factor)
+        holes = bin_any(invalid[rows, cols], factor)
+        if holes.any():
+            binned[:, holes] = np.nan
+        tiles[i, :, :binned.shape[1], :binned.shape[2]] = binned
+    return tiles
+
+
+def score_zones(config: RunConfig, dates: tuple[DateSource, DateSource], names: tuple[str, ...], grid: Grid,
+                zones: Zones, raster: ScoreRaster, progress: Progress | None) -> Accumulated:
+    """Score every batch (read in the background, scored by worker threads) and gather the results."""
+    count = len(zones.frame)
+    acc = Accumulated(np.zeros((count, BINS + 1), np.int64), np.full((count, 2), np.nan),
+                      np.full(count, np.nan), np.zeros(count, bool), [])
+    scorer = BatchScorer(config, names, grid, zones)
+    workers = config.workers or os.cpu_count() or 1
+    done = 0
+
+    def gather(results: list[UnitResult]) -> None:
+        nonlocal done
+        for result in results:
+            picks = list(result.unit.zones)
+            acc.hist[picks] += result.hist
+            acc.shift[picks] = result.shift
+            acc.peak[picks] = result.peak
+            acc.applied[picks] = result.applied
+            acc.polygons.extend(result.polygons)
+            raster.write(result.score, result.unit.core, merge=not zones.cell_mode)
+        done += 1
+        if progress is not None:
+            progress(done, len(zones.batches))
+
+    with ThreadPoolExecutor(max_workers=workers) as pool, warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        pending: deque[Future] = deque()
+        for batch, before, after in read_in_background(dates, names, grid, zones.batches, depth=workers):
+            pending.append(pool.submit(scorer, batch, before, after))
+            while len(pending) > workers:
+                gather(pending.popleft().result())
+        while pending:
+            gather(pending.popleft().result())
+    return acc
+
+
+def change_polygons(score: np.ndarray, labels: np.ndarray, zones: tuple[int, ...], transform: Any, *,
+                    pixel_threshold: float) -> list[tuple[int, float, Any]]:
+    """Changed regions of one tile as (zone, mean score, polygon in the grid CRS)."""
+    components, local_zone, mean = change_components(score, labels, pixel_threshold=pixel_threshold)
+    if len(mean) == 0:
+        return []
+    shapes = features.shapes(components, mask=components > 0, transform=transform)
+    return [(zones[local_zone[int(value) - 1]], float(mean[int(value) - 1]), shapely.geometry.shape(geometry))
+            for geometry, value in shapes]

@@ -1,0 +1,93 @@
+"""What is scored: candidate sites or a grid of cells, placed on the analysis grid and cut into tiles."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import shapely
+from rasterio import features
+from rasterio.windows import Window
+
+import aoi
+from aoi.cells import cell_frame, cell_pixels, pixel_size_m
+from detector.config import RunConfig
+from detector.errors import InputError
+from detector.imagery import Grid
+from detector.tiling import Batch, pixel_windows, plan_cells, plan_sites
+
+
+@dataclass(frozen=True, slots=True)
+class Zones:
+    """What is scored: one polygon per site or cell on the analysis grid.
+
+    Cells also keep their pixel windows (``windows``), which label a tile by
+    filling rectangles instead of rasterizing polygons; sites have none.
+    """
+
+    frame: gpd.GeoDataFrame  # site_id, user columns, geometry in the grid CRS
+    batches: list[Batch]
+    windows: list[Window] | None = None
+
+    @property
+    def cell_mode(self) -> bool:
+        return self.windows is not None
+
+    def labels(self, zones: tuple[int, ...], core: Window, transform: Any) -> np.ndarray:
+        """Raster of local zone numbers (position in ``zones`` + 1) over ``core``, 0 outside."""
+        shape = (int(core.height), int(core.width))
+        if self.windows is None:
+            geoms = self.frame.geometry.values
+            return features.rasterize([(geoms[z], k + 1) for k, z in enumerate(zones)], out_shape=shape,
+                                      transform=transform, fill=0, dtype="int32")
+        labels = np.zeros(shape, dtype=np.int32)
+        for k, z in enumerate(zones):
+            w = self.windows[z]
+            r, c = int(w.row_off - core.row_off), int(w.col_off - core.col_off)
+            labels[max(r, 0):r + int(w.height), max(c, 0):c + int(w.width)] = k + 1
+        return labels
+
+
+def plan_zones(config: RunConfig, grid: Grid, area: Window) -> Zones:
+    """Sites from the site file, or cells over the overlap, with their batches of tiles."""
+    if config.sites is None:
+        return plan_cell_zones(config, grid, area)
+    sites = aoi.read_sites(config.sites, buffer_m=config.buffer_m, id_col=config.id_col,
+                           lon_col=config.lon_col, lat_col=config.lat_col)
+    frame = sites.to_crs(grid.crs)
+    rows, cols = pixel_extents(frame.geometry.values, grid)
+    windows = pixel_windows(rows, cols, area)
+    if all(w is None for w in windows):
+        raise InputError(
+            f"none of the {len(sites)} sites in {config.sites} overlaps the imagery of both dates: "
+            "check the site coordinates or give imagery that covers them"
+        )
+    batches = plan_sites(windows, margin=config.margin_px, height=grid.height, width=grid.width)
+    return Zones(frame, batches)
+
+
+def pixel_extents(geoms: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """Fractional (min, max) rows and columns of each geometry's bounding box."""
+    bounds = shapely.bounds(geoms)
+    xs = bounds[:, [0, 2, 2, 0]]
+    ys = bounds[:, [1, 1, 3, 3]]
+    cols, rows = ~grid.transform @ (xs, ys)
+    return np.stack([rows.min(1), rows.max(1)], 1), np.stack([cols.min(1), cols.max(1)], 1)
+
+
+def plan_cell_zones(config: RunConfig, grid: Grid, area: Window) -> Zones:
+    lon, lat = centre_lonlat(grid, area)
+    cell_h, cell_w = cell_pixels(config.cell_m, pixel_size_m(grid.crs, grid.transform, lon, lat))
+    cells, batches = plan_cells(area, cell_h=cell_h, cell_w=cell_w, tile_px=config.tile_px,
+                                margin=config.margin_px, height=grid.height, width=grid.width)
+    n_cols = -(-int(area.width) // cell_w)
+    frame = cell_frame(cells, (len(cells) // n_cols, n_cols), grid.transform, grid.crs)
+    return Zones(frame, batches, windows=cells)
+
+
+def centre_lonlat(grid: Grid, area: Window) -> tuple[float, float]:
+    x, y = grid.transform @ (area.col_off + area.width / 2, area.row_off + area.height / 2)
+    point = gpd.GeoSeries(gpd.points_from_xy([x], [y]), crs=grid.crs).to_crs(4326).iloc[0]
+    return float(point.x), float(point.y)

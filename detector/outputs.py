@@ -13,9 +13,9 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import rasterio
-import rasterio.shutil
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from detector.errors import OutputExistsError
@@ -78,20 +78,21 @@ def write_geojson(frame: gpd.GeoDataFrame, path: Path) -> None:
 class ScoreRaster:
     """A float32 raster of change scores over an area of the analysis grid.
 
-    Windows are written into an uncompressed scratch GeoTIFF, merged by
-    maximum where windows overlap; :meth:`finish` turns it into a tiled,
-    DEFLATE-compressed Cloud Optimized GeoTIFF with overviews.
+    Windows are written, as they come, into a tiled (512 px), DEFLATE-compressed
+    GeoTIFF, merged by maximum where windows overlap; GDAL compresses a block
+    once it is complete.  :meth:`finish` adds averaged overviews down to one
+    block, so QGIS shows the raster at once at any zoom.
     """
 
     def __init__(self, path: Path, *, crs: CRS, transform: Affine, area: Window) -> None:
         self.path = path
         self.area = area
-        self.scratch = path.with_name(path.name + ".scratch.tif")
         self.transform = transform @ Affine.translation(area.col_off, area.row_off)
         self.dst = rasterio.open(
-            self.scratch, "w+", driver="GTiff", width=int(area.width), height=int(area.height), count=1,
+            path, "w+", driver="GTiff", width=int(area.width), height=int(area.height), count=1,
             dtype="float32", crs=crs, transform=self.transform, nodata=np.nan, tiled=True,
-            blockxsize=256, blockysize=256, SPARSE_OK="TRUE",
+            blockxsize=512, blockysize=512, compress="deflate", zlevel=1, NUM_THREADS="ALL_CPUS",
+            BIGTIFF="IF_SAFER", SPARSE_OK="TRUE",
         )
 
     def write(self, score: np.ndarray, window: Window, *, merge: bool) -> None:
@@ -103,17 +104,23 @@ class ScoreRaster:
         self.dst.write(score.astype(np.float32, copy=False), 1, window=local)
 
     def finish(self) -> None:
-        self.dst.close()
-        with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"):
-            rasterio.shutil.copy(self.scratch, self.path, driver="COG", COMPRESS="DEFLATE", LEVEL="1",
-                                 BLOCKSIZE="512", OVERVIEWS="AUTO",
-                                 OVERVIEW_RESAMPLING="AVERAGE", NUM_THREADS="ALL_CPUS")
-        self.scratch.unlink(missing_ok=True)
+        factors = overview_factors(max(self.dst.width, self.dst.height), block=512)
+        with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS", COMPRESS_OVERVIEW="DEFLATE", GDAL_TIFF_OVR_BLOCKSIZE="512"):
+            if factors:
+                self.dst.build_overviews(factors, Resampling.average)
+            self.dst.close()
 
     def discard(self) -> None:
         if not self.dst.closed:
             self.dst.close()
-        self.scratch.unlink(missing_ok=True)
+
+
+def overview_factors(size: int, *, block: int) -> list[int]:
+    """Powers of two that shrink ``size`` pixels step by step down to one block."""
+    factors: list[int] = []
+    while size / 2 ** len(factors) > block:
+        factors.append(2 ** (len(factors) + 1))
+    return factors
 
 
 def write_json(data: dict[str, Any], path: Path) -> None:

@@ -306,8 +306,9 @@ def score_tiles(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], *
     """
     after = normalize(before, after, params=params)
     light_b, light_a = brightness(before, names), brightness(after, names)
-    steady = _likely_unchanged(light_b, light_a, quantile=0.7)
-    shift, peak = registration.estimate_shift(np.where(steady, light_b, np.nan), np.where(steady, light_a, np.nan))
+    middle_b, middle_a = registration.centre(light_b), registration.centre(light_a)
+    steady = _likely_unchanged(middle_b, middle_a, quantile=0.7)
+    shift, peak = registration.estimate_shift(np.where(steady, middle_b, np.nan), np.where(steady, middle_a, np.nan))
     size = np.hypot(shift[:, 0], shift[:, 1])
     applied = (size <= max_shift_px) & (peak >= min_peak) & (size >= 0.25)
     if applied.any():

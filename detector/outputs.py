@@ -22,9 +22,6 @@ from detector.errors import OutputExistsError
 
 log = logging.getLogger(__name__)
 
-OUTPUT_FILES = ("sites.geojson", "changes.geojson", "change.tif", "run.json")
-
-
 def check_out(out: Path, *, overwrite: bool) -> None:
     """Refuse an ``out`` that is a file, or that holds results while ``overwrite`` is off.
 
@@ -85,12 +82,11 @@ class ScoreRaster:
     """
 
     def __init__(self, path: Path, *, crs: CRS, transform: Affine, area: Window) -> None:
-        self.path = path
         self.area = area
-        self.transform = transform @ Affine.translation(area.col_off, area.row_off)
         self.dst = rasterio.open(
             path, "w+", driver="GTiff", width=int(area.width), height=int(area.height), count=1,
-            dtype="float32", crs=crs, transform=self.transform, nodata=np.nan, tiled=True,
+            dtype="float32", crs=crs, transform=transform @ Affine.translation(area.col_off, area.row_off),
+            nodata=np.nan, tiled=True,
             blockxsize=512, blockysize=512, compress="deflate", zlevel=1, NUM_THREADS="ALL_CPUS",
             BIGTIFF="IF_SAFER", SPARSE_OK="TRUE",
         )

@@ -31,7 +31,7 @@ def estimate_shift(before: np.ndarray, after: np.ndarray) -> tuple[np.ndarray, n
         Height of the correlation peak over the surface's mean absolute value:
         how far the match stands out of the noise.
     """
-    b, a = _prepare(_centre(before)), _prepare(_centre(after))
+    b, a = _prepare(centre(before)), _prepare(centre(after))
     cross = fft.fft2(a) * np.conj(fft.fft2(b))
     cross /= np.maximum(np.abs(cross), np.float32(1e-12))
     cross *= _low_pass(b.shape[-2:])
@@ -61,7 +61,8 @@ def _low_pass(shape: tuple[int, ...]) -> np.ndarray:
     return np.exp(-(fy * fy + fx * fx) / (2 * CUTOFF * CUTOFF)).astype(np.float32)
 
 
-def _centre(x: np.ndarray) -> np.ndarray:
+def centre(x: np.ndarray) -> np.ndarray:
+    """The central ``MAX_SIDE`` square of each tile: the window a shift is estimated on."""
     h, w = x.shape[-2:]
     top, left = max(0, (h - MAX_SIDE) // 2), max(0, (w - MAX_SIDE) // 2)
     return x[..., top:top + MAX_SIDE, left:left + MAX_SIDE]

@@ -289,6 +289,7 @@ class TileScores:
     shift: np.ndarray  # (N, 2) (dy, dx) estimated misregistration in pixels
     peak: np.ndarray  # (N,) correlation peak over the surface's mean absolute value
     applied: np.ndarray  # (N,) bool: the shift was corrected
+    after: np.ndarray  # (N, C, H, W) the after tiles, normalized to before and registered
 
 
 def score_tiles(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], *, pixel_m: float,
@@ -315,4 +316,4 @@ def score_tiles(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], *
         after[applied] = registration.apply_shift(after[applied], shift[applied])
         light_a[applied] = brightness(after[applied], names)
     score = change_score(before, after, names, pixel_m=pixel_m, params=params, light=(light_b, light_a))
-    return TileScores(score, shift, peak, applied)
+    return TileScores(score, shift, peak, applied, after)

@@ -42,7 +42,37 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--bin", type=int, default=2,
                      help="score on blocks of BIN x BIN pixels, repeated back onto the grid (2; 1 = full resolution)")
     run.add_argument("--workers", type=int, default=0, help="scoring threads (default: one per core)")
+    run.add_argument("--method", choices=("classical", "cnn", "fused"), default="fused",
+                     help="score: classical evidence, the CNN, or both fused (default fused; see README)")
+    run.add_argument("--model", type=Path, help="model file from `detector train` (default: the shipped weights)")
+    add_training_commands(commands)
     return parser
+
+
+def add_training_commands(commands: argparse._SubParsersAction) -> None:
+    train = commands.add_parser("train", help="train the change CNN on labelled tiles")
+    train.add_argument("--data", required=True, nargs="+", type=Path,
+                       help="folders: A/ B/ label/ pairs, OSCD cities, or reviewed `detector run` outputs")
+    train.add_argument("--out", required=True, type=Path, help="model file to write")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    train.add_argument("--epochs", type=int, default=40, help="epochs of --steps batches (40)")
+    train.add_argument("--steps", type=int, default=40, help="batches per epoch (40)")
+    train.add_argument("--batch", type=int, default=16, help="tiles per batch (16)")
+    train.add_argument("--tile-px", type=int, default=128, help="training tile size (128)")
+    train.add_argument("--lr", type=float, default=2e-3, help="learning rate at the start of the cosine decay (0.002)")
+    train.add_argument("--val-fraction", type=float, default=0.15, help="share of blocks held out (0.15)")
+    train.add_argument("--patience", type=int, default=15, help="epochs without a better validation AP (15)")
+    train.add_argument("--max-minutes", type=float, default=30.0, help="time budget (30)")
+    train.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    train.add_argument("--architecture", default="ef-fpn-s", help="network (ef-fpn-s)")
+    train.add_argument("--init", type=Path, help="start from this model file (fine-tuning)")
+    evaluate = commands.add_parser("evaluate", help="pixel metrics and a precision-recall curve of a model")
+    evaluate.add_argument("--data", required=True, nargs="+", type=Path, help="labelled folders, as for train")
+    evaluate.add_argument("--model", type=Path, help="model file (default: the shipped weights)")
+    evaluate.add_argument("--out", required=True, type=Path, help="folder for metrics.json and pr_curve.png")
+    evaluate.add_argument("--tile-px", type=int, default=256, help="tile size (256)")
+    evaluate.add_argument("--scale", type=int, default=1, help="block-average the data by this factor first (1)")
+    evaluate.add_argument("--threshold", type=float, default=0.5, help="probability counted as change (0.5)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +90,42 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_command(args: argparse.Namespace, argv: list[str]) -> int:
+    commands = {"run": detect_command, "train": train_command, "evaluate": evaluate_command}
+    return commands[args.command](args, argv)
+
+
+def train_command(args: argparse.Namespace, argv: list[str]) -> int:
+    from detector.errors import OutputExistsError
+    from training.train import TrainConfig, train
+
+    if args.out.exists() and not args.overwrite:
+        raise OutputExistsError(f"{args.out} already exists: pass --overwrite or choose another --out")
+    config = TrainConfig(data=tuple(args.data), out=args.out, architecture=args.architecture, tile_px=args.tile_px,
+                         batch=args.batch, epochs=args.epochs, steps_per_epoch=args.steps, lr=args.lr,
+                         val_fraction=args.val_fraction, patience=args.patience, max_minutes=args.max_minutes,
+                         seed=args.seed, init=args.init, notes={"command": ["detector", *argv]})
+    card = train(config, progress=None if args.quiet else _epoch_line)
+    best = card["metrics"]["validation"]
+    print(f"best epoch {best['epoch']}: validation P {best['precision']:.3f} R {best['recall']:.3f} "
+          f"F1 {best['f1']:.3f} IoU {best['iou']:.3f} AP {best['ap']:.3f}; {card['stopped']}; "
+          f"{card['training_minutes']} min; wrote {args.out}")
+    return 0
+
+
+def evaluate_command(args: argparse.Namespace, argv: list[str]) -> int:
+    from training.evaluation import evaluate
+
+    report = evaluate(args.model, tuple(args.data), args.out, tile_px=args.tile_px, scale=args.scale,
+                      threshold=args.threshold)
+    print(f"{'source':<40} {'P':>6} {'R':>6} {'F1':>6} {'IoU':>6} {'AP':>6} {'changed':>8}")
+    for name, m in [*report["per_source"].items(), ("overall", report["overall"])]:
+        print(f"{name:<40} {m['precision']:6.3f} {m['recall']:6.3f} {m['f1']:6.3f} {m['iou']:6.3f} "
+              f"{m['ap']:6.3f} {m['changed_share']:8.3f}")
+    print(f"wrote {args.out / 'metrics.json'} and {args.out / 'pr_curve.png'}")
+    return 0
+
+
+def detect_command(args: argparse.Namespace, argv: list[str]) -> int:
     from dataclasses import replace
 
     from detector.config import RunConfig
@@ -71,7 +137,7 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
         cell_m=args.cell_m, overwrite=args.overwrite, id_col=args.id_col, lon_col=args.lon_col,
         lat_col=args.lat_col, before_date=args.before_date, after_date=args.after_date,
         tile_px=args.tile_px, max_shift_px=args.max_shift_px, min_area_m2=args.min_area_m2, bin=args.bin,
-        workers=args.workers,
+        workers=args.workers, method=args.method, model=args.model,
         rule=replace(ScoreRule(), threshold=args.threshold, pixel_threshold=args.pixel_threshold),
     )
     record = run(config, progress=None if args.quiet else _progress, command=["detector", *argv])
@@ -99,6 +165,12 @@ def keep_freed_memory() -> None:
     libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)
     libc.mallopt(M_TRIM_THRESHOLD, 512 * 2**20)
     libc.mallopt(M_TOP_PAD, 256 * 2**20)
+
+
+def _epoch_line(epoch: int, row: dict) -> None:
+    sys.stderr.write(f"epoch {epoch:3d}  loss {row['loss']:.3f}  validation P {row['precision']:.3f} "
+                     f"R {row['recall']:.3f} F1 {row['f1']:.3f} IoU {row['iou']:.3f} AP {row['ap']:.3f}\n")
+    sys.stderr.flush()
 
 
 def _progress(done: int, total: int) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from detector.change import ChangeParams
 from detector.errors import InputError
+from detector.fusion import METHODS
 from detector.scoring import ScoreRule
 
 
@@ -17,7 +18,8 @@ class RunConfig:
     """Everything that decides what ``run`` computes and where it writes.
 
     ``sites`` None means cell mode: the overlap of the two dates is cut into
-    squares of ``cell_m`` metres and every cell is scored.
+    squares of ``cell_m`` metres and every cell is scored.  ``method`` picks
+    the score (:mod:`detector.fusion`); ``model`` None means the shipped weights.
     """
 
     before: Path
@@ -39,6 +41,8 @@ class RunConfig:
     min_area_m2: float = 500.0
     workers: int = 0
     bin: int = 2
+    method: str = "fused"
+    model: Path | None = None
     rule: ScoreRule = field(default_factory=ScoreRule)
     params: ChangeParams = field(default_factory=ChangeParams)
 
@@ -52,6 +56,8 @@ class RunConfig:
             "--min-area-m2": (self.min_area_m2, -1e-9, math.inf),
             "--bin": (self.bin, 0, 16),
         }
+        if self.method not in METHODS:
+            raise InputError(f"--method is {self.method!r}: choose one of {', '.join(METHODS)}")
         for flag, (value, low, high) in checks.items():
             if not (low < value <= high):
                 raise InputError(f"{flag} is {value}: give a value in ({low}, {high}]")

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import geopandas as gpd
 import numpy as np
@@ -21,7 +21,7 @@ import shapely
 from rasterio.windows import Window
 
 from aoi.cells import pixel_size_m
-from detector import __version__
+from detector import __version__, fusion
 from detector.config import RunConfig
 from detector.errors import InputError
 from detector.imagery import DateSource, Grid, match_bands, open_date, overlap_window, reference_grid
@@ -30,6 +30,9 @@ from detector.scan import Accumulated, Progress, score_zones
 from detector.scoring import site_table
 from detector.tiling import intersect, union
 from detector.zones import Zones, plan_zones
+
+if TYPE_CHECKING:  # torch is imported only when a model is used
+    from detector.weights import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,7 @@ def run(config: RunConfig, *, progress: Progress | None = None, command: list[st
     if area is None:
         raise InputError(f"{config.before} and {config.after} do not overlap: give two dates over the same area")
     zones = plan_zones(config, grid, area)
+    model = load_model(config, names)
     clock["plan_s"] = time.perf_counter() - start
     with ThreadPoolExecutor(max_workers=2) as side, Staging(config.out) as staging:
         hashes = side.submit(input_records, config, before, after)
@@ -63,7 +67,7 @@ def run(config: RunConfig, *, progress: Progress | None = None, command: list[st
         raster = ScoreRaster(staging.path("change.tif"), crs=grid.crs, transform=grid.transform,
                              area=union([u.core for b in zones.batches for u in b.units]))
         try:
-            acc = score_zones(config, (before, after), names, grid, zones, raster, progress)
+            acc = score_zones(config, (before, after), names, grid, zones, raster, progress, model)
             clock["score_s"] = time.perf_counter() - tic
             tic = time.perf_counter()
             overviews = side.submit(timed, raster.finish)  # GDAL builds them while the vectors are written
@@ -78,10 +82,30 @@ def run(config: RunConfig, *, progress: Progress | None = None, command: list[st
         finally:
             raster.discard()
         clock["total_s"] = time.perf_counter() - start
-        record = run_record(config, hashes.result(), names, grid, area, sites, changes, clock, command)
+        record = run_record(config, hashes.result(), names, grid, area, sites, changes, clock, command, model)
         write_json(record, staging.path("run.json"))
         staging.commit()
     return record
+
+
+def load_model(config: RunConfig, names: tuple[str, ...]) -> LoadedModel | None:
+    """The CNN of ``config.model`` (default: the shipped weights), checked against the imagery; None for classical.
+
+    torch runs one thread per call: the scan's worker threads already keep
+    every core busy, and torch's own thread pool stalls when another core is
+    busy (``../shared/PERFORMANCE.md``).
+    """
+    if config.method == "classical":
+        return None
+    import torch
+
+    from detector import weights
+
+    model = weights.load(config.model or weights.default_model_path())
+    model.check_bands(names)
+    model.check_tile(config.tile_px // config.bin)
+    torch.set_num_threads(1)
+    return model
 
 
 def timed(work: Callable[[], object]) -> float:
@@ -108,7 +132,7 @@ def site_results(config: RunConfig, zones: Zones, acc: Accumulated, grid: Grid, 
     table["before_source"], table["after_source"] = str(before.path), str(after.path)
     table["before_date"], table["after_date"] = before.date, after.date
     table["threshold"] = config.rule.threshold
-    table["method"] = "classical"
+    table["method"] = config.method
     user = frame.drop(columns=[frame.geometry.name, "site_id"])
     user = user.rename(columns={c: f"user_{c}" for c in user.columns if c in OUR_FIELDS})
     out = pd.concat([frame[["site_id"]], table.set_index(frame.index), user], axis=1)
@@ -145,7 +169,7 @@ def input_records(config: RunConfig, before: DateSource, after: DateSource) -> d
 
 def run_record(config: RunConfig, inputs: dict[str, Any], names: tuple[str, ...], grid: Grid, area: Window,
                sites: gpd.GeoDataFrame, changes: gpd.GeoDataFrame, clock: dict[str, float],
-               command: list[str] | None) -> dict[str, Any]:
+               command: list[str] | None, model: LoadedModel | None = None) -> dict[str, Any]:
     """Everything needed to reproduce and defend the run."""
     return {
         "detector_version": __version__,
@@ -159,6 +183,9 @@ def run_record(config: RunConfig, inputs: dict[str, Any], names: tuple[str, ...]
                      f"score = {config.rule.quantile:g} quantile of the site's pixel scores; "
                      f"a pixel is changed at score >= {config.rule.pixel_threshold}"),
         },
+        "method": config.method,
+        "fusion": fusion.RULE if config.method == "fused" else None,
+        "model": model.record() if model is not None else None,
         "bands": list(names),
         "grid": {"crs": grid.crs.to_string(), "transform": list(grid.transform)[:6],
                  "width": grid.width, "height": grid.height,
@@ -173,7 +200,7 @@ def run_record(config: RunConfig, inputs: dict[str, Any], names: tuple[str, ...]
 def versions() -> dict[str, str]:
     """Versions of Python, GDAL and the packages that shape the numbers."""
     found = {"python": platform.python_version(), "gdal": rasterio.__gdal_version__}
-    for name in ("numpy", "scipy", "rasterio", "geopandas", "shapely", "pyproj", "pyogrio", "scikit-image"):
+    for name in ("numpy", "scipy", "rasterio", "geopandas", "shapely", "pyproj", "pyogrio", "scikit-image", "torch"):
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rasterio
@@ -20,6 +20,7 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from aoi.cells import pixel_size_m
+from detector import fusion
 from detector.binning import bin_any, bin_mean, unbin
 from detector.change import score_tiles
 from detector.config import RunConfig
@@ -28,6 +29,9 @@ from detector.outputs import ScoreRaster
 from detector.scoring import BINS, change_components, zone_histograms
 from detector.tiling import Batch, Unit
 from detector.zones import Zones, centre_lonlat
+
+if TYPE_CHECKING:  # torch is imported only when a model is used
+    from detector.weights import LoadedModel
 
 # GDAL's block cache: about three rows of 512-px blocks of two 4-band uint16
 # Sentinel-2 tiles, so neighbouring tiles never decode a block twice.
@@ -69,20 +73,41 @@ class BatchScorer:
     change raster are measured.  Shifts are reported in grid pixels.
     """
 
-    def __init__(self, config: RunConfig, names: tuple[str, ...], grid: Grid, zones: Zones) -> None:
-        self.config, self.names, self.grid, self.zones = config, names, grid, zones
+    def __init__(self, config: RunConfig, names: tuple[str, ...], grid: Grid, zones: Zones,
+                 model: LoadedModel | None = None) -> None:
+        self.config, self.names, self.grid, self.zones, self.model = config, names, grid, zones, model
         lon, lat = centre_lonlat(grid, Window(0, 0, grid.width, grid.height))
         self.pixel_m = float(np.mean(pixel_size_m(grid.crs, grid.transform, lon, lat)))
 
     def __call__(self, batch: Batch, before: Raw, after: Raw) -> list[UnitResult]:
         factor = self.config.bin
-        tiles = score_tiles(cut_tiles(*before, batch, factor=factor), cut_tiles(*after, batch, factor=factor),
+        first = cut_tiles(*before, batch, factor=factor)
+        tiles = score_tiles(first, cut_tiles(*after, batch, factor=factor),
                             self.names, pixel_m=self.pixel_m * factor,
                             max_shift_px=self.config.max_shift_px / factor, min_peak=self.config.min_peak,
                             params=self.config.params)
-        return [self.unit_result(unit, tiles.score[i], tiles.shift[i] * factor, float(tiles.peak[i]),
+        score = self.method_score(tiles.score, first, tiles.after)
+        return [self.unit_result(unit, score[i], tiles.shift[i] * factor, float(tiles.peak[i]),
                                  bool(tiles.applied[i]))
                 for i, unit in enumerate(batch.units)]
+
+    def method_score(self, classical: np.ndarray, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        """The score of ``config.method`` from the classical score and the (registered) tiles.
+
+        Shapes: classical (N, H, W); before, after (N, C, H, W).  See :mod:`detector.fusion`.
+        """
+        method = self.config.method
+        if method == "classical" or self.model is None:
+            return classical
+        from detector.model import adapt, predict
+
+        pick = (np.ones(len(classical), bool) if method == "cnn"
+                else fusion.candidates(classical, pixel_threshold=self.config.rule.pixel_threshold))
+        cnn = np.zeros_like(classical)
+        if pick.any():
+            cnn[pick] = predict(self.model.network, adapt(before[pick], after[pick], self.names))
+        cnn[np.isnan(classical)] = np.nan
+        return cnn if method == "cnn" else fusion.fuse(classical, cnn)
 
     def unit_result(self, unit: Unit, tile_score: np.ndarray, shift: np.ndarray, peak: float,
                     applied: bool) -> UnitResult:
@@ -170,12 +195,13 @@ def cut_tiles(raw: np.ndarray, invalid: np.ndarray, batch: Batch, *, factor: int
 
 
 def score_zones(config: RunConfig, dates: tuple[DateSource, DateSource], names: tuple[str, ...], grid: Grid,
-                zones: Zones, raster: ScoreRaster, progress: Progress | None) -> Accumulated:
+                zones: Zones, raster: ScoreRaster, progress: Progress | None,
+                model: LoadedModel | None = None) -> Accumulated:
     """Score every batch (read in the background, scored by worker threads) and gather the results."""
     count = len(zones.frame)
     acc = Accumulated(np.zeros((count, BINS + 1), np.int64), np.full((count, 2), np.nan),
                       np.full(count, np.nan), np.zeros(count, bool), [])
-    scorer = BatchScorer(config, names, grid, zones)
+    scorer = BatchScorer(config, names, grid, zones, model)
     workers = config.workers or os.cpu_count() or 1
     done = 0
 

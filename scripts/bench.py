@@ -9,12 +9,18 @@ own:
   default settings (``rasterio.open(path).read()``: GDAL decodes on one thread);
 - ``threaded``: the same read with GDAL's decoding threads on
   (``GDAL_NUM_THREADS=ALL_CPUS``), the fastest read we know;
-- ``run``: the whole ``detector run`` in cell mode (500 m cells) on the pair.
+- ``run:<method>``: the whole ``detector run`` in cell mode (500 m cells) on
+  the pair, for each ``--methods`` (classical, cnn, fused);
+- ``cnn``: inference of the shipped model alone on random 256 x 256 tiles of
+  6 bands x 2 dates, batched, batch norm folded, channels_last: one call
+  with 2 torch threads, and 2 Python threads with 1 torch thread each (what
+  ``run`` does).
 
 Prints megapixels per second (spatial pixels of both dates), wall time, peak
 resident memory and the ratio of the run's speed to each read's.
 
     python scripts/bench.py [--size 10980] [--data /tmp/detector-bench] [--repeat 1] [--bin 2]
+                            [--methods classical,fused] [--skip-runs]
 """
 
 from __future__ import annotations
@@ -83,6 +89,28 @@ def plain_read(paths: list[str], threads: str | None) -> None:
                 src.read()
 
 
+def cnn_rate(*, tiles: int = 256, batch: int = 16, split_threads: bool) -> float:
+    """Tiles of 256 x 256 per second through the shipped model."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from detector import weights
+    from detector.model import predict
+
+    network = weights.load(weights.default_model_path()).network
+    data = np.random.default_rng(0).normal(size=(tiles, 12, 256, 256)).astype(np.float32)
+    torch.set_num_threads(1 if split_threads else 2)
+    predict(network, data[:batch], batch=batch)  # warm up
+    start = time.perf_counter()
+    if split_threads:
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda half: predict(network, half, batch=batch), np.array_split(data, 2)))
+    else:
+        predict(network, data, batch=batch)
+    return tiles / (time.perf_counter() - start)
+
+
 def child(kind: str, paths: tuple[Path, Path], out: Path, bin_factor: int = 2) -> dict[str, float]:
     """Run one measurement in a fresh process; return wall seconds and peak RSS in MB."""
     if kind in READS:
@@ -91,7 +119,8 @@ def child(kind: str, paths: tuple[Path, Path], out: Path, bin_factor: int = 2) -
         command = [sys.executable, "-c", code]
     else:
         command = [sys.executable, "-m", "detector.cli", "-q", "run", "--before", str(paths[0]), "--after",
-                   str(paths[1]), "--out", str(out), "--overwrite", "--cell-m", "500", "--bin", str(bin_factor)]
+                   str(paths[1]), "--out", str(out / kind), "--overwrite", "--cell-m", "500", "--bin", str(bin_factor),
+                   "--method", kind.split(":")[1]]
     start = time.perf_counter()
     proc = subprocess.Popen(command)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -107,24 +136,33 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "detector-bench")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--bin", type=int, default=2, help="detector run --bin (2, the default; 1 = full resolution)")
+    parser.add_argument("--methods", default="classical,fused", help="detector run --method values to time")
+    parser.add_argument("--skip-runs", action="store_true", help="only the CNN inference rate")
     args = parser.parse_args()
+    for split in (False, True):
+        rate = max(cnn_rate(split_threads=split) for _ in range(2))
+        label = "2 threads x 1 torch thread" if split else "1 call, 2 torch threads"
+        print(f"cnn inference ({label}): {rate:6.0f} tiles/s of 256 x 256 (target >= 150)", flush=True)
+    if args.skip_runs:
+        return 0
     tic = time.perf_counter()
     paths = make_pair(args.data, args.size)
     print(f"pair ready in {time.perf_counter() - tic:.0f} s: {[p.stat().st_size // 2**20 for p in paths]} MiB")
     mpx = 2 * args.size * args.size / 1e6
-    results: dict[str, list[dict[str, float]]] = {kind: [] for kind in (*READS, "run")}
+    runs = [f"run:{m}" for m in args.methods.split(",")]
+    results: dict[str, list[dict[str, float]]] = {kind: [] for kind in (*READS, *runs)}
     for _ in range(args.repeat):
         for kind in results:
             results[kind].append(child(kind, paths, args.data / "out", args.bin))
     best = {k: min(v, key=lambda r: r["wall_s"]) for k, v in results.items()}
     for kind, r in best.items():
-        print(f"{kind:>8}: {r['wall_s']:6.1f} s  {mpx / r['wall_s']:6.1f} Mpx/s  peak {r['peak_mb']:7.0f} MB")
-    for kind in READS:
-        ratio = best[kind]["wall_s"] / best["run"]["wall_s"]
-        print(f"run speed / {kind} read speed = {ratio:.2f} (target >= 0.5)")
-    print(f"run peak memory {best['run']['peak_mb']:.0f} MB (target < 2000)")
-    timings = json.loads((args.data / "out" / "run.json").read_text())["timings_s"]
-    print(f"run stages (--bin {args.bin}): {timings}")
+        print(f"{kind:>13}: {r['wall_s']:6.1f} s  {mpx / r['wall_s']:6.1f} Mpx/s  peak {r['peak_mb']:7.0f} MB")
+    for run in runs:
+        for kind in READS:
+            ratio = best[kind]["wall_s"] / best[run]["wall_s"]
+            print(f"{run} speed / {kind} read speed = {ratio:.2f}")
+        timings = json.loads((args.data / "out" / run / "run.json").read_text())["timings_s"]
+        print(f"{run} stages (--bin {args.bin}): {timings}; peak {best[run]['peak_mb']:.0f} MB")
     return 0
 
 

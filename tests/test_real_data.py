@@ -67,3 +67,22 @@ def test_oscd_city_change_raster_beats_chance(city: str, tmp_path: Path) -> None
     print(f"{city}: AP {result['ap']:.3f}, chance {result['chance']:.3f}")
     assert result["analysed"] > 0.95
     assert result["ap"] > 2.5 * result["chance"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CITIES, reason="../shared/data/oscd-dev is not beside the checkout")
+def test_shipped_model_beats_the_classical_score_on_its_held_out_cities(tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from eval_oscd import city_ap
+
+    from detector import weights
+
+    held_out = weights.load(weights.default_model_path()).card["held_out"]["cities"]
+    assert len(held_out) == 3 and set(held_out) <= set(CITIES)
+    mean_ap = {}
+    for method in ("classical", "cnn", "fused"):
+        aps = [city_ap(OSCD / city, tmp_path / method / city, method=method)["ap"] for city in held_out]
+        mean_ap[method] = sum(aps) / len(aps)
+    print(mean_ap)
+    assert mean_ap["cnn"] > 1.3 * mean_ap["classical"]
+    assert mean_ap["fused"] > 1.3 * mean_ap["classical"]

@@ -1,0 +1,138 @@
+"""Model files: weights plus the metadata needed to use them, loaded without unpickling code.
+
+A model file is a ``torch.save`` of a plain dict::
+
+    {"format": FORMAT, "version": 1, "card": "<JSON text>", "state_dict": {name: tensor}}
+
+and is read with ``torch.load(weights_only=True)``, which accepts tensors and
+plain containers only: a pickle that would run code on load is refused.  The
+card (JSON) holds the architecture, the bands, the tile size trained on, the
+training data, the seed and the metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from detector.errors import InputError, MissingFileError
+from detector.model import ARCHITECTURES, MODEL_BANDS, build, fuse_batchnorm
+
+FORMAT = "site-change-detector/change-cnn"
+VERSION = 1
+REQUIRED_BANDS = ("blue", "green", "red")
+
+
+def default_model_path() -> Path:
+    """The weights shipped in the package (trained by ``scripts/train_default.py``)."""
+    return Path(str(resources.files("detector") / "weights" / "default.pt"))
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """A model ready for :func:`detector.model.predict`, with its card and file hash."""
+
+    network: nn.Module
+    card: dict[str, Any]
+    path: Path
+    sha256: str
+
+    @property
+    def bands(self) -> tuple[str, ...]:
+        return tuple(self.card["bands"])
+
+    def check_bands(self, names: tuple[str, ...]) -> None:
+        """Refuse imagery that lacks the bands the model cannot do without."""
+        missing = [b for b in self.card.get("required_bands", REQUIRED_BANDS) if b not in names]
+        if missing:
+            raise InputError(f"model {self.path} needs bands {', '.join(missing)}; the imagery has {list(names)}: "
+                             "give imagery with at least red, green and blue, or use --method classical")
+
+    def check_tile(self, tile_px: int) -> None:
+        """Refuse tiles smaller than the model was trained to see."""
+        least = int(self.card["tile_px"]) // 2
+        if tile_px < least:
+            raise InputError(f"tiles of {tile_px} px are too small for model {self.path} (trained on "
+                             f"{self.card['tile_px']}-px tiles, needs at least {least}): "
+                             "raise --tile-px or lower --bin")
+
+    def record(self) -> dict[str, Any]:
+        """What ``run.json`` says about the model."""
+        keep = ("name", "architecture", "bands", "tile_px", "parameters", "trained_on", "seed", "metrics")
+        return {"path": str(self.path), "sha256": self.sha256, **{k: self.card.get(k) for k in keep}}
+
+
+def save(network: nn.Module, card: dict[str, Any], path: Path) -> None:
+    """Write weights and card to ``path`` (a temporary file first, then renamed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
+    try:
+        torch.save({"format": FORMAT, "version": VERSION, "card": json.dumps(card), "state_dict": state}, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load(path: Path, *, for_training: bool = False) -> LoadedModel:
+    """Read a model file; never unpickles arbitrary objects.
+
+    Returns the network in eval mode with batch norm folded in (for
+    inference), or as trained (``for_training``, to fine-tune).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"model file {path} does not exist: give a file written by `detector train`")
+    blob = _read(path)
+    card = _card(blob, path)
+    network = build(card["architecture"], tuple(card["bands"]))
+    try:
+        network.load_state_dict(blob["state_dict"])
+    except (RuntimeError, TypeError) as exc:
+        raise InputError(f"{path} does not hold {card['architecture']} weights ({str(exc).splitlines()[0]}): "
+                         "the file is damaged or was edited; retrain or restore it") from None
+    network.eval()
+    if not for_training:
+        network = fuse_batchnorm(network)
+    return LoadedModel(network, card, path, hashlib.sha256(path.read_bytes()).hexdigest())
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "pickle protocol 4" notices on foreign files
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        raise InputError(f"{path} is refused: it is not a weights-only {FORMAT} file (a pickle of other "
+                         "objects, which could run code, is never unpickled): give a file written by `detector train`"
+                         ) from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise InputError(f"{path} is not a {FORMAT} file (a torch file of another kind): "
+                         "give a file written by `detector train`")
+    if blob.get("version") != VERSION:
+        raise InputError(f"{path} is model format version {blob.get('version')}; this detector reads version "
+                         f"{VERSION}: retrain with this version")
+    return blob
+
+
+def _card(blob: dict[str, Any], path: Path) -> dict[str, Any]:
+    try:
+        card = json.loads(blob["card"])
+    except (KeyError, TypeError, json.JSONDecodeError):
+        raise InputError(f"{path} has no readable model card: retrain it with `detector train`") from None
+    if card.get("architecture") not in ARCHITECTURES:
+        raise InputError(f"{path} names architecture {card.get('architecture')!r}; "
+                         f"this detector knows {sorted(ARCHITECTURES)}")
+    if tuple(card.get("bands", ())) != MODEL_BANDS or not isinstance(card.get("tile_px"), int):
+        raise InputError(f"{path} expects bands {card.get('bands')} and tile_px {card.get('tile_px')}; "
+                         f"this detector expects bands {list(MODEL_BANDS)} and an integer tile_px")
+    return card

@@ -1,0 +1,74 @@
+"""Training augmentation of network-ready tiles (see :func:`detector.model.adapt`).
+
+Array contract: ``inputs`` float32 ``(N, 2B, H, W)`` (B bands of the before
+date, then B of the after date, standardized); ``target`` float32
+``(N, H, W)``, NaN = unknown.  Randomness comes only from the ``rng`` passed in.
+
+Per tile: a random 90-degree rotation and flip; the dates swapped (half the
+time: change is change either way); the after date's bands jittered in gain
+and offset (what per-tile standardization leaves of a radiometric difference)
+plus noise; the after date shifted by up to ``max_shift`` px, bilinearly, in
+half the tiles (a residual misregistration: at 10 m a whole pixel is the
+size of the buildings to find, so the jitter stays sub-pixel); and NIR/SWIR dropped (``band_drop`` of the tiles that
+have them), so RGB-only imagery is scored by the same weights; and a share of
+the tiles magnified by up to ``zoom`` (a random crop scaled back up), so
+imagery finer than the training data, or upsampled from a coarser sensor, is
+not foreign.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from detector.model import MODEL_BANDS
+
+OPTIONAL = [i for i, b in enumerate(MODEL_BANDS) if b not in ("blue", "green", "red")]
+
+
+def augment_batch(inputs: np.ndarray, target: np.ndarray, rng: np.random.Generator, *, band_drop: float = 0.5,
+                  max_shift: float = 0.5, gain: float = 0.15, offset: float = 0.15, noise: float = 0.05,
+                  zoom: float = 2.0, zoom_share: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """An augmented copy of a batch; see the module docstring."""
+    bands = inputs.shape[1] // 2
+    xs, ys = [], []
+    for x, y in zip(inputs, target, strict=True):
+        if zoom > 1 and rng.random() < zoom_share:
+            x, y = _zoom(x, y, float(rng.uniform(1.0, zoom)), rng)
+        k, flip = int(rng.integers(4)), bool(rng.integers(2))
+        x, y = np.rot90(x, k, axes=(1, 2)), np.rot90(y, k)
+        if flip:
+            x, y = x[:, :, ::-1], y[:, ::-1]
+        x = np.array(x, dtype=np.float32)
+        if rng.random() < 0.5:
+            x = np.concatenate([x[bands:], x[:bands]])
+        after = x[bands:]
+        present = np.abs(after).reshape(bands, -1).max(axis=1) > 0
+        after *= rng.uniform(1 - gain, 1 + gain, (bands, 1, 1)).astype(np.float32)
+        after += rng.normal(0, offset, (bands, 1, 1)).astype(np.float32)
+        after += rng.normal(0, noise, after.shape).astype(np.float32)
+        after[~present] = 0.0
+        if max_shift and rng.random() < 0.5:
+            dy, dx = rng.uniform(-max_shift, max_shift, 2)
+            x[bands:] = ndimage.shift(after, (0, dy, dx), order=1, mode="nearest")
+        if rng.random() < band_drop:
+            x[OPTIONAL] = 0.0
+            x[[bands + i for i in OPTIONAL]] = 0.0
+        xs.append(x)
+        ys.append(np.array(y, dtype=np.float32))
+    return np.stack(xs), np.stack(ys)
+
+
+def _zoom(x: np.ndarray, y: np.ndarray, factor: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A random crop of 1/``factor`` of the tile, magnified back to the tile size (bilinear).
+
+    Imagery upsampled from a coarser sensor (true-colour frames rendered at
+    3.4 m from 10 m bands) looks like this.
+    """
+    size = x.shape[-1]
+    crop = max(int(round(size / factor)), 8)
+    r, c = rng.integers(0, size - crop + 1, 2)
+    scale = size / crop
+    x = ndimage.zoom(x[:, r:r + crop, c:c + crop], (1, scale, scale), order=1)[:, :size, :size]
+    y = ndimage.zoom(np.nan_to_num(y[r:r + crop, c:c + crop], nan=-1.0), scale, order=0)[:size, :size]
+    return x.astype(np.float32), np.where(y < 0, np.nan, y).astype(np.float32)

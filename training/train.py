@@ -1,0 +1,211 @@
+"""``detector train``: fit the change CNN on labelled tiles, keep the best epoch by validation AP.
+
+The loss is binary cross-entropy plus soft Dice over the pixels whose label
+is known: cross-entropy alone, with about 2 % changed pixels, is minimized by
+predicting "no change" everywhere; Dice rewards overlap with the few changed
+pixels whatever their share.  A reviewed site known only to have changed
+somewhere inside (a weak label) adds the cross-entropy of its tile's highest
+logit against "change".
+
+Reproducible: one seed fixes the weights' initialization, the split, the
+order of the batches and every augmentation (given the same versions and
+thread count; a ``max_minutes`` budget that cuts training short is the
+exception, and is recorded).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional
+
+from detector import weights
+from detector.errors import InputError
+from detector.model import ARCHITECTURES, MODEL_BANDS, build, parameter_count, predict
+from training.augment import augment_batch
+from training.datasets import Tiles, cut_tiles, groups, load_scenes, split
+from training.evaluation import pixel_metrics
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, dict[str, Any]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class TrainConfig:
+    """Everything that decides a training run; recorded in the model card."""
+
+    data: tuple[Path, ...]
+    out: Path
+    architecture: str = "ef-fpn-s"
+    tile_px: int = 128
+    scales: tuple[int, ...] = (1, 2)
+    batch: int = 16
+    epochs: int = 40
+    steps_per_epoch: int = 40
+    lr: float = 2e-3
+    val_fraction: float = 0.15
+    patience: int = 15
+    max_minutes: float = 30.0
+    seed: int = 0
+    init: Path | None = None
+    name: str = "change-cnn"
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise InputError(f"--architecture {self.architecture!r} is unknown: choose one of {sorted(ARCHITECTURES)}")
+        if self.tile_px % 8 or self.tile_px < 32:
+            raise InputError(f"--tile-px {self.tile_px}: give a multiple of 8, at least 32")
+        for flag, value in (("--epochs", self.epochs), ("--batch", self.batch), ("--max-minutes", self.max_minutes)):
+            if not value > 0:
+                raise InputError(f"{flag} is {value}: give a positive value")
+        if not 0 <= self.val_fraction < 1:
+            raise InputError(f"--val-fraction is {self.val_fraction}: give a value in [0, 1)")
+
+
+def loss_fn(logits: torch.Tensor, target: torch.Tensor, weak: torch.Tensor) -> torch.Tensor:
+    """BCE + soft Dice over known pixels, plus the weak-label term.
+
+    Parameters
+    ----------
+    logits : (N, 1, H, W); target : (N, H, W), NaN = unknown; weak : (N,), NaN = none
+    """
+    logits = logits[:, 0]
+    known = torch.isfinite(target)
+    y = torch.nan_to_num(target)
+    total = logits.new_zeros(())
+    if known.any():
+        bce = functional.binary_cross_entropy_with_logits(logits, y, reduction="none")
+        total = total + (bce * known).sum() / known.sum()
+        p = torch.sigmoid(logits) * known
+        total = total + 1 - (2 * (p * y).sum() + 1) / (p.sum() + (y * known).sum() + 1)
+    has_weak = torch.isfinite(weak)
+    if has_weak.any():
+        peak = logits[has_weak].flatten(1).amax(dim=1)
+        total = total + functional.binary_cross_entropy_with_logits(peak, weak[has_weak])
+    return total
+
+
+def prepare(config: TrainConfig) -> Tiles:
+    """Load the scenes under every ``--data`` folder and cut them into tiles."""
+    scenes = [scene for folder in config.data for scene in load_scenes(folder)]
+    log.info("%d scenes from %s", len(scenes), ", ".join(str(d) for d in config.data))
+    return cut_tiles(scenes, config.tile_px, scales=config.scales)
+
+
+def train(config: TrainConfig, *, progress: Progress | None = None) -> dict[str, Any]:
+    """Train, write the best model to ``config.out``; return its card."""
+    start = time.perf_counter()
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    tiles = prepare(config)
+    train_idx, val_idx = split(tiles, val_fraction=config.val_fraction, rng=rng)
+    if len(train_idx) == 0:
+        raise InputError("no training tiles left after the validation split: give more data or --val-fraction 0")
+    network = weights.load(config.init, for_training=True).network if config.init else build(config.architecture)
+    network.train()
+    optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * config.steps_per_epoch)
+    best: dict[str, Any] = {"ap": -1.0}
+    best_state = {k: v.clone() for k, v in network.state_dict().items()}
+    history, stale, stopped = [], 0, "epochs"
+    for epoch in range(1, config.epochs + 1):
+        loss = run_epoch(network, optimizer, schedule, tiles, train_idx, config, rng)
+        row = {"epoch": epoch, "loss": loss, **validate(network, tiles, val_idx if len(val_idx) else train_idx)}
+        history.append(row)
+        if progress is not None:
+            progress(epoch, row)
+        if row["ap"] > best["ap"]:
+            best, stale = row, 0
+            best_state = {k: v.clone() for k, v in network.state_dict().items()}
+        else:
+            stale += 1
+        if stale >= config.patience:
+            stopped = f"early stop: no better validation AP for {config.patience} epochs"
+            break
+        if time.perf_counter() - start > 60 * config.max_minutes:
+            stopped = f"time budget of {config.max_minutes} min"
+            break
+    network.load_state_dict(best_state)
+    card = model_card(config, tiles, train_idx, val_idx, network, best, history, stopped,
+                      minutes=(time.perf_counter() - start) / 60)
+    weights.save(network, card, config.out)
+    return card
+
+
+def run_epoch(network: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: Any, tiles: Tiles,
+              train_idx: np.ndarray, config: TrainConfig, rng: np.random.Generator) -> float:
+    """``steps_per_epoch`` optimizer steps on augmented batches; the mean loss."""
+    network.train()
+    losses = []
+    for _ in range(config.steps_per_epoch):
+        pick = rng.choice(train_idx, size=min(config.batch, len(train_idx)), replace=len(train_idx) < config.batch)
+        x, y = augment_batch(tiles.inputs[pick], tiles.target[pick], rng)
+        logits = network(torch.from_numpy(x).contiguous(memory_format=torch.channels_last))
+        loss = loss_fn(logits, torch.from_numpy(y), torch.from_numpy(tiles.weak[pick]))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+    return float(np.mean(losses))
+
+
+def validate(network: torch.nn.Module, tiles: Tiles, idx: np.ndarray) -> dict[str, Any]:
+    """Pixel metrics of the network on the tiles ``idx`` (no augmentation).
+
+    Precision, recall, F1 and IoU pool every pixel; ``ap`` is the mean of the
+    groups' APs (cities and folders, see :func:`training.datasets.groups`),
+    so a folder of large, mostly changed VHR tiles cannot outweigh a
+    Sentinel-2 city where 1 % of the pixels changed.
+    """
+    prob = predict(network, tiles.inputs[idx])
+    found = pixel_metrics(prob, tiles.target[idx])
+    group = groups(tiles)[idx]
+    per_group = [pixel_metrics(prob[group == g], tiles.target[idx][group == g])["ap"] for g in np.unique(group)]
+    network.train()
+    row = {k: found[k] for k in ("precision", "recall", "f1", "iou")}
+    row["ap"] = float(np.nanmean(per_group)) if np.isfinite(per_group).any() else 0.0
+    return row
+
+
+def model_card(config: TrainConfig, tiles: Tiles, train_idx: np.ndarray, val_idx: np.ndarray,
+               network: torch.nn.Module, best: dict[str, Any], history: list[dict[str, Any]], stopped: str, *,
+               minutes: float) -> dict[str, Any]:
+    """The metadata saved beside the weights."""
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
+    settings["data"] = [str(d) for d in config.data]
+    return {
+        "name": config.name,
+        "architecture": config.architecture,
+        "bands": list(MODEL_BANDS),
+        "required_bands": ["blue", "green", "red"],
+        "tile_px": config.tile_px,
+        "parameters": parameter_count(network),
+        "normalization": "per tile, per band and date: (x - median) / (1.4826 MAD), clipped to +-6; missing band = 0",
+        "trained_on": sorted(set(tiles.source[train_idx].tolist())),
+        "validated_on": sorted(set(tiles.source[val_idx].tolist())),
+        "tiles": {"train": int(len(train_idx)), "val": int(len(val_idx))},
+        "seed": config.seed,
+        "settings": settings,
+        "metrics": {"validation": {k: _round(v) for k, v in best.items()}},
+        "history": [{k: _round(v) for k, v in row.items()} for row in history],
+        "stopped": stopped,
+        "training_minutes": round(minutes, 2),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        **config.notes,
+    }
+
+
+def _round(value: Any) -> Any:
+    return round(value, 4) if isinstance(value, float) and math.isfinite(value) else value

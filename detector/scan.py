@@ -86,12 +86,13 @@ class BatchScorer:
                             self.names, pixel_m=self.pixel_m * factor,
                             max_shift_px=self.config.max_shift_px / factor, min_peak=self.config.min_peak,
                             params=self.config.params)
-        score = self.method_score(tiles.score, first, tiles.after)
+        score = self.method_score(tiles.score, first, tiles.after, pixel_m=self.pixel_m * factor)
         return [self.unit_result(unit, score[i], tiles.shift[i] * factor, float(tiles.peak[i]),
                                  bool(tiles.applied[i]))
                 for i, unit in enumerate(batch.units)]
 
-    def method_score(self, classical: np.ndarray, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    def method_score(self, classical: np.ndarray, before: np.ndarray, after: np.ndarray, *,
+                     pixel_m: float) -> np.ndarray:
         """The score of ``config.method`` from the classical score and the (registered) tiles.
 
         Shapes: classical (N, H, W); before, after (N, C, H, W).  See :mod:`detector.fusion`.
@@ -107,7 +108,7 @@ class BatchScorer:
         if pick.any():
             cnn[pick] = predict(self.model.network, adapt(before[pick], after[pick], self.names))
         cnn[np.isnan(classical)] = np.nan
-        return cnn if method == "cnn" else fusion.fuse(classical, cnn)
+        return cnn if method == "cnn" else fusion.fuse(classical, cnn, reach=fusion.reach_px(pixel_m))
 
     def unit_result(self, unit: Unit, tile_score: np.ndarray, shift: np.ndarray, peak: float,
                     applied: bool) -> UnitResult:

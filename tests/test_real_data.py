@@ -39,17 +39,31 @@ def test_facility_2_still_bare_is_not_flagged(dabancheng_sites: gpd.GeoDataFrame
     assert not bool(second["flagged"]) and second["rank"] == 2
 
 
-def test_cells_over_the_new_compound_rank_above_the_rest(tmp_path: Path) -> None:
-    assert main(["-q", "run", *SAMPLE_ARGS, "--out", str(tmp_path)]) == 0
-    cells = gpd.read_file(tmp_path / "sites.geojson")
+def compound_cells(out: Path) -> gpd.GeoDataFrame:
+    cells = gpd.read_file(out / "sites.geojson")
     utm = cells.estimate_utm_crs()
     compound = gpd.GeoSeries([COMPOUND], crs=4326).to_crs(utm).iloc[0]
     metric = cells.to_crs(utm).geometry
-    inside = metric.intersection(compound).area / metric.area
-    over = cells.loc[inside >= 0.5, "rank"]
-    away = cells.loc[inside == 0, "rank"]
+    cells["inside"] = (metric.intersection(compound).area / metric.area).to_numpy()
+    return cells
+
+
+def test_classical_cells_over_the_new_compound_rank_above_the_rest(tmp_path: Path) -> None:
+    assert main(["-q", "run", *SAMPLE_ARGS, "--out", str(tmp_path), "--method", "classical"]) == 0
+    cells = compound_cells(tmp_path)
+    over = cells.loc[cells["inside"] >= 0.5, "rank"]
+    away = cells.loc[cells["inside"] == 0, "rank"]
     assert len(over) >= 3 and len(away) >= 20
     assert over.max() < away.min()
+
+
+def test_fused_cells_flag_the_new_compound_and_little_else(tmp_path: Path) -> None:
+    assert main(["-q", "run", *SAMPLE_ARGS, "--out", str(tmp_path)]) == 0  # the default method
+    cells = compound_cells(tmp_path).sort_values("rank")
+    assert (cells["method"] == "fused").all()
+    assert (cells["inside"].iloc[:3] >= 0.4).all()
+    flagged = cells[cells["flagged"]]
+    assert (flagged["inside"] >= 0.4).sum() >= 3 and (flagged["inside"] == 0).sum() <= 1
 
 
 OSCD = SHARED / "oscd-dev"

@@ -100,13 +100,16 @@ def test_augmentation_keeps_shapes_and_labels_with_their_pixels() -> None:
     y = np.zeros((8, 16, 16), np.float32)
     y[:, :4, :6] = 1
     x[:, 2, :4, :6] = 5.0  # the before red band marks the changed corner
-    ax, ay = augment_batch(x, y, rng, band_drop=0, max_shift=0, gain=0, offset=0, noise=0)
+    ax, ay = augment_batch(x, y, rng, band_drop=0, max_shift=0, gain=0, offset=0, noise=0, zoom=1)
     assert ax.shape == x.shape and ay.shape == y.shape and ay.sum() == y.sum()
     marked = (ax[:, 2] == 5.0) | (ax[:, 8] == 5.0)  # the dates may be swapped
     assert np.array_equal(marked, ay == 1)
     assert not np.array_equal(ay, y)  # some tiles were turned or flipped
     dropped, _ = augment_batch(x, y, rng, band_drop=1.0)
     assert np.all(dropped[:, [3, 4, 5, 9, 10, 11]] == 0)
+    zoomed, zy = augment_batch(x, y, rng, zoom=2.0, zoom_share=1.0)
+    assert zoomed.shape == x.shape and zy.shape == y.shape
+    assert set(np.unique(zy)) <= {0.0, 1.0} and not np.array_equal(zy, y)  # labels stay labels
 
 
 def test_one_training_step_lowers_the_loss_on_a_tiny_batch() -> None:

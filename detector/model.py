@@ -154,8 +154,12 @@ def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def predict(model: nn.Module, inputs: np.ndarray, *, batch: int = 16) -> np.ndarray:
+def predict(model: nn.Module, inputs: np.ndarray, *, batch: int = 4) -> np.ndarray:
     """Change probability per pixel.
+
+    Small batches are fastest on CPU (the feature maps of 4 tiles of 256 x 256
+    stay in cache: ``scripts/bench.py``); a batch per thread is how ``run``
+    uses both cores.
 
     Parameters
     ----------

@@ -82,7 +82,8 @@ def run(config: RunConfig, *, progress: Progress | None = None, command: list[st
         finally:
             raster.discard()
         clock["total_s"] = time.perf_counter() - start
-        record = run_record(config, hashes.result(), names, grid, area, sites, changes, clock, command, model)
+        record = run_record(config, hashes.result(), names, grid, area, sites, changes, clock, command, model,
+                            acc.cnn)
         write_json(record, staging.path("run.json"))
         staging.commit()
     return record
@@ -169,7 +170,8 @@ def input_records(config: RunConfig, before: DateSource, after: DateSource) -> d
 
 def run_record(config: RunConfig, inputs: dict[str, Any], names: tuple[str, ...], grid: Grid, area: Window,
                sites: gpd.GeoDataFrame, changes: gpd.GeoDataFrame, clock: dict[str, float],
-               command: list[str] | None, model: LoadedModel | None = None) -> dict[str, Any]:
+               command: list[str] | None, model: LoadedModel | None = None,
+               cnn_tiles: list[bool] | None = None) -> dict[str, Any]:
     """Everything needed to reproduce and defend the run."""
     return {
         "detector_version": __version__,
@@ -191,7 +193,8 @@ def run_record(config: RunConfig, inputs: dict[str, Any], names: tuple[str, ...]
                  "width": grid.width, "height": grid.height,
                  "analysed_window": [int(area.col_off), int(area.row_off), int(area.width), int(area.height)]},
         "counts": {"sites": len(sites), "flagged": int(sites["flagged"].sum()),
-                   "no_coverage": int((sites["status"] == "no_coverage").sum()), "change_polygons": len(changes)},
+                   "no_coverage": int((sites["status"] == "no_coverage").sum()), "change_polygons": len(changes),
+                   "tiles": len(cnn_tiles or []), "cnn_tiles": int(sum(cnn_tiles or []))},
         "versions": versions(),
         "timings_s": {k: round(v, 3) for k, v in clock.items()},
     }

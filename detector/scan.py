@@ -50,6 +50,7 @@ class Accumulated:
     peak: np.ndarray  # (Z,) phase-correlation peak contrast of the shift estimate
     applied: np.ndarray  # (Z,)
     polygons: list[tuple[int, float, Any]]  # (zone, mean score, shapely geometry in grid CRS)
+    cnn: list[bool]  # per tile scored: whether the CNN ran on it
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,7 @@ class UnitResult:
     applied: bool
     polygons: list[tuple[int, float, Any]]  # (zone, mean score, geometry in the grid CRS)
     score: np.ndarray  # (H, W) over unit.core, NaN outside the zones
+    cnn: bool  # the CNN ran on this tile
 
 
 class BatchScorer:
@@ -86,20 +88,21 @@ class BatchScorer:
                             self.names, pixel_m=self.pixel_m * factor,
                             max_shift_px=self.config.max_shift_px / factor, min_peak=self.config.min_peak,
                             params=self.config.params)
-        score = self.method_score(tiles.score, first, tiles.after, pixel_m=self.pixel_m * factor)
+        score, cnn = self.method_score(tiles.score, first, tiles.after, pixel_m=self.pixel_m * factor)
         return [self.unit_result(unit, score[i], tiles.shift[i] * factor, float(tiles.peak[i]),
-                                 bool(tiles.applied[i]))
+                                 bool(tiles.applied[i]), bool(cnn[i]))
                 for i, unit in enumerate(batch.units)]
 
     def method_score(self, classical: np.ndarray, before: np.ndarray, after: np.ndarray, *,
-                     pixel_m: float) -> np.ndarray:
+                     pixel_m: float) -> tuple[np.ndarray, np.ndarray]:
         """The score of ``config.method`` from the classical score and the (registered) tiles.
 
-        Shapes: classical (N, H, W); before, after (N, C, H, W).  See :mod:`detector.fusion`.
+        Shapes: classical (N, H, W); before, after (N, C, H, W).  Returns the
+        score (N, H, W) and which tiles the CNN ran on (N,).  See :mod:`detector.fusion`.
         """
         method = self.config.method
         if method == "classical" or self.model is None:
-            return classical
+            return classical, np.zeros(len(classical), bool)
         from detector.model import adapt, predict
 
         pick = (np.ones(len(classical), bool) if method == "cnn"
@@ -108,10 +111,11 @@ class BatchScorer:
         if pick.any():
             cnn[pick] = predict(self.model.network, adapt(before[pick], after[pick], self.names))
         cnn[np.isnan(classical)] = np.nan
-        return cnn if method == "cnn" else fusion.fuse(classical, cnn, reach=fusion.reach_px(pixel_m))
+        score = cnn if method == "cnn" else fusion.fuse(classical, cnn, reach=fusion.reach_px(pixel_m))
+        return score, pick
 
     def unit_result(self, unit: Unit, tile_score: np.ndarray, shift: np.ndarray, peak: float,
-                    applied: bool) -> UnitResult:
+                    applied: bool, cnn: bool) -> UnitResult:
         r = int(unit.core.row_off - unit.read.row_off)
         c = int(unit.core.col_off - unit.read.col_off)
         full = unbin(tile_score, self.config.bin, (int(unit.read.height), int(unit.read.width)))
@@ -122,7 +126,7 @@ class BatchScorer:
         polygons = change_polygons(score, labels, unit.zones, transform,
                                    pixel_threshold=self.config.rule.pixel_threshold)
         return UnitResult(unit, hist, shift, peak, applied, polygons,
-                          np.where(labels > 0, score, np.float32(np.nan)))
+                          np.where(labels > 0, score, np.float32(np.nan)), cnn)
 
 
 def read_in_background(dates: tuple[DateSource, DateSource], names: tuple[str, ...], grid: Grid,
@@ -201,7 +205,7 @@ def score_zones(config: RunConfig, dates: tuple[DateSource, DateSource], names: 
     """Score every batch (read in the background, scored by worker threads) and gather the results."""
     count = len(zones.frame)
     acc = Accumulated(np.zeros((count, BINS + 1), np.int64), np.full((count, 2), np.nan),
-                      np.full(count, np.nan), np.zeros(count, bool), [])
+                      np.full(count, np.nan), np.zeros(count, bool), [], [])
     scorer = BatchScorer(config, names, grid, zones, model)
     workers = config.workers or os.cpu_count() or 1
     done = 0
@@ -215,6 +219,7 @@ def score_zones(config: RunConfig, dates: tuple[DateSource, DateSource], names: 
             acc.peak[picks] = result.peak
             acc.applied[picks] = result.applied
             acc.polygons.extend(result.polygons)
+            acc.cnn.append(result.cnn)
             raster.write(result.score, result.unit.core, merge=not zones.cell_mode)
         done += 1
         if progress is not None:

@@ -58,6 +58,9 @@ class RunConfig:
         }
         if self.method not in METHODS:
             raise InputError(f"--method is {self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.model is not None and self.method == "classical":
+            raise InputError(f"--model {self.model} is not used by --method classical: "
+                             "drop --model or choose --method cnn or fused")
         for flag, (value, low, high) in checks.items():
             if not (low < value <= high):
                 raise InputError(f"{flag} is {value}: give a value in ({low}, {high}]")

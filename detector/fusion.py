@@ -13,11 +13,13 @@ so the fused score is too, and the thresholds of
 chosen on the development data (the seven training cities and the Dabancheng
 sample), never on the held-out cities.
 
-The rule makes a cheap prefilter exact: where the classical score is under
-``pixel_threshold ** 2`` the fused score is under ``pixel_threshold`` whatever
-the CNN says, so a tile with no such pixel skips the CNN (its CNN
-probability counts as 0) without changing which pixels are counted as
-changed, nor which sites are flagged.
+The rule makes a cheap prefilter exact where it matters: the fused score is
+at most ``sqrt(classical)``, so where the classical score is under ``t ** 2``
+(``t`` the lower of the pixel and site thresholds) the fused score is under
+``t`` whatever the CNN says.  A tile with no pixel at ``t ** 2`` skips the
+CNN and its fused scores are 0: which pixels count as changed and which
+sites are flagged stay exactly as without the prefilter; scores under the
+thresholds (and so the order of unflagged sites) may be lower.
 
 Array contract: ``classical, cnn : ndarray, shape (N, H, W), float32``, NaN = nodata.
 """
@@ -30,7 +32,7 @@ from scipy import ndimage
 METHODS = ("classical", "cnn", "fused")
 SUPPORT_M = 15.0
 RULE = ("fused = sqrt(classical * cnn_near) per pixel, cnn_near = the CNN probability's maximum within 15 m; "
-        "CNN skipped on tiles with no classical score >= pixel_threshold**2")
+        "CNN skipped (fused = 0) on tiles with no classical score >= min(pixel_threshold, threshold)**2")
 
 
 def reach_px(pixel_m: float) -> int:
@@ -47,7 +49,7 @@ def fuse(classical: np.ndarray, cnn: np.ndarray, *, reach: int = 0) -> np.ndarra
     return np.sqrt(np.maximum(classical, 0) * np.maximum(near, 0)).astype(np.float32)
 
 
-def candidates(classical: np.ndarray, *, pixel_threshold: float) -> np.ndarray:
-    """Tiles where the fused score could reach ``pixel_threshold``: shape (N,), bool."""
+def candidates(classical: np.ndarray, *, threshold: float) -> np.ndarray:
+    """Tiles where the fused score could reach ``threshold``: shape (N,), bool."""
     flat = np.nan_to_num(classical.reshape(len(classical), -1), nan=0.0)
-    return flat.max(axis=1) >= pixel_threshold ** 2
+    return flat.max(axis=1) >= threshold ** 2

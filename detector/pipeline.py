@@ -90,22 +90,14 @@ def run(config: RunConfig, *, progress: Progress | None = None, command: list[st
 
 
 def load_model(config: RunConfig, names: tuple[str, ...]) -> LoadedModel | None:
-    """The CNN of ``config.model`` (default: the shipped weights), checked against the imagery; None for classical.
-
-    torch runs one thread per call: the scan's worker threads already keep
-    every core busy, and torch's own thread pool stalls when another core is
-    busy (``../shared/PERFORMANCE.md``).
-    """
+    """The CNN of ``config.model`` (default: the shipped weights), checked against the imagery; None for classical."""
     if config.method == "classical":
         return None
-    import torch
-
     from detector import weights
 
     model = weights.load(config.model or weights.default_model_path())
     model.check_bands(names)
     model.check_tile(config.tile_px // config.bin)
-    torch.set_num_threads(1)
     return model
 
 

@@ -9,6 +9,7 @@ import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -101,12 +102,15 @@ class BatchScorer:
         score (N, H, W) and which tiles the CNN ran on (N,).  See :mod:`detector.fusion`.
         """
         method = self.config.method
-        if method == "classical" or self.model is None:
+        if method == "classical":
             return classical, np.zeros(len(classical), bool)
+        if self.model is None:
+            raise ValueError(f"method {method} needs a model")
         from detector.model import adapt, predict
 
         pick = (np.ones(len(classical), bool) if method == "cnn"
-                else fusion.candidates(classical, pixel_threshold=self.config.rule.pixel_threshold))
+                else fusion.candidates(classical, threshold=min(self.config.rule.pixel_threshold,
+                                                                self.config.rule.threshold)))
         cnn = np.zeros_like(classical)
         if pick.any():
             cnn[pick] = predict(self.model.network, adapt(before[pick], after[pick], self.names))
@@ -225,7 +229,7 @@ def score_zones(config: RunConfig, dates: tuple[DateSource, DateSource], names: 
         if progress is not None:
             progress(done, len(zones.batches))
 
-    with ThreadPoolExecutor(max_workers=workers) as pool, warnings.catch_warnings():
+    with ThreadPoolExecutor(max_workers=workers) as pool, warnings.catch_warnings(), one_torch_thread(model):
         warnings.simplefilter("ignore", RuntimeWarning)
         pending: deque[Future] = deque()
         for batch, before, after in read_in_background(dates, names, grid, zones.batches, depth=workers):
@@ -235,6 +239,26 @@ def score_zones(config: RunConfig, dates: tuple[DateSource, DateSource], names: 
         while pending:
             gather(pending.popleft().result())
     return acc
+
+
+@contextmanager
+def one_torch_thread(model: LoadedModel | None) -> Iterator[None]:
+    """One torch thread per call while a model scores, restored afterwards.
+
+    The worker threads already keep every core busy, and torch's own thread
+    pool stalls when another core is busy (``../shared/PERFORMANCE.md``).
+    """
+    if model is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def change_polygons(score: np.ndarray, labels: np.ndarray, zones: tuple[int, ...], transform: Any, *,

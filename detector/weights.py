@@ -13,6 +13,7 @@ training data, the seed and the metrics.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import warnings
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from detector.errors import InputError, MissingFileError
+from detector.errors import InputError, MissingFileError, OutputExistsError
 from detector.model import ARCHITECTURES, MODEL_BANDS, build, fuse_batchnorm
 
 FORMAT = "site-change-detector/change-cnn"
@@ -73,6 +74,8 @@ class LoadedModel:
 
 def save(network: nn.Module, card: dict[str, Any], path: Path) -> None:
     """Write weights and card to ``path`` (a temporary file first, then renamed)."""
+    if path.is_dir():
+        raise OutputExistsError(f"{path} is a folder: give a file name for the model, such as {path / 'model.pt'}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
@@ -92,7 +95,8 @@ def load(path: Path, *, for_training: bool = False) -> LoadedModel:
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"model file {path} does not exist: give a file written by `detector train`")
-    blob = _read(path)
+    data = path.read_bytes()
+    blob = _read(data, path)
     card = _card(blob, path)
     network = build(card["architecture"], tuple(card["bands"]))
     try:
@@ -103,14 +107,14 @@ def load(path: Path, *, for_training: bool = False) -> LoadedModel:
     network.eval()
     if not for_training:
         network = fuse_batchnorm(network)
-    return LoadedModel(network, card, path, hashlib.sha256(path.read_bytes()).hexdigest())
+    return LoadedModel(network, card, path, hashlib.sha256(data).hexdigest())
 
 
-def _read(path: Path) -> dict[str, Any]:
+def _read(data: bytes, path: Path) -> dict[str, Any]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "pickle protocol 4" notices on foreign files
-            blob = torch.load(path, map_location="cpu", weights_only=True)
+            blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception:
         raise InputError(f"{path} is refused: it is not a weights-only {FORMAT} file (a pickle of other "
                          "objects, which could run code, is never unpickled): give a file written by `detector train`"

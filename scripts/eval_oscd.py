@@ -26,8 +26,8 @@ import rasterio
 from rasterio.windows import from_bounds
 
 from detector.config import RunConfig
-from detector.metrics import average_precision
 from detector.pipeline import run
+from training.evaluation import pixel_metrics
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "oscd-dev"
 
@@ -48,12 +48,9 @@ def city_ap(city: Path, out: Path, *, bin_factor: int = 2, method: str = "classi
     full = np.full(truth.shape, np.nan, dtype=np.float32)
     r, c = int(window.row_off), int(window.col_off)
     full[r:r + score.shape[0], c:c + score.shape[1]] = score
-    said = np.nan_to_num(full) >= config.rule.pixel_threshold
-    tp, fp, fn = int(np.sum(said & truth)), int(np.sum(said & ~truth)), int(np.sum(~said & truth))
-    precision, recall = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
-    return {"ap": average_precision(full, truth), "chance": float(truth.mean()),
-            "analysed": float(np.isfinite(full).mean()), "precision": precision, "recall": recall,
-            "f1": 2 * precision * recall / max(precision + recall, 1e-12)}
+    found = pixel_metrics(full, truth.astype(np.float32), threshold=config.rule.pixel_threshold)
+    return {"ap": found["ap"], "chance": float(truth.mean()), "analysed": float(np.isfinite(full).mean()),
+            "precision": found["precision"], "recall": found["recall"], "f1": found["f1"]}
 
 
 def main() -> int:

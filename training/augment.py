@@ -44,10 +44,12 @@ def augment_batch(inputs: np.ndarray, target: np.ndarray, rng: np.random.Generat
             x = np.concatenate([x[bands:], x[:bands]])
         after = x[bands:]
         present = np.abs(after).reshape(bands, -1).max(axis=1) > 0
+        nodata = np.all(after == 0, axis=0)
         after *= rng.uniform(1 - gain, 1 + gain, (bands, 1, 1)).astype(np.float32)
         after += rng.normal(0, offset, (bands, 1, 1)).astype(np.float32)
         after += rng.normal(0, noise, after.shape).astype(np.float32)
         after[~present] = 0.0
+        after[:, nodata] = 0.0
         if max_shift and rng.random() < 0.5:
             dy, dx = rng.uniform(-max_shift, max_shift, 2)
             x[bands:] = ndimage.shift(after, (0, dy, dx), order=1, mode="nearest")

@@ -33,7 +33,7 @@ import geopandas as gpd
 import numpy as np
 import rasterio
 from rasterio import features
-from rasterio.errors import NotGeoreferencedWarning
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window, from_bounds
 from rasterio.windows import transform as window_transform
 
@@ -104,6 +104,9 @@ def load_pairs(folder: Path) -> list[Scene]:
     for label in files:
         before, after = _image(folder / "A" / label.name), _image(folder / "B" / label.name)
         mask = _image(label)[0]
+        if before.shape[0] < 3 or after.shape[0] < 3:
+            raise InputError(f"{folder}: A or B of {label.name} has {min(before.shape[0], after.shape[0])} band(s); "
+                             "image pairs must be RGB (3 bands or more, the first three red, green, blue)")
         if before.shape != after.shape or before.shape[1:] != mask.shape:
             raise InputError(f"{folder}: A, B and label of {label.name} differ in size "
                              f"({before.shape}, {after.shape}, {mask.shape}): crop them alike")
@@ -115,10 +118,14 @@ def load_pairs(folder: Path) -> list[Scene]:
 def _image(path: Path) -> np.ndarray:
     if not path.is_file():
         raise MissingFileError(f"{path} is missing: A/, B/ and label/ need files of the same names")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path) as src:
-            return src.read().astype(np.float32)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                return src.read().astype(np.float32)
+    except RasterioError as exc:
+        raise InputError(f"{path} cannot be read as an image ({str(exc).splitlines()[0][:100]}): "
+                         "replace or remove it") from None
 
 
 def load_oscd_city(city: Path) -> list[Scene]:
@@ -147,9 +154,13 @@ def load_reviewed(folder: Path, *, margin_px: int = 16) -> list[Scene]:
     """Reviewed sites of a ``detector run`` output: one weakly labelled scene per site."""
     sites = gpd.read_file(folder / "sites.geojson")
     labels = site_labels(sites, folder / "sites.geojson")
-    record = json.loads((folder / "run.json").read_text())
-    before = open_date(record["inputs"]["before"]["path"], date=record["inputs"]["before"].get("date"))
-    after = open_date(record["inputs"]["after"]["path"], date=record["inputs"]["after"].get("date"))
+    try:
+        inputs = json.loads((folder / "run.json").read_text())["inputs"]
+        before = open_date(inputs["before"]["path"], date=inputs["before"].get("date"))
+        after = open_date(inputs["after"]["path"], date=inputs["after"].get("date"))
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise InputError(f"{folder / 'run.json'} is not a run record of `detector run` (no inputs.before/after "
+                         "path): give the folder `detector run` wrote") from None
     names = match_bands(before, after)
     grid = reference_grid(before, names)
     area = overlap_window(grid, after)
@@ -211,6 +222,8 @@ def cut_tiles(scenes: list[Scene], tile: int, *, scales: tuple[int, ...] = (1,))
                     tb = bin_mean(t[None], s)[0, rows, cols]
                     if np.isnan(bb).all() or (np.isnan(tb).all() and np.isnan(scene.weak)):
                         continue  # padding only, or nothing known about it
+                    if not np.isnan(scene.weak) and np.isnan(bb[0]).mean() > 0.5:
+                        continue  # a sliver of a reviewed site: its label says nothing about it
                     parts.append((adapt(bb[None], ab[None], scene.names)[0], tb, scene.weak, block, scene.name))
             block += 1
     if not parts:

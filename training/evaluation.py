@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from detector.errors import InputError, OutputExistsError
 from detector.metrics import average_precision
 
 
@@ -99,8 +100,18 @@ def evaluate(model: Path | None, data: tuple[Path, ...], out: Path, *, tile_px: 
     """Pixel metrics of a model on labelled data, overall and per source; writes metrics.json and pr_curve.png.
 
     Every scene under ``data`` is scored tile by tile (``tile_px``, after
-    block-averaging by ``scale``), as ``detector run`` does.
+    block-averaging by ``scale``) through the band adapter, as in training;
+    unlike ``detector run``, the after date is not first normalized and
+    registered to the before date (the adapter standardizes each date on its
+    own; a residual shift stays).
     """
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"--out {out} is a file: give a folder for metrics.json and pr_curve.png")
+    if scale < 1 or tile_px < 32 or tile_px % 8:
+        raise InputError(f"--scale {scale} / --tile-px {tile_px}: give a scale of 1 or more and a tile size that "
+                         "is a multiple of 8, at least 32")
+    if not 0 < threshold < 1:
+        raise InputError(f"--threshold {threshold}: give a value in (0, 1)")
     from detector import weights
     from detector.model import predict
     from training.datasets import cut_tiles, load_scenes

@@ -65,9 +65,13 @@ class TrainConfig:
             raise InputError(f"--architecture {self.architecture!r} is unknown: choose one of {sorted(ARCHITECTURES)}")
         if self.tile_px % 8 or self.tile_px < 32:
             raise InputError(f"--tile-px {self.tile_px}: give a multiple of 8, at least 32")
-        for flag, value in (("--epochs", self.epochs), ("--batch", self.batch), ("--max-minutes", self.max_minutes)):
+        for flag, value in (("--epochs", self.epochs), ("--batch", self.batch), ("--max-minutes", self.max_minutes),
+                            ("--steps", self.steps_per_epoch), ("--patience", self.patience), ("--lr", self.lr)):
             if not value > 0:
                 raise InputError(f"{flag} is {value}: give a positive value")
+        if self.out.is_dir():
+            raise InputError(f"--out {self.out} is a folder: give a file name for the model, such as "
+                             f"{self.out / 'model.pt'}")
         if not 0 <= self.val_fraction < 1:
             raise InputError(f"--val-fraction is {self.val_fraction}: give a value in [0, 1)")
 
@@ -111,13 +115,36 @@ def train(config: TrainConfig, *, progress: Progress | None = None) -> dict[str,
     train_idx, val_idx = split(tiles, val_fraction=config.val_fraction, rng=rng)
     if len(train_idx) == 0:
         raise InputError("no training tiles left after the validation split: give more data or --val-fraction 0")
-    network = weights.load(config.init, for_training=True).network if config.init else build(config.architecture)
+    if len(val_idx) == 0:
+        log.warning("no block held out for validation (every folder has fewer than 3 blocks): "
+                    "early stopping and the card's metrics use the training tiles")
+    network, architecture = start_network(config)
+    best, best_state, history, stopped = fit(network, tiles, train_idx, val_idx, config, rng, start, progress)
+    network.load_state_dict(best_state)
+    card = model_card(config, architecture, tiles, train_idx, val_idx, network, best, history, stopped,
+                      minutes=(time.perf_counter() - start) / 60)
+    weights.save(network, card, config.out)
+    return card
+
+
+def start_network(config: TrainConfig) -> tuple[torch.nn.Module, str]:
+    """A fresh network, or the one in ``config.init`` (whose architecture then wins)."""
+    if config.init is None:
+        return build(config.architecture), config.architecture
+    loaded = weights.load(config.init, for_training=True)
+    return loaded.network, loaded.card["architecture"]
+
+
+def fit(network: torch.nn.Module, tiles: Tiles, train_idx: np.ndarray, val_idx: np.ndarray, config: TrainConfig,
+        rng: np.random.Generator, start: float, progress: Progress | None) -> tuple[dict, dict, list, str]:
+    """The epochs: train, validate, keep the best state; stop early or on the time budget."""
     network.train()
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * config.steps_per_epoch)
     best: dict[str, Any] = {"ap": -1.0}
     best_state = {k: v.clone() for k, v in network.state_dict().items()}
-    history, stale, stopped = [], 0, "epochs"
+    history: list[dict[str, Any]] = []
+    stale, stopped = 0, "epochs"
     for epoch in range(1, config.epochs + 1):
         loss = run_epoch(network, optimizer, schedule, tiles, train_idx, config, rng)
         row = {"epoch": epoch, "loss": loss, **validate(network, tiles, val_idx if len(val_idx) else train_idx)}
@@ -135,11 +162,7 @@ def train(config: TrainConfig, *, progress: Progress | None = None) -> dict[str,
         if time.perf_counter() - start > 60 * config.max_minutes:
             stopped = f"time budget of {config.max_minutes} min"
             break
-    network.load_state_dict(best_state)
-    card = model_card(config, tiles, train_idx, val_idx, network, best, history, stopped,
-                      minutes=(time.perf_counter() - start) / 60)
-    weights.save(network, card, config.out)
-    return card
+    return best, best_state, history, stopped
 
 
 def run_epoch(network: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: Any, tiles: Tiles,
@@ -178,7 +201,7 @@ def validate(network: torch.nn.Module, tiles: Tiles, idx: np.ndarray) -> dict[st
     return row
 
 
-def model_card(config: TrainConfig, tiles: Tiles, train_idx: np.ndarray, val_idx: np.ndarray,
+def model_card(config: TrainConfig, architecture: str, tiles: Tiles, train_idx: np.ndarray, val_idx: np.ndarray,
                network: torch.nn.Module, best: dict[str, Any], history: list[dict[str, Any]], stopped: str, *,
                minutes: float) -> dict[str, Any]:
     """The metadata saved beside the weights."""
@@ -186,14 +209,14 @@ def model_card(config: TrainConfig, tiles: Tiles, train_idx: np.ndarray, val_idx
     settings["data"] = [str(d) for d in config.data]
     return {
         "name": config.name,
-        "architecture": config.architecture,
+        "architecture": architecture,
         "bands": list(MODEL_BANDS),
         "required_bands": ["blue", "green", "red"],
         "tile_px": config.tile_px,
         "parameters": parameter_count(network),
         "normalization": "per tile, per band and date: (x - median) / (1.4826 MAD), clipped to +-6; missing band = 0",
         "trained_on": sorted(set(tiles.source[train_idx].tolist())),
-        "validated_on": sorted(set(tiles.source[val_idx].tolist())),
+        "validated_on": sorted(set(tiles.source[val_idx].tolist())) or "the training tiles (nothing held out)",
         "tiles": {"train": int(len(train_idx)), "val": int(len(val_idx))},
         "seed": config.seed,
         "settings": settings,

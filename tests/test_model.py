@@ -149,3 +149,9 @@ def test_the_shipped_weights_load_and_say_what_they_are() -> None:
     assert card["name"] == "default" and card["parameters"] <= 1_500_000
     assert set(card["held_out"]["cities"]).isdisjoint(card["trained_on"])
     assert card["metrics"]["validation"]["ap"] > 0
+
+
+def test_a_model_with_the_classical_method_is_refused(scene, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["-q", "run", "--before", str(scene.before), "--after", str(scene.after), "--out",
+                 str(tmp_path / "out"), "--method", "classical", "--model", str(weights.default_model_path())])
+    assert code == 2 and "--model" in capsys.readouterr().err

@@ -208,3 +208,37 @@ def test_train_then_run_with_the_new_model_from_the_command_line(pairs: Path, sc
     record = json.loads((out / "run.json").read_text())
     assert record["method"] == "cnn" and record["model"]["path"] == str(model)
     assert record["model"]["sha256"] == weights.load(model).sha256
+
+
+def test_bad_training_inputs_get_one_line_and_status_2(pairs: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    grey = tmp_path / "grey"
+    for side in ("A", "B", "label"):
+        write_png(grey / side / "0.png", np.zeros((1, 32, 32)))
+    broken = make_pairs(tmp_path / "broken", count=1)
+    (broken / "B" / "0.png").write_bytes(b"\x89PNG not really")
+    (tmp_path / "folder.pt").mkdir()
+    (tmp_path / "file").write_text("x")
+    cases = [
+        ["train", "--data", str(grey), "--out", str(tmp_path / "m.pt")],
+        ["train", "--data", str(broken), "--out", str(tmp_path / "m.pt")],
+        ["train", "--data", str(pairs), "--out", str(tmp_path / "folder.pt"), "--overwrite"],
+        ["train", "--data", str(pairs), "--out", str(tmp_path / "m.pt"), "--steps", "0"],
+        ["evaluate", "--data", str(pairs), "--out", str(tmp_path / "file")],
+        ["evaluate", "--data", str(pairs), "--out", str(tmp_path / "e"), "--scale", "0"],
+    ]
+    for args in cases:
+        assert main(["-q", *args]) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("detector: error:"), (args, err)
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_fine_tuning_keeps_the_architecture_of_the_model_it_starts_from(pairs: Path, tmp_path: Path) -> None:
+    first = TrainConfig(data=(pairs,), out=tmp_path / "m.pt", architecture="ef-fpn-m", tile_px=32, batch=4,
+                        epochs=1, steps_per_epoch=1)
+    train(first)
+    tuned = TrainConfig(data=(pairs,), out=tmp_path / "tuned.pt", init=tmp_path / "m.pt", tile_px=32, batch=4,
+                        epochs=1, steps_per_epoch=1)
+    assert train(tuned)["architecture"] == "ef-fpn-m"
+    assert weights.load(tmp_path / "tuned.pt").card["architecture"] == "ef-fpn-m"

@@ -47,10 +47,6 @@ class LoadedModel:
     path: Path
     sha256: str
 
-    @property
-    def bands(self) -> tuple[str, ...]:
-        return tuple(self.card["bands"])
-
     def check_bands(self, names: tuple[str, ...]) -> None:
         """Refuse imagery that lacks the bands the model cannot do without."""
         missing = [b for b in self.card.get("required_bands", REQUIRED_BANDS) if b not in names]

@@ -45,14 +45,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--method", choices=("classical", "cnn", "fused"), default="fused",
                      help="score: classical evidence, the CNN, or both fused (default fused; see README)")
     run.add_argument("--model", type=Path, help="model file from `detector train` (default: the shipped weights)")
+    run.add_argument("--reviews", type=Path,
+                     help="sites.geojson whose review_status/reviewer/notes are carried over by site_id "
+                          "(default: the sites.geojson already in --out)")
+    run.add_argument("--max-flags", type=int, help="raise the threshold so that at most N sites are flagged")
+    run.add_argument("--target-precision", type=float,
+                     help="the lowest threshold reaching this precision on the labelled sites (--labels, "
+                          "else the carried-over verdicts)")
+    run.add_argument("--labels", type=Path, help="sites file with a label or review_status column, by site_id")
     add_training_commands(commands)
     return parser
 
 
 def add_training_commands(commands: argparse._SubParsersAction) -> None:
     train = commands.add_parser("train", help="train the change CNN on labelled tiles")
-    train.add_argument("--data", required=True, nargs="+", type=Path,
+    train.add_argument("--data", nargs="+", type=Path, default=[],
                        help="folders: A/ B/ label/ pairs, OSCD cities, or reviewed `detector run` outputs")
+    train.add_argument("--reviews", nargs="+", type=Path, default=[],
+                       help="reviewed sites.geojson files (run.json beside them): fine-tunes the current weights "
+                            "unless --init is given")
     train.add_argument("--out", required=True, type=Path, help="model file to write")
     train.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     train.add_argument("--epochs", type=int, default=40, help="epochs of --steps batches (40)")
@@ -95,15 +106,20 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def train_command(args: argparse.Namespace, argv: list[str]) -> int:
-    from detector.errors import OutputExistsError
+    from detector import weights
+    from detector.errors import InputError, OutputExistsError
     from training.train import TrainConfig, train
 
     if args.out.exists() and not args.overwrite:
         raise OutputExistsError(f"{args.out} already exists: pass --overwrite or choose another --out")
-    config = TrainConfig(data=tuple(args.data), out=args.out, architecture=args.architecture, tile_px=args.tile_px,
+    if not args.data and not args.reviews:
+        raise InputError("nothing to train on: give --data folders or --reviews files")
+    init = args.init or (weights.default_model_path() if args.reviews else None)
+    config = TrainConfig(data=(*args.data, *args.reviews), out=args.out, architecture=args.architecture,
+                         tile_px=args.tile_px,
                          batch=args.batch, epochs=args.epochs, steps_per_epoch=args.steps, lr=args.lr,
                          val_fraction=args.val_fraction, patience=args.patience, max_minutes=args.max_minutes,
-                         seed=args.seed, init=args.init, notes={"command": ["detector", *argv]})
+                         seed=args.seed, init=init, notes={"command": ["detector", *argv]})
     card = train(config, progress=None if args.quiet else _epoch_line)
     best = card["metrics"]["validation"]
     print(f"best epoch {best['epoch']}: validation P {best['precision']:.3f} R {best['recall']:.3f} "
@@ -137,7 +153,8 @@ def detect_command(args: argparse.Namespace, argv: list[str]) -> int:
         cell_m=args.cell_m, overwrite=args.overwrite, id_col=args.id_col, lon_col=args.lon_col,
         lat_col=args.lat_col, before_date=args.before_date, after_date=args.after_date,
         tile_px=args.tile_px, max_shift_px=args.max_shift_px, min_area_m2=args.min_area_m2, bin=args.bin,
-        workers=args.workers, method=args.method, model=args.model,
+        workers=args.workers, method=args.method, model=args.model, reviews=args.reviews, labels=args.labels,
+        max_flags=args.max_flags, target_precision=args.target_precision,
         rule=replace(ScoreRule(), threshold=args.threshold, pixel_threshold=args.pixel_threshold),
     )
     record = run(config, progress=None if args.quiet else _progress, command=["detector", *argv])

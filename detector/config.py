@@ -20,6 +20,10 @@ class RunConfig:
     ``sites`` None means cell mode: the overlap of the two dates is cut into
     squares of ``cell_m`` metres and every cell is scored.  ``method`` picks
     the score (:mod:`detector.fusion`); ``model`` None means the shipped weights.
+    ``reviews`` gives verdicts to carry over (default: the ``sites.geojson``
+    already in ``out``); ``max_flags`` or ``target_precision`` (on the sites
+    labelled in ``labels``, default the carried-over verdicts) raise the
+    threshold for a reviewer's budget.
     """
 
     before: Path
@@ -43,6 +47,10 @@ class RunConfig:
     bin: int = 2
     method: str = "fused"
     model: Path | None = None
+    reviews: Path | None = None
+    labels: Path | None = None
+    max_flags: int | None = None
+    target_precision: float | None = None
     rule: ScoreRule = field(default_factory=ScoreRule)
     params: ChangeParams = field(default_factory=ChangeParams)
 
@@ -58,6 +66,12 @@ class RunConfig:
         }
         if self.method not in METHODS:
             raise InputError(f"--method is {self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.max_flags is not None and self.target_precision is not None:
+            raise InputError("--max-flags and --target-precision both set the threshold: give one of them")
+        if self.max_flags is not None and self.max_flags < 0:
+            raise InputError(f"--max-flags is {self.max_flags}: give 0 or more")
+        if self.target_precision is not None and not 0 < self.target_precision <= 1:
+            raise InputError(f"--target-precision is {self.target_precision}: give a value in (0, 1]")
         if self.model is not None and self.method == "classical":
             raise InputError(f"--model {self.model} is not used by --method classical: "
                              "drop --model or choose --method cnn or fused")

@@ -26,8 +26,10 @@ from detector.config import RunConfig
 from detector.errors import InputError
 from detector.imagery import DateSource, Grid, match_bands, open_date, overlap_window, reference_grid
 from detector.outputs import ScoreRaster, Staging, check_out, file_record, write_geojson, write_json
+from detector.reviews import FIELDS as REVIEW_FIELDS
+from detector.reviews import carry_over, labels, read_labels, read_reviews
 from detector.scan import Accumulated, Progress, score_zones
-from detector.scoring import site_table
+from detector.scoring import site_table, threshold_for_max_flags, threshold_for_precision
 from detector.tiling import intersect, union
 from detector.zones import Zones, plan_zones
 
@@ -38,7 +40,8 @@ log = logging.getLogger(__name__)
 
 OUR_FIELDS = ("site_id", "score", "rank", "flagged", "changed_area_m2", "changed_fraction", "valid_fraction",
               "status", "shift_px", "shift_dy_px", "shift_dx_px", "shift_peak", "shift_corrected", "before_source",
-              "after_source", "before_date", "after_date", "threshold", "method")
+              "after_source", "before_date", "after_date", "threshold", "method", *REVIEW_FIELDS)
+KEPT = "reviews-kept.geojson"  # reviewed sites that a later run did not score
 
 
 def run(config: RunConfig, *, progress: Progress | None = None, command: list[str] | None = None) -> dict[str, Any]:
@@ -60,6 +63,8 @@ def run(config: RunConfig, *, progress: Progress | None = None, command: list[st
         raise InputError(f"{config.before} and {config.after} do not overlap: give two dates over the same area")
     zones = plan_zones(config, grid, area)
     model = load_model(config, names)
+    verdicts = earlier_reviews(config)
+    labelled = read_labels(config.labels) if config.labels else None
     clock["plan_s"] = time.perf_counter() - start
     with ThreadPoolExecutor(max_workers=2) as side, Staging(config.out) as staging:
         hashes = side.submit(input_records, config, before, after)
@@ -71,11 +76,14 @@ def run(config: RunConfig, *, progress: Progress | None = None, command: list[st
             clock["score_s"] = time.perf_counter() - tic
             tic = time.perf_counter()
             overviews = side.submit(timed, raster.finish)  # GDAL builds them while the vectors are written
-            sites = site_results(config, zones, acc, grid, before, after)
+            sites, kept = carry_over(site_results(config, zones, acc, grid, before, after), verdicts)
+            sites, threshold = apply_budget(config, sites, labelled)
             changes = change_frame(acc.polygons, sites["site_id"].to_numpy(), grid, min_area_m2=config.min_area_m2)
             clock["vectors_s"] = time.perf_counter() - tic
             write_geojson(sites, staging.path("sites.geojson"))
             write_geojson(changes, staging.path("changes.geojson"))
+            if len(kept):
+                write_geojson(kept, staging.path(KEPT))
             clock["geojson_s"] = time.perf_counter() - tic - clock["vectors_s"]
             clock["raster_s"] = overviews.result()
             clock["outputs_s"] = time.perf_counter() - tic
@@ -84,9 +92,61 @@ def run(config: RunConfig, *, progress: Progress | None = None, command: list[st
         clock["total_s"] = time.perf_counter() - start
         record = run_record(config, hashes.result(), names, grid, area, sites, changes, clock, command, model,
                             acc.cnn)
+        record["threshold"].update(threshold)
         write_json(record, staging.path("run.json"))
         staging.commit()
     return record
+
+
+def earlier_reviews(config: RunConfig) -> gpd.GeoDataFrame | None:
+    """Verdicts to carry over: ``--reviews``, else those already in ``--out`` (its sites and kept reviews)."""
+    if config.reviews is not None:
+        return read_reviews(config.reviews)
+    found = [read_reviews(config.out / name) for name in ("sites.geojson", KEPT) if (config.out / name).is_file()]
+    if not found:
+        return None
+    return gpd.GeoDataFrame(pd.concat([f.to_crs(4326) for f in found], ignore_index=True), crs=4326)
+
+
+def apply_budget(config: RunConfig, sites: gpd.GeoDataFrame,
+                 labelled: pd.Series | None) -> tuple[gpd.GeoDataFrame, dict[str, Any]]:
+    """Raise the threshold for ``--max-flags`` or ``--target-precision``; re-flag the sites.
+
+    Returns the sites and what ``run.json`` says of the threshold.
+    """
+    rule = config.rule
+    if config.max_flags is None and config.target_precision is None:
+        return sites, {"chosen_by": "--threshold"}
+    score = sites["score"].to_numpy(dtype=float)
+    eligible = ((sites["status"] != "no_coverage") & (sites["valid_fraction"] >= rule.min_valid)).to_numpy()
+    if config.max_flags is not None:
+        value = threshold_for_max_flags(score, eligible, config.max_flags, floor=rule.threshold)
+        note: dict[str, Any] = {"chosen_by": f"--max-flags {config.max_flags}"}
+    else:
+        value, note = threshold_for_target(config, sites, labelled)
+    out = sites.copy()
+    out["flagged"] = eligible & (np.nan_to_num(score) >= value)
+    out["threshold"] = value
+    return out, {"value": value, **note}
+
+
+def threshold_for_target(config: RunConfig, sites: gpd.GeoDataFrame,
+                         labelled: pd.Series | None) -> tuple[float, dict[str, Any]]:
+    """The threshold of ``--target-precision`` on the labelled sites (``--labels``, else the carried verdicts)."""
+    source = str(config.labels) if labelled is not None else "the carried-over review_status"
+    if labelled is not None:
+        truth = sites["site_id"].astype(str).map(labelled).to_numpy(dtype=float)
+    else:
+        truth = labels(sites["review_status"])
+    target = float(config.target_precision or 1.0)
+    choice = threshold_for_precision(sites["score"].to_numpy(dtype=float), truth, target)
+    if choice is None:
+        raise InputError(f"no threshold reaches precision {target} on the {int(np.isfinite(truth).sum())} labelled "
+                         f"sites of {source}: lower --target-precision or label more sites")
+    value, precision, recall = choice
+    return value, {"chosen_by": f"--target-precision {target}", "labels": source,
+                   "labelled_sites": int(np.isfinite(truth).sum()),
+                   "precision": round(precision, 4), "recall": round(recall, 4)}
 
 
 def load_model(config: RunConfig, names: tuple[str, ...]) -> LoadedModel | None:

@@ -83,6 +83,47 @@ def site_table(hist: np.ndarray, expected_px: np.ndarray, pixel_area_m2: np.ndar
     })
 
 
+def threshold_for_max_flags(score: np.ndarray, eligible: np.ndarray, max_flags: int, *, floor: float) -> float:
+    """The lowest threshold, not under ``floor``, at which at most ``max_flags`` eligible sites are flagged.
+
+    Scores are multiples of ``1 / BINS``, so the threshold is the next bin
+    above the first score left out; ties at that score all stay unflagged.
+    """
+    ranked = np.sort(np.nan_to_num(score[eligible], nan=-1.0))[::-1]
+    if len(ranked) <= max_flags or ranked[max_flags] < floor:
+        return floor
+    return round(float(ranked[max_flags]) + 1.0 / BINS, 4)
+
+
+def threshold_for_precision(score: np.ndarray, label: np.ndarray,
+                            target: float) -> tuple[float, float, float] | None:
+    """The lowest threshold at which the labelled sites reach precision ``target``.
+
+    Parameters
+    ----------
+    score : ndarray, shape (Z,); label : ndarray, shape (Z,), 1 / 0 / NaN (unlabelled)
+
+    Returns
+    -------
+    (threshold, precision, recall) on the labelled sites, or None when no
+    threshold reaches ``target``.
+    """
+    keep = np.isfinite(score) & np.isfinite(label)
+    s, y = score[keep], label[keep]
+    if not y.any():
+        return None
+    order = np.argsort(-s, kind="stable")
+    s, y = s[order], y[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(s)), s.size - 1]
+    hits = np.cumsum(y)[last_of_tie]
+    precision = hits / (last_of_tie + 1)
+    good = np.flatnonzero(precision >= target)
+    if len(good) == 0:
+        return None
+    best = good[-1]  # the lowest threshold that still reaches the target
+    return float(s[last_of_tie[best]]), float(precision[best]), float(hits[best] / y.sum())
+
+
 def rank(score: np.ndarray, changed: np.ndarray) -> np.ndarray:
     """1-based rank by score, ties broken by changed pixels; NaN scores get no rank.
 

@@ -9,10 +9,11 @@ Three layouts are read (:func:`load_scenes` tells them apart):
   on another grid resampled onto the 10 m before grid), change map 1 = no
   change, 2 = change, on the ``imgs_1`` grid without a geotransform;
 - reviewed sites: a ``detector run`` output folder whose ``sites.geojson``
-  has a ``label`` or ``review_status`` column; the imagery is the run's
-  (from ``run.json``).  Each reviewed site becomes a scene with a site-level
-  (weak) label: a rejected site is "no change" on every pixel inside it, a
-  confirmed one says only that something inside changed.
+  has a ``label`` or ``review_status`` column (or such a file, with the
+  run's ``run.json`` beside it); the imagery is the run's (from ``run.json``).
+  Each reviewed site becomes a scene with a site-level (weak) label: a
+  rejected site is "no change" on every pixel inside it, a confirmed one
+  says only that something inside changed.
 
 A folder holding several of these (such as ``oscd-dev/``) is read whole.
 
@@ -41,11 +42,10 @@ from detector.binning import bin_mean
 from detector.errors import InputError, MissingFileError
 from detector.imagery import DateReader, Grid, match_bands, open_date, overlap_window, reference_grid
 from detector.model import adapt
+from detector.reviews import site_labels
 from detector.tiling import intersect
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg")
-POSITIVE = {"1", "true", "yes", "change", "changed", "confirmed", "positive", "new", "expanded"}
-NEGATIVE = {"0", "false", "no", "no_change", "no change", "unchanged", "rejected", "negative", "false_positive"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +76,11 @@ def load_scenes(path: Path) -> list[Scene]:
     path = Path(path)
     if not path.exists():
         raise MissingFileError(f"training data {path} does not exist")
+    if path.is_file():
+        if not (path.parent / "run.json").is_file():
+            raise InputError(f"{path} is a file without a run.json beside it: give a reviewed sites.geojson in "
+                             "the folder `detector run` wrote, or a folder of training data")
+        return load_reviewed(path.parent, sites_file=path)
     kind = layout(path)
     if kind is not None:
         return LOADERS[kind](path)
@@ -150,10 +155,15 @@ def load_oscd_city(city: Path) -> list[Scene]:
     return [Scene(city.name, b, a, target, names)]
 
 
-def load_reviewed(folder: Path, *, margin_px: int = 16) -> list[Scene]:
-    """Reviewed sites of a ``detector run`` output: one weakly labelled scene per site."""
-    sites = gpd.read_file(folder / "sites.geojson")
-    labels = site_labels(sites, folder / "sites.geojson")
+def load_reviewed(folder: Path, *, sites_file: Path | None = None, margin_px: int = 16) -> list[Scene]:
+    """Reviewed sites of a ``detector run`` output: one weakly labelled scene per site.
+
+    ``sites_file`` (default ``folder / "sites.geojson"``) holds the verdicts;
+    the imagery is the one ``folder / "run.json"`` records.
+    """
+    sites_file = sites_file or folder / "sites.geojson"
+    sites = gpd.read_file(sites_file)
+    labels = site_labels(sites, sites_file)
     try:
         inputs = json.loads((folder / "run.json").read_text())["inputs"]
         before = open_date(inputs["before"]["path"], date=inputs["before"].get("date"))
@@ -181,16 +191,6 @@ def load_reviewed(folder: Path, *, margin_px: int = 16) -> list[Scene]:
             scenes.append(Scene(f"{folder.name}/{site_id}", first.read(window), second.read(window), target, names,
                                 weak=1.0 if label == 1 else float("nan")))
     return scenes
-
-
-def site_labels(sites: gpd.GeoDataFrame, path: Path) -> np.ndarray:
-    """1 / 0 / NaN per site from a ``label`` (preferred) or ``review_status`` column."""
-    column = next((c for c in ("label", "review_status") if c in sites.columns), None)
-    if column is None:
-        raise InputError(f"{path} has no label or review_status column: review the sites first "
-                         f"(found {list(sites.columns)})")
-    words = sites[column].astype(str).str.strip().str.lower()
-    return np.where(words.isin(POSITIVE), 1.0, np.where(words.isin(NEGATIVE), 0.0, np.nan))
 
 
 def _site_window(bounds: tuple[float, float, float, float], grid: Grid, area: Window, margin: int) -> Window | None:

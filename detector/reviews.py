@@ -1,0 +1,105 @@
+"""Reviewers' verdicts on sites: the review fields, carrying them over between runs, and labels.
+
+Every ``sites.geojson`` has ``review_status`` (one of :data:`STATUSES`),
+``reviewer`` and ``notes``.  A later run over the same sites takes them over
+by ``site_id`` from the earlier ``sites.geojson`` (or from ``--reviews``), so
+a reviewer's work is never lost; reviewed sites that the new run does not
+score are kept in ``reviews-kept.geojson`` beside it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+
+from detector.errors import InputError, MissingFileError
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("unreviewed", "confirmed", "rejected", "unsure")
+FIELDS = ("review_status", "reviewer", "notes")
+POSITIVE = {"1", "true", "yes", "change", "changed", "confirmed", "positive", "new", "expanded"}
+NEGATIVE = {"0", "false", "no", "no_change", "no change", "unchanged", "rejected", "negative", "false_positive"}
+
+
+def read_reviews(path: Path) -> gpd.GeoDataFrame:
+    """The reviewed sites of a sites file: ``site_id``, the review fields, geometry.
+
+    Raises InputError when the file has no ``site_id`` or an unknown ``review_status``.
+    """
+    if not Path(path).is_file():
+        raise MissingFileError(f"reviews file {path} does not exist: give a sites.geojson written by `detector run`")
+    try:
+        frame = gpd.read_file(path)
+    except Exception as exc:
+        raise InputError(f"{path} cannot be read as a vector file ({str(exc).splitlines()[0][:80]})") from None
+    if "site_id" not in frame.columns:
+        raise InputError(f"{path} has no site_id column: give a sites.geojson written by `detector run`")
+    for field in FIELDS:
+        if field not in frame.columns:
+            frame[field] = "unreviewed" if field == "review_status" else ""
+    status = frame["review_status"].fillna("unreviewed").astype(str).str.strip().str.lower()
+    unknown = sorted(set(status) - set(STATUSES))
+    if unknown:
+        raise InputError(f"{path} has review_status {unknown[:3]}: use one of {', '.join(STATUSES)}")
+    frame["review_status"] = status
+    frame["site_id"] = frame["site_id"].astype(str)
+    for field in ("reviewer", "notes"):
+        frame[field] = frame[field].fillna("").astype(str)
+    return frame[["site_id", *FIELDS, frame.geometry.name]]
+
+
+def carry_over(sites: gpd.GeoDataFrame, reviews: gpd.GeoDataFrame | None) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
+    """``sites`` with the review fields filled from ``reviews`` by ``site_id``.
+
+    Returns the sites, and the reviewed rows of ``reviews`` whose site is not
+    among them (to be kept, not dropped).
+    """
+    out = sites.copy()
+    out["review_status"], out["reviewer"], out["notes"] = "unreviewed", "", ""
+    if reviews is None or reviews.empty:
+        return out, gpd.GeoDataFrame(columns=["site_id", *FIELDS], geometry=[], crs=4326)
+    known = reviews.drop_duplicates("site_id", keep="last").set_index("site_id")
+    ids = out["site_id"].astype(str)
+    hit = ids.isin(known.index).to_numpy()
+    for field in FIELDS:
+        out.loc[hit, field] = known.loc[ids[hit], field].to_numpy()
+    reviewed = reviews[reviews["review_status"] != "unreviewed"]
+    left = reviewed[~reviewed["site_id"].isin(set(ids))]
+    if len(left):
+        log.warning("%d reviewed sites are not in this run; their verdicts are kept in reviews-kept.geojson", len(left))
+    return out, left.to_crs(4326)
+
+
+def labels(values: pd.Series) -> np.ndarray:
+    """1 (changed), 0 (not) or NaN (unknown) per site, from a label or review_status column."""
+    number = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+    words = values.astype(str).str.strip().str.lower()
+    found = np.where(words.isin(POSITIVE), 1.0, np.where(words.isin(NEGATIVE), 0.0, np.nan))
+    return np.where(np.isin(number, (0.0, 1.0)), number, found)
+
+
+def read_labels(path: Path) -> pd.Series:
+    """1 / 0 / NaN per ``site_id`` from a labelled sites file (``label`` or ``review_status`` column)."""
+    if not Path(path).is_file():
+        raise MissingFileError(f"labels file {path} does not exist: give a sites file with label or review_status")
+    try:
+        frame = gpd.read_file(path)
+    except Exception as exc:
+        raise InputError(f"{path} cannot be read as a vector file ({str(exc).splitlines()[0][:80]})") from None
+    if "site_id" not in frame.columns:
+        raise InputError(f"{path} has no site_id column: label the sites.geojson that `detector run` wrote")
+    return pd.Series(site_labels(frame, path), index=frame["site_id"].astype(str)).groupby(level=0).last()
+
+
+def site_labels(sites: pd.DataFrame, path: Path) -> np.ndarray:
+    """:func:`labels` of a ``label`` column (preferred) or ``review_status``."""
+    column = next((c for c in ("label", "review_status") if c in sites.columns), None)
+    if column is None:
+        raise InputError(f"{path} has no label or review_status column: review the sites first "
+                         f"(found {list(sites.columns)})")
+    return labels(sites[column])

@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--target-precision", type=float,
                      help="the lowest threshold reaching this precision on the labelled sites (--labels, "
                           "else the carried-over verdicts)")
+    run.add_argument("--chips", type=int, default=20,
+                     help="before/after chips for every flagged site and the N best ranked (20)")
     run.add_argument("--labels", type=Path, help="sites file with a label or review_status column, by site_id")
     add_training_commands(commands)
     return parser
@@ -154,7 +156,7 @@ def detect_command(args: argparse.Namespace, argv: list[str]) -> int:
         lat_col=args.lat_col, before_date=args.before_date, after_date=args.after_date,
         tile_px=args.tile_px, max_shift_px=args.max_shift_px, min_area_m2=args.min_area_m2, bin=args.bin,
         workers=args.workers, method=args.method, model=args.model, reviews=args.reviews, labels=args.labels,
-        max_flags=args.max_flags, target_precision=args.target_precision,
+        max_flags=args.max_flags, target_precision=args.target_precision, chips=args.chips,
         rule=replace(ScoreRule(), threshold=args.threshold, pixel_threshold=args.pixel_threshold),
     )
     record = run(config, progress=None if args.quiet else _progress, command=["detector", *argv])

@@ -51,6 +51,7 @@ class RunConfig:
     labels: Path | None = None
     max_flags: int | None = None
     target_precision: float | None = None
+    chips: int = 20
     rule: ScoreRule = field(default_factory=ScoreRule)
     params: ChangeParams = field(default_factory=ChangeParams)
 

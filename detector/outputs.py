@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,8 @@ class Staging:
     """Temporary files in ``out`` that become the results only on :meth:`commit`.
 
     Used as a context manager: on error every temporary file is removed and
-    the files already in ``out`` stay as they were.
+    the files already in ``out`` stay as they were.  A staged name may be a
+    folder (``chips``): the caller creates it; it replaces the old one whole.
     """
 
     def __init__(self, out: Path) -> None:
@@ -45,7 +47,7 @@ class Staging:
         self.pending: dict[str, Path] = {}
         out.mkdir(parents=True, exist_ok=True)
         for stale in out.glob(".*.tmp*"):  # left by a run that was killed
-            stale.unlink(missing_ok=True)
+            _remove(stale)
 
     def path(self, name: str) -> Path:
         tmp = self.out / f".{name}.{os.getpid()}.tmp"
@@ -54,7 +56,14 @@ class Staging:
 
     def commit(self) -> None:
         for name, tmp in self.pending.items():
-            os.replace(tmp, self.out / name)
+            target = self.out / name
+            if tmp.is_dir() and target.is_dir():
+                old = self.out / f".{name}.{os.getpid()}.tmp-old"
+                os.replace(target, old)
+                os.replace(tmp, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, target)
         self.pending.clear()
 
     def __enter__(self) -> Staging:
@@ -62,7 +71,14 @@ class Staging:
 
     def __exit__(self, *exc: object) -> None:
         for tmp in list(self.pending.values()) + list(self.out.glob(f".*.{os.getpid()}.tmp*")):
-            tmp.unlink(missing_ok=True)
+            _remove(tmp)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def write_geojson(frame: gpd.GeoDataFrame, path: Path) -> None:
@@ -82,7 +98,7 @@ class ScoreRaster:
     """
 
     def __init__(self, path: Path, *, crs: CRS, transform: Affine, area: Window) -> None:
-        self.area = area
+        self.area, self.path = area, path
         self.dst = rasterio.open(
             path, "w+", driver="GTiff", width=int(area.width), height=int(area.height), count=1,
             dtype="float32", crs=crs, transform=transform @ Affine.translation(area.col_off, area.row_off),

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import geopandas as gpd
@@ -22,10 +23,12 @@ from rasterio.windows import Window
 
 from aoi.cells import pixel_size_m
 from detector import __version__, fusion
+from detector.chips import chip_key, write_chips
 from detector.config import RunConfig
 from detector.errors import InputError
 from detector.imagery import DateSource, Grid, match_bands, open_date, overlap_window, reference_grid
 from detector.outputs import ScoreRaster, Staging, check_out, file_record, write_geojson, write_json
+from detector.report import render
 from detector.reviews import FIELDS as REVIEW_FIELDS
 from detector.reviews import carry_over, labels, read_labels, read_reviews
 from detector.scan import Accumulated, Progress, score_zones
@@ -40,7 +43,8 @@ log = logging.getLogger(__name__)
 
 OUR_FIELDS = ("site_id", "score", "rank", "flagged", "changed_area_m2", "changed_fraction", "valid_fraction",
               "status", "shift_px", "shift_dy_px", "shift_dx_px", "shift_peak", "shift_corrected", "before_source",
-              "after_source", "before_date", "after_date", "threshold", "method", *REVIEW_FIELDS)
+              "after_source", "before_date", "after_date", "threshold", "method", *REVIEW_FIELDS,
+              "chip_before", "chip_after", "chip_change")
 KEPT = "reviews-kept.geojson"  # reviewed sites that a later run did not score
 
 
@@ -78,7 +82,10 @@ def run(config: RunConfig, *, progress: Progress | None = None, command: list[st
             overviews = side.submit(timed, raster.finish)  # GDAL builds them while the vectors are written
             sites, kept = carry_over(site_results(config, zones, acc, grid, before, after), verdicts)
             sites, threshold = apply_budget(config, sites, labelled)
-            changes = change_frame(acc.polygons, sites["site_id"].to_numpy(), grid, min_area_m2=config.min_area_m2)
+            # polygons carry zone numbers: map them with the zones' order, not the ranked sites'
+            changes = change_frame(acc.polygons, zones.frame["site_id"].astype(str).to_numpy(), grid,
+                                   min_area_m2=config.min_area_m2)
+            sites = with_chip_paths(sites, chosen_for_chips(sites, config.chips))
             clock["vectors_s"] = time.perf_counter() - tic
             write_geojson(sites, staging.path("sites.geojson"))
             write_geojson(changes, staging.path("changes.geojson"))
@@ -86,6 +93,8 @@ def run(config: RunConfig, *, progress: Progress | None = None, command: list[st
                 write_geojson(kept, staging.path(KEPT))
             clock["geojson_s"] = time.perf_counter() - tic - clock["vectors_s"]
             clock["raster_s"] = overviews.result()
+            clock["chips_s"] = timed(lambda: write_site_chips(config, sites, changes, (before, after), names, grid,
+                                                              raster.path, staging))
             clock["outputs_s"] = time.perf_counter() - tic
         finally:
             raster.discard()
@@ -94,8 +103,36 @@ def run(config: RunConfig, *, progress: Progress | None = None, command: list[st
                             acc.cnn)
         record["threshold"].update(threshold)
         write_json(record, staging.path("run.json"))
+        user_columns = [c for c in sites.columns if c not in OUR_FIELDS and c != sites.geometry.name]
+        staging.path("report.html").write_text(render(sites, record, user_columns), encoding="utf-8")
         staging.commit()
     return record
+
+
+def chosen_for_chips(sites: gpd.GeoDataFrame, top: int) -> np.ndarray:
+    """Sites that get chips: every flagged one and the ``top`` best ranked, where there is data."""
+    ranked = pd.to_numeric(sites["rank"], errors="coerce").to_numpy(dtype=float)
+    return ((sites["flagged"].to_numpy() | (ranked <= top)) & (sites["status"] != "no_coverage").to_numpy())
+
+
+def with_chip_paths(sites: gpd.GeoDataFrame, chosen: np.ndarray) -> gpd.GeoDataFrame:
+    """``chip_before``, ``chip_after``, ``chip_change``: paths relative to ``--out``, None without chips."""
+    out = sites.copy()
+    keys = [chip_key(r, i) if pick else None for r, i, pick in zip(out["rank"], out["site_id"], chosen, strict=True)]
+    for kind in ("before", "after", "change"):
+        out[f"chip_{kind}"] = [f"chips/{k}_{kind}.png" if k else None for k in keys]
+    return out
+
+
+def write_site_chips(config: RunConfig, sites: gpd.GeoDataFrame, changes: gpd.GeoDataFrame,
+                     dates: tuple[DateSource, DateSource], names: tuple[str, ...], grid: Grid, change_tif: Path,
+                     staging: Staging) -> None:
+    """The chips of the sites that have chip paths, into a staged ``chips`` folder."""
+    chosen = sites[sites["chip_before"].notna()]
+    folder = staging.path("chips")
+    folder.mkdir()
+    write_chips(chosen, changes, dates, names, grid, change_tif, folder,
+                pixel_threshold=config.rule.pixel_threshold)
 
 
 def earlier_reviews(config: RunConfig) -> gpd.GeoDataFrame | None:

@@ -1,0 +1,74 @@
+"""``report.html``: one offline page to review the ranked sites from, chips side by side.
+
+Everything that comes from the user (site ids, names, attributes, file
+names, notes) is escaped; the page loads nothing from the network, only the
+chips beside it by relative path.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+import geopandas as gpd
+import pandas as pd
+
+SHOWN = ("score", "flagged", "changed_area_m2", "valid_fraction", "status", "shift_px", "shift_corrected",
+         "review_status", "reviewer", "notes")
+STYLE = """body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}
+table{border-collapse:collapse;width:100%}
+td,th{border-bottom:1px solid #ddd;padding:6px;vertical-align:top;text-align:left}
+th{background:#f4f4f4;position:sticky;top:0}tr.flagged td:first-child{border-left:4px solid #d33}
+img{width:220px;height:auto;image-rendering:pixelated;margin-right:4px}dl{margin:0}dt{font-weight:600}
+.attrs{font-size:12px;color:#555;max-width:22em;overflow-wrap:anywhere}code{font-size:12px}"""
+
+
+def render(sites: gpd.GeoDataFrame, record: dict[str, Any], user_columns: list[str]) -> str:
+    """The page as text: provenance, then one row per site in rank order (chips where there are some)."""
+    rows = [_row(site, user_columns) for _, site in sites.iterrows()]
+    return "\n".join([
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src \'self\'; '
+        'style-src \'unsafe-inline\'">',
+        f"<title>{_e('Change report: ' + str(record.get('mode', '')))}</title><style>{STYLE}</style></head><body>",
+        "<h1>Site change report</h1>", _provenance(record),
+        "<table><thead><tr><th>rank</th><th>site</th><th>before</th><th>after</th><th>change</th>"
+        "<th>scores</th></tr></thead><tbody>", *rows, "</tbody></table></body></html>",
+    ])
+
+
+def _provenance(record: dict[str, Any]) -> str:
+    inputs = record.get("inputs", {})
+    model = record.get("model") or {}
+    items = {
+        "before": f"{inputs.get('before', {}).get('path')} ({inputs.get('before', {}).get('date')})",
+        "after": f"{inputs.get('after', {}).get('path')} ({inputs.get('after', {}).get('date')})",
+        "method": f"{record.get('method')}; {record.get('fusion') or ''}",
+        "model": f"{model.get('path')} sha256 {model.get('sha256')}" if model else "none",
+        "threshold": f"{record.get('threshold', {}).get('value')}: {record.get('threshold', {}).get('rule')} "
+                     f"(chosen by {record.get('threshold', {}).get('chosen_by')})",
+        "counts": ", ".join(f"{k} {v}" for k, v in record.get("counts", {}).items()),
+        "detector": str(record.get("detector_version")),
+    }
+    return "<dl>" + "".join(f"<dt>{_e(k)}</dt><dd><code>{_e(v)}</code></dd>" for k, v in items.items()) + "</dl>"
+
+
+def _row(site: pd.Series, user_columns: list[str]) -> str:
+    chips = [site.get(f"chip_{kind}") for kind in ("before", "after", "change")]
+    cells = "".join(f'<td><img src="{_e(c)}" alt="{kind}" loading="lazy"></td>' if isinstance(c, str) and c else
+                    "<td></td>" for c, kind in zip(chips, ("before", "after", "change"), strict=True))
+    attrs = "".join(f"<dt>{_e(c)}</dt><dd>{_e(site.get(c))}</dd>" for c in user_columns if _filled(site.get(c)))
+    scores = "".join(f"<dt>{_e(c)}</dt><dd>{_e(site.get(c))}</dd>" for c in SHOWN if c in site.index)
+    dates = f"{_e(site.get('before_date'))} → {_e(site.get('after_date'))}"
+    rank = site.get("rank")
+    return (f'<tr class="{"flagged" if bool(site.get("flagged")) else ""}"><td>{_e(rank if _filled(rank) else "-")}'
+            f"</td><td><b>{_e(site.get('site_id'))}</b><br>{dates}<dl class=\"attrs\">{attrs}</dl></td>"
+            f"{cells}<td><dl>{scores}</dl></td></tr>")
+
+
+def _filled(value: object) -> bool:
+    return value is not None and not (isinstance(value, float) and value != value) and value is not pd.NA
+
+
+def _e(value: object) -> str:
+    return html.escape("" if value is None or value is pd.NA else str(value), quote=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import geopandas as gpd
@@ -30,8 +31,9 @@ from detector.imagery import DateReader, DateSource, Grid
 from detector.tiling import intersect
 
 MARGIN = 0.15  # context around the site, as a share of its size
-SIZE = 256  # longest side of a chip, in screen pixels
+SIZE = 512  # longest side of a chip at most, in pixels
 CYAN, WHITE = (0, 220, 255), (255, 255, 255)
+CACHE_MB = 64  # GDAL block cache while chips are read: GDAL's default (5 % of memory) pushed a run past 2 GB
 
 
 def chip_key(rank: object, site_id: str) -> str:
@@ -97,18 +99,25 @@ def overlay(after_rgb: np.ndarray, score: np.ndarray, edges: np.ndarray, outline
 
 def write_chips(sites: gpd.GeoDataFrame, changes: gpd.GeoDataFrame, dates: tuple[DateSource, DateSource],
                 names: tuple[str, ...], grid: Grid, change_tif: Path, folder: Path, *,
-                pixel_threshold: float) -> dict[str, tuple[str, str, str]]:
-    """Write the chips of every site in ``sites`` into ``folder``; site_id -> (before, after, change) names."""
+                pixel_threshold: float, workers: int = 2) -> None:
+    """Write the chips of every site in ``sites`` into ``folder``, ``workers`` threads each with its own files."""
     folder.mkdir(parents=True, exist_ok=True)
     shapes = sites.to_crs(grid.crs)
     polygons = changes.to_crs(grid.crs)
+    jobs = list(zip(shapes["site_id"], shapes["rank"], shapes.geometry, strict=True))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(lambda part: _write_part(part, polygons, dates, names, grid, change_tif, folder,
+                                               pixel_threshold), [jobs[i::workers] for i in range(workers)]))
+
+
+def _write_part(jobs: list, polygons: gpd.GeoDataFrame, dates: tuple[DateSource, DateSource],
+                names: tuple[str, ...], grid: Grid, change_tif: Path, folder: Path, pixel_threshold: float) -> None:
     bands = rgb_bands(names)
     picked = tuple(names[i] for i in dict.fromkeys(bands))
     order = [picked.index(names[i]) for i in bands]
-    written: dict[str, tuple[str, str, str]] = {}
-    with DateReader(dates[0], picked, grid) as first, DateReader(dates[1], picked, grid) as second, \
-            rasterio.open(change_tif) as scores:
-        for site_id, rank, shape in zip(shapes["site_id"], shapes["rank"], shapes.geometry, strict=True):
+    with rasterio.Env(GDAL_CACHEMAX=CACHE_MB * 2**20), DateReader(dates[0], picked, grid) as first, \
+            DateReader(dates[1], picked, grid) as second, rasterio.open(change_tif) as scores:
+        for site_id, rank, shape in jobs:
             window = site_window(shape.bounds, grid)
             if window is None:
                 continue
@@ -116,19 +125,16 @@ def write_chips(sites: gpd.GeoDataFrame, changes: gpd.GeoDataFrame, dates: tuple
             with warnings.catch_warnings():  # all-nodata corners of a window
                 warnings.simplefilter("ignore", RuntimeWarning)
                 after = normalize(before[None], after[None])[0]
-            score = read_scores(scores, window, grid)
             transform = window_transform(window, grid.transform)
             size = (int(window.height), int(window.width))
             edges = _edges(list(polygons.geometry[polygons["site_id"] == site_id]), size, transform)
-            outline = _edges([shape], size, transform)
-            key = chip_key(rank, site_id)
             b, a = stretch(before, after)
             pictures = {"before": b, "after": a,
-                        "change": overlay(a, score, edges, outline, pixel_threshold=pixel_threshold)}
+                        "change": overlay(a, read_scores(scores, window, grid), edges,
+                                          _edges([shape], size, transform), pixel_threshold=pixel_threshold)}
+            key = chip_key(rank, site_id)
             for kind, picture in pictures.items():
                 save_png(picture, folder / f"{key}_{kind}.png")
-            written[str(site_id)] = tuple(f"{folder.name}/{key}_{k}.png" for k in pictures)  # type: ignore[assignment]
-    return written
 
 
 def site_window(bounds: tuple[float, float, float, float], grid: Grid) -> Window | None:
@@ -143,7 +149,10 @@ def read_scores(src: rasterio.DatasetReader, window: Window, grid: Grid) -> np.n
     """The change raster over a window of the grid, NaN where it has none."""
     bounds = rasterio.windows.bounds(window, grid.transform)
     own = from_bounds(*bounds, transform=src.transform).round_offsets().round_lengths()
-    return src.read(1, window=own, boundless=True, fill_value=np.nan)[:int(window.height), :int(window.width)]
+    inside = (own.col_off >= 0 and own.row_off >= 0 and own.col_off + own.width <= src.width
+              and own.row_off + own.height <= src.height)
+    data = src.read(1, window=own) if inside else src.read(1, window=own, boundless=True, fill_value=np.nan)
+    return data[:int(window.height), :int(window.width)]
 
 
 def _edges(geometries: list, size: tuple[int, int], transform: object) -> np.ndarray:
@@ -154,9 +163,14 @@ def _edges(geometries: list, size: tuple[int, int], transform: object) -> np.nda
 
 
 def save_png(picture: np.ndarray, path: Path) -> None:
-    """An (H, W, 3) uint8 picture as PNG, its longest side scaled to ``SIZE`` (nearest)."""
+    """An (H, W, 3) uint8 picture as PNG, shrunk (area average) so its longest side is at most ``SIZE``.
+
+    Small chips stay at their own pixels: the report and QGIS enlarge them
+    without inventing detail, and they cost little to encode.
+    """
     image = Image.fromarray(picture)
     scale = SIZE / max(image.size)
-    image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                         Image.Resampling.NEAREST)
-    image.save(path, format="PNG")
+    if scale < 1:
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                             Image.Resampling.BOX)
+    image.save(path, format="PNG", compress_level=1)  # zlib level 6 made PNG encoding most of the chips time

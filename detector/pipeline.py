@@ -10,7 +10,7 @@ import platform
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from importlib import metadata
+from importlib import metadata, resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +46,7 @@ OUR_FIELDS = ("site_id", "score", "rank", "flagged", "changed_area_m2", "changed
               "after_source", "before_date", "after_date", "threshold", "method", *REVIEW_FIELDS,
               "chip_before", "chip_after", "chip_change")
 KEPT = "reviews-kept.geojson"  # reviewed sites that a later run did not score
+STYLES = ("sites.qml", "changes.qml", "change.qml")  # made by scripts/make_styles.py
 
 
 def run(config: RunConfig, *, progress: Progress | None = None, command: list[str] | None = None) -> dict[str, Any]:
@@ -103,6 +104,8 @@ def run(config: RunConfig, *, progress: Progress | None = None, command: list[st
                             acc.cnn)
         record["threshold"].update(threshold)
         write_json(record, staging.path("run.json"))
+        for style in STYLES:  # QGIS loads a same-named .qml beside a layer on its own
+            staging.path(style).write_bytes((resources.files("detector") / "styles" / style).read_bytes())
         user_columns = [c for c in sites.columns if c not in OUR_FIELDS and c != sites.geometry.name]
         staging.path("report.html").write_text(render(sites, record, user_columns), encoding="utf-8")
         staging.commit()

@@ -24,8 +24,15 @@ img{width:220px;height:auto;image-rendering:pixelated;margin-right:4px}dl{margin
 
 
 def render(sites: gpd.GeoDataFrame, record: dict[str, Any], user_columns: list[str]) -> str:
-    """The page as text: provenance, then one row per site in rank order (chips where there are some)."""
-    rows = [_row(site, user_columns) for _, site in sites.iterrows()]
+    """The page as text: provenance, then one row per site to review, in rank order.
+
+    The sites to review are those with chips (every flagged site and the
+    best ranked); the rest are counted, and listed in ``sites.geojson``.
+    """
+    shown = sites[sites["chip_before"].notna()] if "chip_before" in sites.columns else sites
+    rows = [_row(site, user_columns) for _, site in shown.iterrows()]
+    rest = len(sites) - len(shown)
+    tail = f"<p>{rest} further sites, not flagged and ranked lower, are in sites.geojson.</p>" if rest else ""
     return "\n".join([
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src \'self\'; '
@@ -33,7 +40,7 @@ def render(sites: gpd.GeoDataFrame, record: dict[str, Any], user_columns: list[s
         f"<title>{_e('Change report: ' + str(record.get('mode', '')))}</title><style>{STYLE}</style></head><body>",
         "<h1>Site change report</h1>", _provenance(record),
         "<table><thead><tr><th>rank</th><th>site</th><th>before</th><th>after</th><th>change</th>"
-        "<th>scores</th></tr></thead><tbody>", *rows, "</tbody></table></body></html>",
+        "<th>scores</th></tr></thead><tbody>", *rows, "</tbody></table>", tail, "</body></html>",
     ])
 
 

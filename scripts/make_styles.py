@@ -1,0 +1,121 @@
+"""Build the QGIS styles shipped in ``detector/styles/`` with QGIS itself (run once; needs python3-qgis).
+
+    QT_QPA_PLATFORM=offscreen /usr/bin/python3 scripts/make_styles.py
+
+- ``sites.qml``: a graduated renderer on ``score`` (5 classes, light yellow to
+  dark red; fill at 60 % opacity), the outline of flagged sites thick and
+  red (data-defined on ``flagged``), labels ``#<rank>``;
+- ``changes.qml``: change polygons filled by ``score`` (graduated, orange to red);
+- ``change.qml``: ``change.tif`` as a pseudocolour ramp, 0 transparent, 0.5 and
+  over red to yellow.
+
+``detector run`` copies them beside its outputs, where QGIS loads a
+same-named ``.qml`` on its own.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from qgis.core import (
+    QgsApplication,
+    QgsClassificationRange,
+    QgsColorRampShader,
+    QgsFillSymbol,
+    QgsGraduatedSymbolRenderer,
+    QgsPalLayerSettings,
+    QgsProperty,
+    QgsRasterLayer,
+    QgsRasterShader,
+    QgsRendererRange,
+    QgsSingleBandPseudoColorRenderer,
+    QgsSymbolLayer,
+    QgsTextFormat,
+    QgsVectorLayer,
+    QgsVectorLayerSimpleLabeling,
+)
+from qgis.PyQt.QtGui import QColor
+
+OUT = Path(__file__).resolve().parents[1] / "detector" / "styles"
+BREAKS = [0.0, 0.25, 0.5, 0.75, 0.9, 1.0]
+SITE_COLOURS = ["#fff5b0", "#fdd17a", "#fb8d3d", "#e4472a", "#a50f15"]
+CHANGE_COLOURS = ["#fdd0a2", "#fdae6b", "#fd8d3c", "#e6550d", "#a63603"]
+
+
+def graduated(field: str, colours: list[str], *, outline_flagged: bool) -> QgsGraduatedSymbolRenderer:
+    ranges = []
+    for low, high, colour in zip(BREAKS[:-1], BREAKS[1:], colours, strict=True):
+        symbol = QgsFillSymbol.createSimple({"color": colour, "outline_color": "#555555", "outline_width": "0.2"})
+        symbol.setOpacity(0.6 if outline_flagged else 0.75)
+        if outline_flagged:
+            layer = symbol.symbolLayer(0)
+            layer.setDataDefinedProperty(QgsSymbolLayer.PropertyStrokeWidth,
+                                         QgsProperty.fromExpression('if("flagged", 0.9, 0.2)'))
+            layer.setDataDefinedProperty(QgsSymbolLayer.PropertyStrokeColor,
+                                         QgsProperty.fromExpression("if(\"flagged\", '#d7191c', '#555555')"))
+        ranges.append(QgsRendererRange(QgsClassificationRange(f"{low:g} - {high:g}", low, high), symbol))
+    return QgsGraduatedSymbolRenderer(field, ranges)
+
+
+def rank_labels() -> QgsVectorLayerSimpleLabeling:
+    settings = QgsPalLayerSettings()
+    settings.fieldName = "if(\"rank\" IS NULL, '', '#' || to_string(\"rank\"))"
+    settings.isExpression = True
+    text = QgsTextFormat()
+    text.setSize(9)
+    buffer = text.buffer()
+    buffer.setEnabled(True)
+    buffer.setSize(0.8)
+    text.setBuffer(buffer)
+    settings.setFormat(text)
+    return QgsVectorLayerSimpleLabeling(settings)
+
+
+def vector_style(name: str, renderer: QgsGraduatedSymbolRenderer, labels: bool) -> None:
+    layer = QgsVectorLayer("Polygon?crs=EPSG:4326&field=score:double&field=flagged:boolean&field=rank:integer",
+                           name, "memory")
+    layer.setRenderer(renderer)
+    if labels:
+        layer.setLabeling(rank_labels())
+        layer.setLabelsEnabled(True)
+    message, ok = layer.saveNamedStyle(str(OUT / f"{name}.qml"))
+    if not ok:
+        raise SystemExit(f"could not write {name}.qml: {message}")
+
+
+def raster_style(sample: Path) -> None:
+    layer = QgsRasterLayer(str(sample), "change")
+    ramp = QgsColorRampShader(0.0, 1.0)
+    ramp.setColorRampType(QgsColorRampShader.Interpolated)
+    ramp.setColorRampItemList([
+        QgsColorRampShader.ColorRampItem(0.0, QColor(255, 255, 255, 0), "0"),
+        QgsColorRampShader.ColorRampItem(0.25, QColor(255, 237, 160, 90), "0.25"),
+        QgsColorRampShader.ColorRampItem(0.5, QColor(240, 59, 32, 220), "0.5"),
+        QgsColorRampShader.ColorRampItem(1.0, QColor(255, 255, 0, 255), "1"),
+    ])
+    shader = QgsRasterShader()
+    shader.setRasterShaderFunction(ramp)
+    renderer = QgsSingleBandPseudoColorRenderer(layer.dataProvider(), 1, shader)
+    renderer.setClassificationMin(0.0)
+    renderer.setClassificationMax(1.0)
+    layer.setRenderer(renderer)
+    message, ok = layer.saveNamedStyle(str(OUT / "change.qml"))
+    if not ok:
+        raise SystemExit(f"could not write change.qml: {message}")
+
+
+def main() -> int:
+    app = QgsApplication([], False)
+    app.initQgis()
+    OUT.mkdir(parents=True, exist_ok=True)
+    vector_style("sites", graduated("score", SITE_COLOURS, outline_flagged=True), labels=True)
+    vector_style("changes", graduated("score", CHANGE_COLOURS, outline_flagged=False), labels=False)
+    raster_style(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("results/change.tif"))
+    app.exitQgis()
+    print(f"wrote {sorted(p.name for p in OUT.glob('*.qml'))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -105,7 +105,9 @@ def write_chips(sites: gpd.GeoDataFrame, changes: gpd.GeoDataFrame, dates: tuple
     shapes = sites.to_crs(grid.crs)
     polygons = changes.to_crs(grid.crs)
     jobs = list(zip(shapes["site_id"], shapes["rank"], shapes.geometry, strict=True))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    # warning filters are process-wide: set once here, not in the threads (all-nodata corners of a window)
+    with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=workers) as pool:
+        warnings.simplefilter("ignore", RuntimeWarning)
         list(pool.map(lambda part: _write_part(part, polygons, dates, names, grid, change_tif, folder,
                                                pixel_threshold), [jobs[i::workers] for i in range(workers)]))
 
@@ -122,9 +124,7 @@ def _write_part(jobs: list, polygons: gpd.GeoDataFrame, dates: tuple[DateSource,
             if window is None:
                 continue
             before, after = first.read(window)[order], second.read(window)[order]
-            with warnings.catch_warnings():  # all-nodata corners of a window
-                warnings.simplefilter("ignore", RuntimeWarning)
-                after = normalize(before[None], after[None])[0]
+            after = normalize(before[None], after[None])[0]
             transform = window_transform(window, grid.transform)
             size = (int(window.height), int(window.width))
             edges = _edges(list(polygons.geometry[polygons["site_id"] == site_id]), size, transform)

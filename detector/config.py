@@ -69,6 +69,8 @@ class RunConfig:
             raise InputError(f"--method is {self.method!r}: choose one of {', '.join(METHODS)}")
         if self.max_flags is not None and self.target_precision is not None:
             raise InputError("--max-flags and --target-precision both set the threshold: give one of them")
+        if self.chips < 0:
+            raise InputError(f"--chips is {self.chips}: give 0 or more")
         if self.max_flags is not None and self.max_flags < 0:
             raise InputError(f"--max-flags is {self.max_flags}: give 0 or more")
         if self.target_precision is not None and not 0 < self.target_precision <= 1:

@@ -55,12 +55,17 @@ class Staging:
         return tmp
 
     def commit(self) -> None:
-        for name, tmp in self.pending.items():
-            target = self.out / name
+        """Rename every staged file into place, ``run.json`` last (its presence marks a complete set)."""
+        for name in sorted(self.pending, key=lambda n: n == "run.json"):
+            tmp, target = self.pending[name], self.out / name
             if tmp.is_dir() and target.is_dir():
                 old = self.out / f".{name}.{os.getpid()}.tmp-old"
                 os.replace(target, old)
-                os.replace(tmp, target)
+                try:
+                    os.replace(tmp, target)
+                except OSError:
+                    os.replace(old, target)
+                    raise
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(tmp, target)

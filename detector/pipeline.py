@@ -90,7 +90,7 @@ def run(config: RunConfig, *, progress: Progress | None = None, command: list[st
             clock["vectors_s"] = time.perf_counter() - tic
             write_geojson(sites, staging.path("sites.geojson"))
             write_geojson(changes, staging.path("changes.geojson"))
-            if len(kept):
+            if len(kept) or (config.out / KEPT).exists():  # an old one must not outlive its verdicts
                 write_geojson(kept, staging.path(KEPT))
             clock["geojson_s"] = time.perf_counter() - tic - clock["vectors_s"]
             clock["raster_s"] = overviews.result()
@@ -139,13 +139,14 @@ def write_site_chips(config: RunConfig, sites: gpd.GeoDataFrame, changes: gpd.Ge
 
 
 def earlier_reviews(config: RunConfig) -> gpd.GeoDataFrame | None:
-    """Verdicts to carry over: ``--reviews``, else those already in ``--out`` (its sites and kept reviews)."""
-    if config.reviews is not None:
-        return read_reviews(config.reviews)
-    found = [read_reviews(config.out / name) for name in ("sites.geojson", KEPT) if (config.out / name).is_file()]
+    """Verdicts to carry over: those in ``--out`` (kept reviews, then its sites), then ``--reviews``; later win."""
+    sources = [config.out / KEPT, config.out / "sites.geojson", config.reviews]
+    found = [read_reviews(path).to_crs(4326) for path in sources if path is not None and path.is_file()]
+    if config.reviews is not None and not config.reviews.is_file():
+        read_reviews(config.reviews)  # the one-line error for a missing file
     if not found:
         return None
-    return gpd.GeoDataFrame(pd.concat([f.to_crs(4326) for f in found], ignore_index=True), crs=4326)
+    return gpd.GeoDataFrame(pd.concat(found, ignore_index=True), crs=4326)
 
 
 def apply_budget(config: RunConfig, sites: gpd.GeoDataFrame,
@@ -167,7 +168,9 @@ def apply_budget(config: RunConfig, sites: gpd.GeoDataFrame,
     out = sites.copy()
     out["flagged"] = eligible & (np.nan_to_num(score) >= value)
     out["threshold"] = value
-    return out, {"value": value, **note}
+    rule_text = (f"flagged = score >= {value} and valid_fraction >= {rule.min_valid}; score = {rule.quantile:g} "
+                 f"quantile of the site's pixel scores; a pixel is changed at score >= {rule.pixel_threshold}")
+    return out, {"value": value, "rule": rule_text, **note}
 
 
 def threshold_for_target(config: RunConfig, sites: gpd.GeoDataFrame,

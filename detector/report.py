@@ -35,7 +35,7 @@ def render(sites: gpd.GeoDataFrame, record: dict[str, Any], user_columns: list[s
     tail = f"<p>{rest} further sites, not flagged and ranked lower, are in sites.geojson.</p>" if rest else ""
     return "\n".join([
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src \'self\'; '
+        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src \'self\' file: data:; '
         'style-src \'unsafe-inline\'">',
         f"<title>{_e('Change report: ' + str(record.get('mode', '')))}</title><style>{STYLE}</style></head><body>",
         "<h1>Site change report</h1>", _provenance(record),

@@ -15,6 +15,7 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import shapely
 
 from detector.errors import InputError, MissingFileError
 
@@ -37,8 +38,14 @@ def read_reviews(path: Path) -> gpd.GeoDataFrame:
         frame = gpd.read_file(path)
     except Exception as exc:
         raise InputError(f"{path} cannot be read as a vector file ({str(exc).splitlines()[0][:80]})") from None
+    if frame.empty:
+        return gpd.GeoDataFrame({"site_id": [], **{f: [] for f in FIELDS}}, geometry=[], crs=4326)
     if "site_id" not in frame.columns:
         raise InputError(f"{path} has no site_id column: give a sites.geojson written by `detector run`")
+    if not isinstance(frame, gpd.GeoDataFrame) or frame.geometry.name not in frame.columns:
+        raise InputError(f"{path} has no geometry: give the sites.geojson written by `detector run`")
+    if frame.crs is None:
+        frame = frame.set_crs(4326)  # GeoJSON's own CRS
     for field in FIELDS:
         if field not in frame.columns:
             frame[field] = "unreviewed" if field == "review_status" else ""
@@ -56,23 +63,33 @@ def read_reviews(path: Path) -> gpd.GeoDataFrame:
 def carry_over(sites: gpd.GeoDataFrame, reviews: gpd.GeoDataFrame | None) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
     """``sites`` with the review fields filled from ``reviews`` by ``site_id``.
 
-    Returns the sites, and the reviewed rows of ``reviews`` whose site is not
-    among them (to be kept, not dropped).
+    A verdict is carried only to the same ground: the old and new outlines
+    must overlap by more than half (intersection over union), so a cell id
+    that names other ground after a change of ``--cell-m`` does not inherit
+    it.  Later reviewed rows of ``reviews`` win over earlier ones; unreviewed
+    rows say nothing and never hide a verdict.  Returns the sites, and the
+    reviewed rows that no site took (kept, not dropped).
     """
     out = sites.copy()
     out["review_status"], out["reviewer"], out["notes"] = "unreviewed", "", ""
-    if reviews is None or reviews.empty:
-        return out, gpd.GeoDataFrame(columns=["site_id", *FIELDS], geometry=[], crs=4326)
-    known = reviews.drop_duplicates("site_id", keep="last").set_index("site_id")
+    reviewed = None if reviews is None else reviews[reviews["review_status"] != "unreviewed"]
+    if reviewed is None or reviewed.empty:
+        return out, gpd.GeoDataFrame({"site_id": [], **{f: [] for f in FIELDS}}, geometry=[], crs=4326)
+    known = reviewed.to_crs(4326).drop_duplicates("site_id", keep="last").set_index("site_id")
     ids = out["site_id"].astype(str)
     hit = ids.isin(known.index).to_numpy()
+    old = known.geometry.reindex(ids[hit]).to_numpy()
+    new = out.geometry.to_crs(4326).to_numpy()[hit]
+    overlap = shapely.area(shapely.intersection(old, new)) / np.maximum(shapely.area(shapely.union(old, new)), 1e-18)
+    take = np.flatnonzero(hit)[overlap > 0.5]
     for field in FIELDS:
-        out.loc[hit, field] = known.loc[ids[hit], field].to_numpy()
-    reviewed = reviews[reviews["review_status"] != "unreviewed"]
-    left = reviewed[~reviewed["site_id"].isin(set(ids))]
+        out.iloc[take, out.columns.get_loc(field)] = known.loc[ids.iloc[take], field].to_numpy()
+    left = known.reset_index()
+    left = left[~left["site_id"].isin(set(ids.iloc[take]))]
     if len(left):
-        log.warning("%d reviewed sites are not in this run; their verdicts are kept in reviews-kept.geojson", len(left))
-    return out, left.to_crs(4326)
+        log.warning("%d reviewed sites are not in this run (or lie elsewhere now); their verdicts are kept in "
+                    "reviews-kept.geojson", len(left))
+    return out, gpd.GeoDataFrame(left, geometry=left.geometry.name, crs=4326)
 
 
 def labels(values: pd.Series) -> np.ndarray:

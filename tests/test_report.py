@@ -94,8 +94,7 @@ def test_report_renders_rows_and_images_in_headless_chromium(reviewed_run: Path)
     probe = reviewed_run / "probe.html"
     page = (reviewed_run / "report.html").read_text(encoding="utf-8")
     probe.write_text(page.replace("script-src", "x").replace(
-        "content=\"default-src 'none'; img-src 'self'; style-src 'unsafe-inline'\"",
-        "content=\"default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; script-src 'unsafe-inline'\"")
+        "style-src 'unsafe-inline'\"", "style-src 'unsafe-inline'; script-src 'unsafe-inline'\"")
         .replace("</body>", f"<script>window.onload = () => {{ {script}; }}</script></body>"), encoding="utf-8")
     with tempfile.TemporaryDirectory() as profile:
         result = subprocess.run(

@@ -53,6 +53,30 @@ def test_verdicts_survive_a_rerun_and_sites_that_leave_are_kept(scene: Scene, tm
     assert list(kept["site_id"]) == ["quiet"] and kept["review_status"].iloc[0] == "rejected"
     assert run(scene, out, "--overwrite") == 0  # quiet comes back with its verdict
     assert gpd.read_file(out / "sites.geojson").set_index("site_id").loc["quiet", "review_status"] == "rejected"
+    assert len(gpd.read_file(out / "reviews-kept.geojson")) == 0  # nothing left to keep
+    review(out / "sites.geojson", {"quiet": ("unsure", "B", "changed my mind")})
+    assert run(scene, out, "--overwrite") == 0  # the newer verdict wins over the one once kept
+    assert gpd.read_file(out / "sites.geojson").set_index("site_id").loc["quiet", "review_status"] == "unsure"
+    other = tmp_path / "other.geojson"
+    review_file = gpd.read_file(out / "sites.geojson")
+    review_file.to_file(other, driver="GeoJSON")
+    review(other, {"green field": ("rejected", "C", "")})
+    assert run(scene, out, "--overwrite", "--reviews", other) == 0  # both the folder's and the file's verdicts
+    merged = gpd.read_file(out / "sites.geojson").set_index("site_id")
+    assert merged.loc["green field", "review_status"] == "rejected"
+    assert merged.loc["compound", "review_status"] == "confirmed"
+
+
+def test_a_cell_verdict_stays_with_its_ground(scene: Scene, tmp_path: Path) -> None:
+    cells = ["-q", "run", "--before", str(scene.before), "--after", str(scene.after), "--out", str(tmp_path),
+             "--method", "classical", "--chips", "0"]
+    assert main([*cells, "--cell-m", "300"]) == 0
+    review(tmp_path / "sites.geojson", {"r0c0": ("rejected", "D", "")})
+    assert main([*cells, "--cell-m", "200", "--overwrite"]) == 0  # r0c0 now names a smaller square
+    assert gpd.read_file(tmp_path / "sites.geojson").set_index("site_id").loc["r0c0", "review_status"] == "unreviewed"
+    assert list(gpd.read_file(tmp_path / "reviews-kept.geojson")["site_id"]) == ["r0c0"]
+    assert main([*cells, "--cell-m", "300", "--overwrite"]) == 0  # the same ground again: the verdict returns
+    assert gpd.read_file(tmp_path / "sites.geojson").set_index("site_id").loc["r0c0", "review_status"] == "rejected"
 
 
 def test_reviews_from_another_file_and_bad_statuses(scene: Scene, tmp_path: Path,

@@ -32,16 +32,9 @@ def read_reviews(path: Path) -> gpd.GeoDataFrame:
 
     Raises InputError when the file has no ``site_id`` or an unknown ``review_status``.
     """
-    if not Path(path).is_file():
-        raise MissingFileError(f"reviews file {path} does not exist: give a sites.geojson written by `detector run`")
-    try:
-        frame = gpd.read_file(path)
-    except Exception as exc:
-        raise InputError(f"{path} cannot be read as a vector file ({str(exc).splitlines()[0][:80]})") from None
+    frame = _read_sites_file(path, "reviews")
     if frame.empty:
         return gpd.GeoDataFrame({"site_id": [], **{f: [] for f in FIELDS}}, geometry=[], crs=4326)
-    if "site_id" not in frame.columns:
-        raise InputError(f"{path} has no site_id column: give a sites.geojson written by `detector run`")
     if not isinstance(frame, gpd.GeoDataFrame) or frame.geometry.name not in frame.columns:
         raise InputError(f"{path} has no geometry: give the sites.geojson written by `detector run`")
     if frame.crs is None:
@@ -102,15 +95,21 @@ def labels(values: pd.Series) -> np.ndarray:
 
 def read_labels(path: Path) -> pd.Series:
     """1 / 0 / NaN per ``site_id`` from a labelled sites file (``label`` or ``review_status`` column)."""
+    frame = _read_sites_file(path, "labels")
+    return pd.Series(site_labels(frame, path), index=frame["site_id"].astype(str)).groupby(level=0).last()
+
+
+def _read_sites_file(path: Path, role: str) -> gpd.GeoDataFrame:
+    """A sites file written by ``detector run`` (then edited), or a one-line error naming it."""
     if not Path(path).is_file():
-        raise MissingFileError(f"labels file {path} does not exist: give a sites file with label or review_status")
+        raise MissingFileError(f"{role} file {path} does not exist: give a sites.geojson written by `detector run`")
     try:
         frame = gpd.read_file(path)
     except Exception as exc:
         raise InputError(f"{path} cannot be read as a vector file ({str(exc).splitlines()[0][:80]})") from None
-    if "site_id" not in frame.columns:
-        raise InputError(f"{path} has no site_id column: label the sites.geojson that `detector run` wrote")
-    return pd.Series(site_labels(frame, path), index=frame["site_id"].astype(str)).groupby(level=0).last()
+    if len(frame) and "site_id" not in frame.columns:
+        raise InputError(f"{path} has no site_id column: give a sites.geojson written by `detector run`")
+    return frame
 
 
 def site_labels(sites: pd.DataFrame, path: Path) -> np.ndarray:

@@ -7,9 +7,13 @@ import ctypes
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from detector import __version__
 from detector.errors import DetectorError
+
+if TYPE_CHECKING:
+    from detector.batch import BatchStatus
 
 log = logging.getLogger("detector")
 
@@ -56,7 +60,23 @@ def build_parser() -> argparse.ArgumentParser:
                      help="before/after chips for every flagged site and the N best ranked (20)")
     run.add_argument("--labels", type=Path, help="sites file with a label or review_status column, by site_id")
     add_training_commands(commands)
+    add_batch_commands(commands)
     return parser
+
+
+def add_batch_commands(commands: argparse._SubParsersAction) -> None:
+    batch = commands.add_parser("batch", help="score many sites over a catalog of scenes; resumes where it stopped")
+    batch.add_argument("config", type=Path, help="batch configuration (TOML; see README)")
+    batch.add_argument("--workers", type=int, default=0, help="local worker processes (default: one per core)")
+    batch.add_argument("--dask", metavar="ADDRESS",
+                       help="run the site tasks on Dask: a scheduler tcp://HOST:8786, or local:N for a LocalCluster")
+    fetch = commands.add_parser("fetch", help="download the windows around a batch's sites from a STAC API")
+    fetch.add_argument("config", type=Path, help="batch configuration: its sites, dates and catalog folder")
+    fetch.add_argument("--stac", required=True, help="STAC API or static catalog address (http(s) or a local file)")
+    fetch.add_argument("--collections", nargs="+", help="STAC collections to search, e.g. sentinel-2-l2a")
+    fetch.add_argument("--bands", nargs="+",
+                       help="bands to fetch (default: blue green red nir swir16 swir22 scl cloud)")
+    fetch.add_argument("--margin-m", type=float, default=320.0, help="margin around each site in metres (320)")
 
 
 def add_training_commands(commands: argparse._SubParsersAction) -> None:
@@ -93,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("pyogrio").setLevel(logging.WARNING)
+    for noisy in ("pyogrio", "distributed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.ERROR)  # its retries end in our one-line error
     logging.captureWarnings(True)
     try:
         return run_command(args, argv if argv is not None else sys.argv[1:])
@@ -103,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_command(args: argparse.Namespace, argv: list[str]) -> int:
-    commands = {"run": detect_command, "train": train_command, "evaluate": evaluate_command}
+    commands = {"run": detect_command, "train": train_command, "evaluate": evaluate_command,
+                "batch": batch_command, "fetch": fetch_command}
     return commands[args.command](args, argv)
 
 
@@ -167,6 +190,66 @@ def detect_command(args: argparse.Namespace, argv: list[str]) -> int:
           f"{counts['flagged']} flagged, {counts['no_coverage']} without coverage, "
           f"{counts['change_polygons']} change polygons; results in {args.out}")
     return 0
+
+
+def batch_command(args: argparse.Namespace, argv: list[str]) -> int:
+    from detector.batch import run_batch
+    from detector.config import read_batch_config
+    from detector.errors import InputError
+
+    if args.workers < 0:
+        raise InputError(f"--workers is {args.workers}: give 1 or more (0: one per core)")
+    config = read_batch_config(args.config)
+    record = run_batch(config, workers=args.workers, dask=args.dask,
+                       progress=None if args.quiet else _batch_progress)
+    if not args.quiet:
+        sys.stderr.write("\n")
+    counts = record["counts"]
+    print(f"{counts['sites']} sites: {counts['done']} done, {counts['failed']} failed, {counts['flagged']} flagged; "
+          f"results in {config.out / 'sites.gpkg'}")
+    by_reason: dict[str, list[str]] = {}
+    for site_id, reason in record["failed"].items():
+        by_reason.setdefault(reason, []).append(site_id)
+    for reason, ids in sorted(by_reason.items(), key=lambda kv: -len(kv[1]))[:5]:
+        more = f" and {len(ids) - 3} more" if len(ids) > 3 else ""
+        print(f"  {len(ids)} failed ({', '.join(ids[:3])}{more}): {reason}")
+    if len(by_reason) > 5:
+        print(f"  ... other reasons in {config.out / 'manifest.csv'}")
+    return 1 if counts["failed"] else 0
+
+
+def fetch_command(args: argparse.Namespace, argv: list[str]) -> int:
+    from detector.config import read_batch_config
+    from detector.fetch import DEFAULT_BANDS, fetch
+
+    config = read_batch_config(args.config)
+    counts = fetch(config, args.stac, collections=args.collections, bands=tuple(args.bands or DEFAULT_BANDS),
+                   margin_m=args.margin_m, progress=None if args.quiet else _fetch_progress)
+    if not args.quiet:
+        sys.stderr.write("\n")
+    print(f"{counts['items']} items over the sites; {counts['windows']} windows: {counts['written']} written, "
+          f"{counts['kept']} already there; catalog {config.catalog}")
+    return 0
+
+
+def _fetch_progress(written: int, total: int) -> None:
+    sys.stderr.write(f"\r\x1b[Kwindows {written}/{total}")
+    sys.stderr.flush()
+
+
+def _batch_progress(status: BatchStatus) -> None:
+    if status.error:
+        sys.stderr.write(f"\r\x1b[Ksite {status.site_id} failed: {status.error}\n")
+    eta = "" if status.eta_s is None else f", ETA {_duration(status.eta_s)}"
+    sys.stderr.write(f"\r\x1b[Ksites {status.done + status.failed}/{status.total} ({status.failed} failed), "
+                     f"{status.rate:.2f} sites/s{eta}   ")
+    sys.stderr.flush()
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def keep_freed_memory() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from detector.change import ChangeParams
-from detector.errors import InputError
+from detector.errors import InputError, MissingFileError
 from detector.fusion import METHODS
 from detector.scoring import ScoreRule
 
@@ -85,3 +85,143 @@ class RunConfig:
     def to_json(self) -> dict[str, Any]:
         """Every parameter, as plain JSON values."""
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+# Options of ``detector run`` that a batch takes in its ``[run]`` table; the
+# others are set by the batch itself (dates, output, one site at a time) or
+# need every site at once (budgets, chips), which a resumable batch has not.
+BATCH_RUN_KEYS = ("buffer_m", "id_col", "lon_col", "lat_col", "tile_px", "margin_px", "max_shift_px", "min_peak",
+                  "min_area_m2", "bin", "method", "model", "threshold", "pixel_threshold")
+BATCH_TABLES: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "sites": {"paths": list},
+    "imagery": {"catalog": str, "max_cloud": (int, float), "min_valid": (int, float)},
+    "dates": {"before": list, "after": list, "tolerance_days": int, "same_season": bool},
+    "run": {},
+    "output": {"dir": str},
+}
+REQUIRED = {"sites": ("paths",), "imagery": ("catalog",), "dates": ("before", "after"), "output": ("dir",)}
+
+
+@dataclass(frozen=True, slots=True)
+class BatchConfig:
+    """A ``detector batch`` configuration file, validated: paths are absolute, dates ISO strings.
+
+    ``run`` is the per-site :class:`RunConfig` (``before``, ``after`` and
+    ``sites`` are placeholders: each site task sets its own scenes).
+    """
+
+    path: Path
+    sites: tuple[Path, ...]
+    catalog: Path
+    before: tuple[str, str]
+    after: tuple[str, str]
+    out: Path
+    run: RunConfig
+    tolerance_days: int = 0
+    same_season: bool = True
+    max_cloud: float = 0.5
+    min_valid: float = 0.99
+    run_options: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """What decides the results, as plain JSON (compared when a batch resumes)."""
+        return {"sites": [str(p) for p in self.sites], "catalog": str(self.catalog), "before": list(self.before),
+                "after": list(self.after), "tolerance_days": self.tolerance_days, "same_season": self.same_season,
+                "max_cloud": self.max_cloud, "min_valid": self.min_valid, "run": self.run_options}
+
+
+def read_batch_config(path: Path) -> BatchConfig:
+    """Read and check a batch TOML file; every problem is one :class:`InputError` naming the file."""
+    import tomllib
+
+    if not path.is_file():
+        raise MissingFileError(f"{path} does not exist: give a batch configuration file (TOML)")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path} is not valid TOML ({exc}): fix the line it names") from None
+    _check_keys(path, data)
+    base = path.parent.resolve()
+    tables = {name: data.get(name, {}) for name in BATCH_TABLES}
+    paths = tables["sites"]["paths"]
+    if not paths or not all(isinstance(p, str) for p in paths):
+        raise InputError(f"{path}: [sites] paths is {paths!r}: give a list of site files, e.g. [\"sites.geojson\"]")
+    before = _date_window(path, "before", tables["dates"]["before"])
+    after = _date_window(path, "after", tables["dates"]["after"])
+    if before[0] > after[1]:
+        raise InputError(f"{path}: [dates] before {list(before)} starts after the after window {list(after)} ends: "
+                         "swap them")
+    out = base / tables["output"]["dir"]
+    options = dict(tables["run"])
+    run = _run_config(path, base, out, options)
+    imagery, dates = tables["imagery"], tables["dates"]
+    config = BatchConfig(path=path, sites=tuple(base / p for p in paths), catalog=base / imagery["catalog"],
+                         before=before, after=after, out=out, run=run,
+                         tolerance_days=dates.get("tolerance_days", 0), same_season=dates.get("same_season", True),
+                         max_cloud=float(imagery.get("max_cloud", 0.5)),
+                         min_valid=float(imagery.get("min_valid", 0.99)),
+                         run_options=options)
+    for name, value in (("[imagery] max_cloud", config.max_cloud), ("[imagery] min_valid", config.min_valid)):
+        if not 0 <= value <= 1:
+            raise InputError(f"{path}: {name} is {value}: give a share between 0 and 1")
+    if config.tolerance_days < 0:
+        raise InputError(f"{path}: [dates] tolerance_days is {config.tolerance_days}: give 0 or more days")
+    return config
+
+
+def _check_keys(path: Path, data: dict[str, Any]) -> None:
+    for table, content in data.items():
+        if table not in BATCH_TABLES:
+            raise InputError(f"{path}: unknown table [{table}]: the tables are {', '.join(BATCH_TABLES)}")
+        if not isinstance(content, dict):
+            raise InputError(f"{path}: {table} must be a table ([{table}]), not a value")
+        known = BATCH_RUN_KEYS if table == "run" else tuple(BATCH_TABLES[table])
+        for key, value in content.items():
+            if table == "run" and key in RunConfig.__dataclass_fields__ and key not in BATCH_RUN_KEYS:
+                raise InputError(f"{path}: [run] {key} is an option of detector run that batch does not take: "
+                                 f"remove it (batch takes {', '.join(BATCH_RUN_KEYS)})")
+            if key not in known:
+                raise InputError(f"{path}: unknown key {key!r} in [{table}]: known keys are {', '.join(known)}")
+            kind = BATCH_TABLES[table].get(key)
+            if kind is not None and not isinstance(value, kind):
+                raise InputError(f"{path}: [{table}] {key} is {value!r}: give a {_kind_name(kind)}")
+    for table, keys in REQUIRED.items():
+        for key in keys:
+            if key not in data.get(table, {}):
+                raise InputError(f"{path}: [{table}] {key} is missing: add it (see README, detector batch)")
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    return "number" if isinstance(kind, tuple) else {list: "list", str: "string", int: "whole number",
+                                                      bool: "true or false"}[kind]
+
+
+def _date_window(path: Path, name: str, value: list) -> tuple[str, str]:
+    import datetime as dt
+
+    try:
+        start, end = (dt.date.fromisoformat(str(v)) for v in value)
+    except ValueError:
+        raise InputError(f"{path}: [dates] {name} is {value!r}: give two dates, e.g. [\"2017-01-01\", \"2017-06-30\"]"
+                         ) from None
+    if start > end:
+        raise InputError(f"{path}: [dates] {name} is {value!r}: the first date must not be after the second")
+    return start.isoformat(), end.isoformat()
+
+
+def _run_config(path: Path, base: Path, out: Path, options: dict[str, Any]) -> RunConfig:
+    from dataclasses import replace
+
+    plain = {k: v for k, v in options.items() if k not in ("threshold", "pixel_threshold")}
+    if "model" in plain:
+        plain["model"] = base / str(plain["model"])
+    rule = ScoreRule()
+    rule = replace(rule, threshold=options.get("threshold", rule.threshold),
+                   pixel_threshold=options.get("pixel_threshold", rule.pixel_threshold))
+    try:
+        return RunConfig(before=Path("."), after=Path("."), out=out, sites=path, workers=1, chips=0, rule=rule,
+                         **plain)
+    except InputError as exc:
+        raise InputError(f"{path}: [run] {exc}") from None
+    except TypeError as exc:
+        raise InputError(f"{path}: [run] has a value of the wrong type ({exc}): check the numbers and names") from None

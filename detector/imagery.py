@@ -43,16 +43,18 @@ LANDSAT_OLI = {"B1": "coastal", "B2": "blue", "B3": "green", "B4": "red", "B5": 
 LANDSAT_TM = {"B1": "blue", "B2": "green", "B3": "red", "B4": "nir", "B5": "swir16", "B7": "swir22"}
 COMMON = {"blue", "green", "red", "nir", "nir08", "swir16", "swir22", "coastal", "rededge1",
           "rededge2", "rededge3", "pan", "swir1", "swir2"}
-ALIASES = {"swir1": "swir16", "swir2": "swir22", "r": "red", "g": "green", "b": "blue"}
+ALIASES = {"swir1": "swir16", "swir2": "swir22", "r": "red", "g": "green", "b": "blue",
+           "cloud_mask": "cloud", "cloudmask": "cloud", "clouds": "cloud", "mask": "cloud"}
+MASKS = ("scl", "cloud")  # Sentinel-2 scene classification; any cloud mask (non-zero = cloud): never scored
 COLOR = {ColorInterp.red: "red", ColorInterp.green: "green", ColorInterp.blue: "blue"}
 DATE_IN_NAME = re.compile(r"(?<!\d)((?:19|20)\d{2})-?(0[1-9]|1[0-2])-?(0[1-9]|[12]\d|3[01])(?!\d)")
 
 
 @dataclass(frozen=True, slots=True)
 class Band:
-    """One band of a date: the file, its 1-based index in it, its canonical name."""
+    """One band of a date: the file (a path, or an http(s) URL of a COG), its 1-based index, its canonical name."""
 
-    path: Path
+    path: Path | str
     index: int
     name: str
 
@@ -77,7 +79,7 @@ class Grid:
 class DateSource:
     """One date of imagery: where it came from, its bands and its acquisition date."""
 
-    path: Path
+    path: Path | str
     bands: tuple[Band, ...]
     date: str | None
 
@@ -86,7 +88,7 @@ class DateSource:
         return tuple(b.name for b in self.bands)
 
     @property
-    def files(self) -> tuple[Path, ...]:
+    def files(self) -> tuple[Path | str, ...]:
         return tuple(dict.fromkeys(b.path for b in self.bands))
 
 
@@ -99,13 +101,13 @@ def open_date(path: str | Path, *, date: str | None = None) -> DateSource:
     path = Path(path)
     if not path.exists():
         raise MissingFileError(f"{path} does not exist: give a raster file or a folder of band files")
-    bands = _folder_bands(path) if path.is_dir() else _file_bands(path)
+    bands = folder_bands(path) if path.is_dir() else file_bands(path)
     for file in dict.fromkeys(b.path for b in bands):
-        _check_readable(file)
-    return DateSource(path=path, bands=bands, date=date or date_of(path, bands[0].path))
+        check_readable(file)
+    return DateSource(path=path, bands=bands, date=date or date_of(path, Path(bands[0].path)))
 
 
-def _folder_bands(folder: Path) -> tuple[Band, ...]:
+def folder_bands(folder: Path) -> tuple[Band, ...]:
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in RASTER_SUFFIXES)
     named = {}
     for file in files:
@@ -123,8 +125,10 @@ def _folder_bands(folder: Path) -> tuple[Band, ...]:
 def band_name_from_file(stem: str) -> str | None:
     """Canonical band name from a file name stem, or None if it names no band."""
     low = stem.lower()
-    if low in COMMON or low in ALIASES:
+    if low in COMMON or low in ALIASES or low in MASKS:
         return ALIASES.get(low, low)
+    if re.search(r"(?:^|_)SCL(?:_|$)", stem, flags=re.IGNORECASE):
+        return "scl"
     match = re.search(r"(?:^|_)B(\d{1,2}|8A)(?:_|$)", stem, flags=re.IGNORECASE)
     if match is None:
         return None
@@ -136,7 +140,7 @@ def band_name_from_file(stem: str) -> str | None:
     return LANDSAT_OLI.get(f"B{int(code)}") if code.isdigit() else None
 
 
-def _file_bands(path: Path) -> tuple[Band, ...]:
+def file_bands(path: Path) -> tuple[Band, ...]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -167,7 +171,7 @@ def dataset_band_names(descriptions: tuple, colorinterp: tuple, count: int) -> t
     return tuple(names)
 
 
-def _check_readable(file: Path) -> None:
+def check_readable(file: Path | str) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -196,7 +200,7 @@ def date_of(path: Path, first_file: Path) -> str | None:
     return "-".join(match.groups()) if match else None
 
 
-def grid_of(file: Path) -> Grid:
+def grid_of(file: Path | str) -> Grid:
     with rasterio.open(file) as src:
         return Grid(src.crs, src.transform, src.width, src.height)
 
@@ -208,8 +212,8 @@ def reference_grid(date: DateSource, names: tuple[str, ...]) -> Grid:
 
 
 def match_bands(before: DateSource, after: DateSource) -> tuple[str, ...]:
-    """Band names both dates have, in the before date's order."""
-    common = tuple(n for n in before.names if n in after.names)
+    """Band names both dates have, in the before date's order; cloud masks are not bands to score."""
+    common = tuple(n for n in before.names if n in after.names and n not in MASKS)
     if not common:
         raise InputError(
             f"{before.path} and {after.path} have no band in common: before has {list(before.names)}, "
@@ -245,7 +249,7 @@ class DateReader:
         self._groups: list[tuple[object, list[int], list[int], list[float | None]]] = []
 
     def __enter__(self) -> DateReader:
-        by_file: dict[Path, list[tuple[int, Band]]] = {}
+        by_file: dict[Path | str, list[tuple[int, Band]]] = {}
         for k, name in enumerate(self.names):
             band = next(b for b in self.date.bands if b.name == name)
             by_file.setdefault(band.path, []).append((k, band))

@@ -5,6 +5,7 @@ This module reads, calls the scan and writes; it owns no arithmetic.
 
 from __future__ import annotations
 
+import functools
 import logging
 import platform
 import time
@@ -81,11 +82,9 @@ def run(config: RunConfig, *, progress: Progress | None = None, command: list[st
             clock["score_s"] = time.perf_counter() - tic
             tic = time.perf_counter()
             overviews = side.submit(timed, raster.finish)  # GDAL builds them while the vectors are written
-            sites, kept = carry_over(site_results(config, zones, acc, grid, before, after), verdicts)
+            scored, changes = results(config, zones, acc, grid, (before, after))
+            sites, kept = carry_over(scored, verdicts)
             sites, threshold = apply_budget(config, sites, labelled)
-            # polygons carry zone numbers: map them with the zones' order, not the ranked sites'
-            changes = change_frame(acc.polygons, zones.frame["site_id"].astype(str).to_numpy(), grid,
-                                   min_area_m2=config.min_area_m2)
             sites = with_chip_paths(sites, chosen_for_chips(sites, config.chips))
             clock["vectors_s"] = time.perf_counter() - tic
             write_geojson(sites, staging.path("sites.geojson"))
@@ -198,10 +197,20 @@ def load_model(config: RunConfig, names: tuple[str, ...]) -> LoadedModel | None:
         return None
     from detector import weights
 
-    model = weights.load(config.model or weights.default_model_path())
+    path = Path(config.model or weights.default_model_path())
+    stat = path.stat() if path.is_file() else None
+    model = _weights(str(path), stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0)
     model.check_bands(names)
     model.check_tile(config.tile_px // config.bin)
     return model
+
+
+@functools.lru_cache(maxsize=2)
+def _weights(path: str, mtime_ns: int, size: int) -> LoadedModel:
+    """A model file read once per process (a batch worker scores many sites); a changed file is read again."""
+    from detector import weights
+
+    return weights.load(Path(path))
 
 
 def timed(work: Callable[[], object]) -> float:
@@ -230,10 +239,21 @@ def site_results(config: RunConfig, zones: Zones, acc: Accumulated, grid: Grid, 
     table["threshold"] = config.rule.threshold
     table["method"] = config.method
     user = frame.drop(columns=[frame.geometry.name, "site_id"])
-    user = user.rename(columns={c: f"user_{c}" for c in user.columns if c in OUR_FIELDS})
+    ours = {f.lower() for f in OUR_FIELDS}  # GeoPackage (SQLite) column names ignore case
+    user = user.rename(columns={c: f"user_{c}" for c in user.columns if str(c).lower() in ours})
     out = pd.concat([frame[["site_id"]], table.set_index(frame.index), user], axis=1)
     out = gpd.GeoDataFrame(out, geometry=frame.geometry.values, crs=grid.crs).to_crs(4326)
     return out.sort_values("rank", na_position="last", kind="stable")
+
+
+def results(config: RunConfig, zones: Zones, acc: Accumulated, grid: Grid,
+            dates: tuple[DateSource, DateSource]) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
+    """The ranked sites and their change polygons, both in EPSG:4326."""
+    sites = site_results(config, zones, acc, grid, *dates)
+    # polygons carry zone numbers: map them with the zones' order, not the ranked sites'
+    changes = change_frame(acc.polygons, zones.frame["site_id"].astype(str).to_numpy(), grid,
+                           min_area_m2=config.min_area_m2)
+    return sites, changes
 
 
 def change_frame(polygons: list[tuple[int, float, Any]], site_ids: np.ndarray, grid: Grid, *,
@@ -255,8 +275,8 @@ def change_frame(polygons: list[tuple[int, float, Any]], site_ids: np.ndarray, g
 def input_records(config: RunConfig, before: DateSource, after: DateSource) -> dict[str, Any]:
     """Path, size and SHA-256 of every input file."""
     records: dict[str, Any] = {
-        "before": {"path": str(before.path), "date": before.date, "files": [file_record(f) for f in before.files]},
-        "after": {"path": str(after.path), "date": after.date, "files": [file_record(f) for f in after.files]},
+        name: {"path": str(date.path), "date": date.date, "files": [file_record(Path(f)) for f in date.files]}
+        for name, date in (("before", before), ("after", after))
     }
     if config.sites is not None:
         records["sites"] = file_record(config.sites)

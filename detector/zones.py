@@ -56,12 +56,17 @@ def plan_zones(config: RunConfig, grid: Grid, area: Window) -> Zones:
         return plan_cell_zones(config, grid, area)
     sites = aoi.read_sites(config.sites, buffer_m=config.buffer_m, id_col=config.id_col,
                            lon_col=config.lon_col, lat_col=config.lat_col)
+    return plan_site_zones(sites, config, grid, area, source=str(config.sites))
+
+
+def plan_site_zones(sites: gpd.GeoDataFrame, config: RunConfig, grid: Grid, area: Window, *, source: str) -> Zones:
+    """Sites (``site_id``, user columns, polygons) placed on the grid, with their batches of tiles."""
     frame = sites.to_crs(grid.crs)
     rows, cols = pixel_extents(frame.geometry.values, grid)
     windows = pixel_windows(rows, cols, area)
     if all(w is None for w in windows):
         raise InputError(
-            f"none of the {len(sites)} sites in {config.sites} overlaps the imagery of both dates: "
+            f"none of the {len(sites)} sites in {source} overlaps the imagery of both dates: "
             "check the site coordinates or give imagery that covers them"
         )
     batches = plan_sites(windows, margin=config.margin_px, height=grid.height, width=grid.width)

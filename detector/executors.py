@@ -1,0 +1,112 @@
+"""Where per-site tasks run: local worker processes, or a Dask cluster (an existing one, or a LocalCluster).
+
+Both take a function and an iterable of tasks and yield ``(task, result)`` as
+tasks finish, in any order, with at most a few tasks per worker in flight, so
+memory does not grow with the number of tasks.  A task whose worker died
+yields the exception in place of a result; the function itself is expected
+to return its own failures.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from typing import Any, TypeVar
+
+from detector.errors import InputError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+IN_FLIGHT_PER_WORKER = 2
+
+
+def local(fn: Callable[[T], R], tasks: Iterable[T], *, workers: int,
+          initializer: Callable[[], None] | None = None) -> Iterator[tuple[T, R | BaseException]]:
+    """Run ``fn`` over ``tasks`` in ``workers`` spawned processes."""
+    context = multiprocessing.get_context("spawn")  # no forked copies of threads or GDAL state
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=initializer) as pool:
+        yield from _bounded(lambda task: pool.submit(fn, task), tasks, workers * IN_FLIGHT_PER_WORKER, _wait_local)
+
+
+def _wait_local(running: dict[Any, Any]) -> list[Any]:
+    finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+    return list(finished)
+
+
+def dask(fn: Callable[[T], R], tasks: Iterable[T], *, address: str,
+         initializer: Callable[[], None] | None = None) -> Iterator[tuple[T, R | BaseException]]:
+    """Run ``fn`` over ``tasks`` on a dask.distributed cluster.
+
+    ``address`` is a scheduler (``tcp://host:8786``) or ``local:N``, which
+    starts a LocalCluster of N single-threaded worker processes for the batch.
+    """
+    from distributed import Client, LocalCluster
+
+    cluster = None
+    if address.startswith("local:"):
+        cluster = LocalCluster(n_workers=_local_workers(address), threads_per_worker=1, processes=True,
+                               dashboard_address=None, silence_logs=logging.ERROR)
+        client = Client(cluster)
+    else:
+        client = _connect(Client, address)
+    try:
+        if initializer is not None:
+            client.run(initializer)
+        workers = max(1, sum(client.nthreads().values()))
+        yield from _bounded(lambda task: client.submit(fn, task, pure=False), tasks,
+                            workers * IN_FLIGHT_PER_WORKER, _wait_dask)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _wait_dask(running: dict[Any, Any]) -> list[Any]:
+    from distributed import wait as dask_wait
+
+    finished = dask_wait(list(running), return_when="FIRST_COMPLETED").done
+    return list(finished)
+
+
+def _local_workers(address: str) -> int:
+    count = address.removeprefix("local:")
+    if not count.isdigit() or int(count) < 1:
+        raise InputError(f"--dask {address}: give local:N with N >= 1 workers, or a scheduler tcp://host:8786")
+    return int(count)
+
+
+def _connect(client_type: Any, address: str) -> Any:
+    try:
+        return client_type(address, timeout="10s")
+    except (OSError, TimeoutError) as exc:
+        raise InputError(f"could not reach the Dask scheduler at {address} ({exc}): start it with "
+                         "`dask scheduler` or give --dask local:N") from None
+
+
+def _bounded(submit: Callable[[T], Any], tasks: Iterable[T], limit: int,
+             wait_some: Callable[[dict[Any, T]], list[Any]]) -> Iterator[tuple[T, Any]]:
+    """Keep at most ``limit`` futures running; yield each finished one's task and result (or exception)."""
+    running: dict[Any, T] = {}
+    queue = iter(tasks)
+    for task in queue:
+        running[submit(task)] = task
+        if len(running) >= limit:
+            break
+    while running:
+        for future in wait_some(running):
+            task = running.pop(future)
+            yield task, _result(future)
+            following = next(queue, None)
+            if following is not None:
+                running[submit(following)] = following
+
+
+def _result(future: Future | Any) -> Any:
+    try:
+        return future.result()
+    except Exception as exc:
+        return exc

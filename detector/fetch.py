@@ -1,0 +1,204 @@
+"""``detector fetch``: the windows around the sites, from the COG assets of a STAC API, into a folder catalog.
+
+Items are found with pystac-client: a STAC API's ``/search`` where the
+endpoint offers it, else by walking a static catalog and filtering by bounds
+and date.  For every item and every site its footprint covers, each wanted
+band is read in one window around the site (rasterio over HTTP range
+requests: only that window is downloaded) and written, resampled onto the
+finest band's grid, as one GeoTIFF named by date, item and site, with the
+band names, the date tag and the item's hrefs inside.  A file already there
+is kept, so a fetch that was stopped continues.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import rasterio
+import shapely
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
+from rasterio.warp import transform_geom
+from rasterio.windows import Window, from_bounds
+
+from detector.catalog import Scene, item_scene
+from detector.config import BatchConfig
+from detector.errors import InputError
+from detector.imagery import MASKS, Band
+from detector.pairing import covering
+from detector.store import safe_name
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BANDS = ("blue", "green", "red", "nir", "swir16", "swir22", "scl", "cloud")
+GROUP_DEG = 1.0  # sites are searched for in groups of one degree square
+FetchProgress = Callable[[int, int], None]  # windows written, windows planned
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One window to fetch: a site of the batch from one scene."""
+
+    scene: Scene
+    site_id: str
+    site: Any  # EPSG:4326 polygon
+    target: Path
+
+
+def fetch(config: BatchConfig, stac: str, *, collections: list[str] | None = None,
+          bands: tuple[str, ...] = DEFAULT_BANDS, margin_m: float = 320.0, threads: int = 4,
+          progress: FetchProgress | None = None) -> dict[str, int]:
+    """Fetch the windows of every site of ``config`` into its catalog folder; return counts."""
+    from detector.batch import read_all_sites
+
+    if config.catalog.suffix.lower() == ".json":
+        raise InputError(f"[imagery] catalog is {config.catalog}, a JSON file: fetch writes rasters into a folder; "
+                         "give a folder as the catalog")
+    config.catalog.mkdir(parents=True, exist_ok=True)
+    sites = read_all_sites(config)
+    scenes = {s.id: s for s in search(config, sites, stac, collections, bands)}
+    jobs = plan_jobs(config, sites, list(scenes.values()), margin_m=margin_m)
+    todo = [j for j in jobs if not j.target.exists()]
+    written = 0
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        for _ in pool.map(write_window, todo):
+            written += 1
+            if progress is not None:
+                progress(written, len(todo))
+    return {"items": len(scenes), "windows": len(jobs), "written": written, "kept": len(jobs) - len(todo)}
+
+
+def search(config: BatchConfig, sites: gpd.GeoDataFrame, stac: str, collections: list[str] | None,
+           bands: tuple[str, ...]) -> Iterator[Scene]:
+    """Scenes of the items over the sites in either date window, with only the wanted bands."""
+    from pystac_client import Client
+    from pystac_client.exceptions import APIError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a static catalog has no conformance classes: that is expected
+            client = Client.open(stac)
+    except (APIError, OSError, ValueError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        raise InputError(f"could not open the STAC catalog {stac} ({first}): check the address") from None
+    for window in (config.before, config.after):
+        start, end = widen(window, config.tolerance_days)
+        for bbox in group_bounds(sites):
+            for item in items(client, collections, bbox, start, end):
+                scene = item_scene(item)
+                if scene is not None:
+                    kept = tuple(b for b in scene.bands if b.name in bands)
+                    if any(b.name not in MASKS for b in kept):
+                        yield Scene(scene.id, scene.source, scene.date, scene.footprint, kept, scene.cloud_cover)
+
+
+def items(client: Any, collections: list[str] | None, bbox: tuple[float, ...], start: dt.date,
+          end: dt.date) -> Iterator[Any]:
+    """Items over ``bbox`` dated ``start``..``end``: the API's search, or a filtered walk of a static catalog."""
+    from pystac_client import ConformanceClasses
+
+    if client.conforms_to(ConformanceClasses.ITEM_SEARCH):
+        found = client.search(collections=collections, bbox=bbox, datetime=f"{start}/{end}", max_items=None)
+        yield from found.items()
+        return
+    area = shapely.box(*bbox)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for item in client.get_items(recursive=True):
+            when = item.datetime or item.common_metadata.start_datetime
+            if collections and item.collection_id not in collections:
+                continue
+            if (when is not None and start <= when.date() <= end and item.geometry is not None
+                    and shapely.intersects(area, shapely.geometry.shape(item.geometry))):
+                yield item
+
+
+def widen(window: tuple[str, str], days: int) -> tuple[dt.date, dt.date]:
+    pad = dt.timedelta(days=days)
+    return dt.date.fromisoformat(window[0]) - pad, dt.date.fromisoformat(window[1]) + pad
+
+
+def group_bounds(sites: gpd.GeoDataFrame) -> list[tuple[float, ...]]:
+    """One search box per square degree that holds sites: the bounds of its sites."""
+    bounds = shapely.bounds(np.asarray(sites.geometry.values, dtype=object))
+    keys = np.floor(shapely.get_coordinates(shapely.centroid(np.asarray(sites.geometry.values, dtype=object)))
+                    / GROUP_DEG)
+    boxes: list[tuple[float, ...]] = []
+    for key in np.unique(keys, axis=0):
+        member = (keys == key).all(axis=1)
+        part = bounds[member]
+        boxes.append((float(part[:, 0].min()), float(part[:, 1].min()), float(part[:, 2].max()),
+                      float(part[:, 3].max())))
+    return boxes
+
+
+def plan_jobs(config: BatchConfig, sites: gpd.GeoDataFrame, scenes: list[Scene], *, margin_m: float) -> list[Job]:
+    """A window per (scene, site covered by the scene's footprint)."""
+    if not scenes:
+        return []
+    geoms = np.asarray(sites.geometry.values, dtype=object)
+    covers = covering(geoms, np.array([s.footprint for s in scenes], dtype=object))
+    grown = sites.to_crs(sites.estimate_utm_crs()).buffer(margin_m).to_crs(4326).to_numpy()
+    jobs = []
+    for i, j in zip(*np.nonzero(covers), strict=True):
+        scene, site_id = scenes[j], str(sites["site_id"].iloc[i])
+        name = f"{scene.date}_{safe_name(scene.id)}_{safe_name(site_id)}.tif"
+        jobs.append(Job(scene, site_id, grown[i], config.catalog / name))
+    return jobs
+
+
+def write_window(job: Job) -> None:
+    """Read the job's window of every band and write them as one GeoTIFF (temporary file, then rename)."""
+    finest = min(job.scene.bands, key=_pixel_area)
+    with rasterio.open(finest.path) as src:
+        geom = transform_geom("EPSG:4326", src.crs, shapely.geometry.mapping(job.site))
+        window = from_bounds(*shapely.bounds(shapely.geometry.shape(geom)), transform=src.transform)
+        window = window.round_offsets().round_lengths().intersection(Window(0, 0, src.width, src.height))
+        profile = {"crs": src.crs, "transform": src.window_transform(window), "width": int(window.width),
+                   "height": int(window.height), "nodata": src.nodata}
+    layers = [read_band(b, window_bounds(profile), (profile["height"], profile["width"])) for b in job.scene.bands]
+    dtype = np.result_type(*layers)
+    tmp = job.target.with_name(f".{job.target.name}.{os.getpid()}.tmp")
+    with rasterio.open(tmp, "w", driver="GTiff", count=len(layers), dtype=dtype, tiled=True, blockxsize=256,
+                       blockysize=256, compress="deflate", **profile) as dst:
+        dst.write(np.stack(layers).astype(dtype))
+        for index, band in enumerate(job.scene.bands, start=1):
+            dst.set_band_description(index, band.name)
+        dst.update_tags(TIFFTAG_DATETIME=job.scene.date.replace("-", ":") + " 00:00:00", STAC_ITEM=job.scene.id,
+                        STAC_SOURCE=job.scene.source, SITE_ID=job.site_id,
+                        STAC_ASSETS=" ".join(str(b.path) for b in job.scene.bands))
+    os.replace(tmp, job.target)
+
+
+def window_bounds(profile: dict[str, Any]) -> tuple[float, float, float, float]:
+    left, top = profile["transform"] * (0, 0)
+    right, bottom = profile["transform"] * (profile["width"], profile["height"])
+    return left, bottom, right, top
+
+
+def read_band(band: Band, bounds: tuple[float, float, float, float], shape: tuple[int, int]) -> np.ndarray:
+    """One band over ``bounds`` (in the band's CRS, as all bands of an item share) at ``shape``."""
+    try:
+        with rasterio.open(band.path) as src:
+            window = from_bounds(*bounds, transform=src.transform)
+            return src.read(band.index, window=window, out_shape=shape, boundless=True,
+                            fill_value=src.nodata or 0,
+                            resampling=Resampling.nearest if band.name in MASKS else Resampling.bilinear)
+    except RasterioError as exc:
+        raise InputError(f"{band.path} could not be read ({str(exc)[:160]}): check the address or try again later"
+                         ) from None
+
+
+def _pixel_area(band: Band) -> float:
+    with rasterio.open(band.path) as src:
+        return abs(src.transform.a * src.transform.e)

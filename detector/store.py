@@ -1,0 +1,163 @@
+"""The durable results of a batch, appended site by site: ``sites.gpkg`` and ``manifest.csv``.
+
+Each finished site is written in this order: its change raster (temporary
+file, then rename), its change polygons (layer ``changes``), its row (layer
+``sites``; each append is one SQLite transaction), then its line in
+``manifest.csv`` (flushed and synced).  The manifest is the record of what is
+done: when a batch starts, a torn last line is cut off and rows of the
+GeoPackage whose site the manifest does not list as done (a kill between two
+writes) are deleted, so the site runs again exactly once.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import os
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pyogrio
+
+from detector.errors import InputError
+from detector.outputs import write_geojson
+from detector.scoring import rank
+
+MANIFEST_FIELDS = ("site_id", "status", "reason", "before_scene", "after_scene", "seconds", "finished_utc")
+LAYERS = ("sites", "changes")
+GPKG_OPTIONS = {"SPATIAL_INDEX": "NO"}  # no R-tree triggers, so rows can be deleted with plain SQLite
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one site task returns: its row and polygons, or the reason it failed."""
+
+    site_id: str
+    sites: gpd.GeoDataFrame | None = None
+    changes: gpd.GeoDataFrame | None = None
+    raster: bytes | None = None
+    error: str | None = None
+    before_scene: str = ""
+    after_scene: str = ""
+    seconds: float = 0.0
+
+
+class ResultStore:
+    """``sites.gpkg``, ``manifest.csv`` and ``change/`` in one output folder."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.gpkg = out / "sites.gpkg"
+        self.manifest = out / "manifest.csv"
+        out.mkdir(parents=True, exist_ok=True)
+        self.latest = self._read_manifest()
+        self._drop_unfinished()
+
+    @property
+    def done(self) -> set[str]:
+        return {k for k, row in self.latest.items() if row["status"] == "done"}
+
+    @property
+    def failed(self) -> dict[str, str]:
+        return {k: row["reason"] for k, row in self.latest.items() if row["status"] == "failed"}
+
+    def add(self, outcome: Outcome) -> None:
+        """Make one site's results durable (see the module docstring for the order)."""
+        if outcome.error is None and outcome.sites is not None:
+            if outcome.raster is not None:
+                self._write_raster(outcome)
+            if outcome.changes is not None and len(outcome.changes):
+                self._append("changes", outcome.changes)
+            self._append("sites", outcome.sites)
+        self._append_manifest(outcome)
+
+    def raster_name(self, site_id: str) -> str:
+        return f"change/{safe_name(site_id)}.tif"
+
+    def _write_raster(self, outcome: Outcome) -> None:
+        target = self.out / self.raster_name(outcome.site_id)
+        target.parent.mkdir(exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(outcome.raster or b"")
+        os.replace(tmp, target)
+
+    def _append(self, layer: str, frame: gpd.GeoDataFrame) -> None:
+        exists = self.gpkg.exists() and layer in {name for name, _ in pyogrio.list_layers(self.gpkg)}
+        pyogrio.write_dataframe(frame.to_crs(4326), self.gpkg, layer=layer, driver="GPKG", append=exists,
+                                promote_to_multi=True, layer_options=None if exists else GPKG_OPTIONS)
+
+    def _append_manifest(self, outcome: Outcome) -> None:
+        row = {"site_id": outcome.site_id, "status": "failed" if outcome.error else "done",
+               "reason": outcome.error or "", "before_scene": outcome.before_scene,
+               "after_scene": outcome.after_scene, "seconds": f"{outcome.seconds:.3f}",
+               "finished_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+        text = io.StringIO()
+        writer = csv.DictWriter(text, MANIFEST_FIELDS, lineterminator="\n")
+        if not self.manifest.exists() or self.manifest.stat().st_size == 0:
+            writer.writeheader()
+        writer.writerow(row)
+        with self.manifest.open("a", encoding="utf-8", newline="") as f:
+            f.write(text.getvalue())
+            f.flush()
+            os.fsync(f.fileno())
+        self.latest[outcome.site_id] = row
+
+    def _read_manifest(self) -> dict[str, dict[str, str]]:
+        if not self.manifest.exists():
+            return {}
+        data = self.manifest.read_bytes()
+        if data and not data.endswith(b"\n"):  # a kill in the middle of a line: that site is not done
+            with self.manifest.open("r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
+            data = data[:data.rfind(b"\n") + 1]
+        rows = list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
+        if rows and set(rows[0]) != set(MANIFEST_FIELDS):
+            raise InputError(f"{self.manifest} is not a batch manifest (columns {list(rows[0])}): "
+                             "choose an empty [output] dir")
+        return {row["site_id"]: row for row in rows}
+
+    def _drop_unfinished(self) -> None:
+        if not self.gpkg.exists():
+            return
+        done = sorted(self.done)
+        with sqlite3.connect(self.gpkg) as db:
+            db.execute("CREATE TEMP TABLE done (site_id TEXT PRIMARY KEY)")
+            db.executemany("INSERT INTO done VALUES (?)", [(s,) for s in done])
+            tables = {r[0] for r in db.execute("SELECT table_name FROM gpkg_contents")}
+            for layer in LAYERS:
+                if layer in tables:
+                    db.execute(f"DELETE FROM {layer} WHERE site_id NOT IN (SELECT site_id FROM done)")
+        db.close()
+
+    def finish(self, order: list[str]) -> gpd.GeoDataFrame:
+        """Rank every done site (score, then changed area, then ``order``: the sites' input order),
+        store the ranks, write ``sites.geojson``."""
+        sites = pyogrio.read_dataframe(self.gpkg, layer="sites")
+        position = {site_id: k for k, site_id in enumerate(order)}
+        sites = sites.iloc[np.argsort([position.get(s, len(position)) for s in sites["site_id"]], kind="stable")]
+        score = pd.to_numeric(sites["score"], errors="coerce").to_numpy(dtype=float)
+        changed = np.nan_to_num(pd.to_numeric(sites["changed_area_m2"], errors="coerce").to_numpy(dtype=float))
+        sites["rank"] = pd.array(rank(score, changed), dtype="Int64")
+        with sqlite3.connect(self.gpkg) as db:
+            db.executemany("UPDATE sites SET rank = ? WHERE site_id = ?",
+                           [(None if pd.isna(r) else int(r), s) for r, s in zip(sites["rank"], sites["site_id"],
+                                                                                  strict=True)])
+        db.close()
+        sites = sites.sort_values("rank", na_position="last", kind="stable")
+        tmp = self.out / f".sites.geojson.{os.getpid()}.tmp"
+        write_geojson(sites, tmp)
+        os.replace(tmp, self.out / "sites.geojson")
+        return sites
+
+
+def safe_name(site_id: str) -> str:
+    """A file name for a site id: its letters and digits, and a short hash that keeps it unique."""
+    import hashlib
+
+    plain = "".join(c if c.isascii() and c.isalnum() else "_" for c in site_id)[:40]
+    return f"{plain}-{hashlib.sha256(site_id.encode()).hexdigest()[:8]}"

@@ -1,0 +1,244 @@
+"""``detector batch``: configuration, pairing from a catalog, durable results, kill -9 and resume, Dask."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pyogrio
+import pytest
+import rasterio
+from catalog_data import make_catalog
+from conftest import SHARED
+from shapely.geometry import box
+
+from detector.cli import main
+from detector.store import Outcome, ResultStore
+
+ALL_SITES = 4  # the conftest sites; "far away" lies outside every scene
+
+
+def batch(config: Path, *args: str) -> int:
+    return main(["-q", "batch", str(config), *args])
+
+
+def sites_of(out: Path) -> gpd.GeoDataFrame:
+    return pyogrio.read_dataframe(out / "sites.gpkg", layer="sites").sort_values("site_id").reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished batch over the conftest sites (exit 1: "far away" has no scene)."""
+    config = make_catalog(tmp_path_factory.mktemp("batch"))
+    assert batch(config, "--workers", "2") == 1
+    return config
+
+
+def test_each_site_gets_the_clearest_nearest_season_pair(small: Path) -> None:
+    sites = gpd.read_file(small.parent / "results" / "sites.geojson").set_index("site_id")
+    # the 2017-06-20 scene is nearer the after date's season but cloudy over the compound
+    assert sites.loc["compound", "before_scene"] == "S2_2017-03-02.tif"
+    assert sites.loc["compound", "season_gap_days"] == 142
+    assert sites.loc["quiet", "before_scene"] == "S2_2017-06-20.tif"
+    assert sites.loc["quiet", "before_cloud"] == 0 and sites.loc["quiet", "season_gap_days"] == 113
+    assert (sites["after_scene"] == "S2_2018-10-11.tif").all()  # 2019-07-01 is outside the after window
+    assert "cloud 0% / unknown" in sites.loc["quiet", "pairing"]
+    assert sites.loc["compound", "flagged"] and not sites.loc["quiet", "flagged"]
+    assert sorted(sites["rank"]) == [1, 2, 3]
+
+
+def test_results_are_durable_files_with_runs_properties(small: Path, tmp_path: Path) -> None:
+    out = small.parent / "results"
+    manifest = pd.read_csv(out / "manifest.csv")
+    assert dict(zip(manifest["site_id"], manifest["status"], strict=True)) == {
+        "compound": "done", "green field": "done", "quiet": "done", "far away": "failed"}
+    assert "no before scene" in manifest.set_index("site_id").loc["far away", "reason"]
+    record = json.loads((out / "batch.json").read_text())
+    assert record["counts"] == {"sites": 4, "done": 3, "failed": 1, "flagged": 1, "ran_this_time": 4}
+    assert record["complete"]
+    gpkg = sites_of(out)
+    assert gpkg["rank"].tolist() == [1, 2, 3] or sorted(gpkg["rank"]) == [1, 2, 3]
+    # the same properties as `detector run`'s sites.geojson, plus the pairing
+    run_out = tmp_path / "run"
+    source = small.parent / "scenes"
+    assert main(["-q", "run", "--before", str(source / "S2_2017-03-02.tif"), "--after",
+                 str(source / "S2_2018-10-11.tif"), "--sites", str(small.parent / "sites.geojson"),
+                 "--buffer-m", "250", "--method", "classical", "--out", str(run_out)]) == 0
+    ran = gpd.read_file(run_out / "sites.geojson")
+    assert set(ran.columns) <= set(gpkg.columns)
+    assert set(gpkg.columns) - set(ran.columns) == {"before_scene", "after_scene", "before_cloud", "after_cloud",
+                                                    "before_valid", "after_valid", "season_gap_days", "pairing"}
+    compound = ran.set_index("site_id").loc["compound"]
+    assert gpkg.set_index("site_id").loc["compound", "score"] == compound["score"]  # same pair, same score
+    with rasterio.open(out / "change" / next(p.name for p in (out / "change").iterdir()
+                                             if p.name.startswith("compound"))) as src:
+        assert src.crs is not None and np.nanmax(src.read(1)) > 0.5
+    changes = pyogrio.read_dataframe(out / "sites.gpkg", layer="changes")
+    assert set(changes["site_id"]) <= {"compound", "green field", "quiet"} and len(changes)
+
+
+def test_finished_batch_runs_nothing_again(small: Path) -> None:
+    before = (small.parent / "results" / "manifest.csv").read_text()
+    assert batch(small) == 1
+    record = json.loads((small.parent / "results" / "batch.json").read_text())
+    assert record["counts"]["ran_this_time"] == 1  # only the failed site is tried again
+    lines = (small.parent / "results" / "manifest.csv").read_text().splitlines()
+    assert lines[:len(before.splitlines())] == before.splitlines() and lines[-1].startswith("far away,failed")
+    assert len(sites_of(small.parent / "results")) == 3
+
+
+def test_store_recovers_from_a_kill_between_writes(tmp_path: Path) -> None:
+    frame = gpd.GeoDataFrame({"site_id": ["a"], "score": [0.5]}, geometry=[box(0, 0, 1, 1)], crs=4326)
+    store = ResultStore(tmp_path)
+    store.add(Outcome("a", sites=frame))
+    store._append("sites", frame.assign(site_id="b"))  # killed after the row, before the manifest line
+    with (tmp_path / "manifest.csv").open("a") as f:
+        f.write("c,done,,x,y,1.0,2026")  # killed in the middle of a line
+    store = ResultStore(tmp_path)
+    assert store.done == {"a"}
+    assert sites_of(tmp_path)["site_id"].tolist() == ["a"]
+    assert (tmp_path / "manifest.csv").read_text().endswith("\n")
+    store.add(Outcome("b", sites=frame.assign(site_id="b")))
+    assert sites_of(tmp_path)["site_id"].tolist() == ["a", "b"]
+
+
+def test_kill_9_at_any_moment_then_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
+    config = make_catalog(tmp_path / "killed", grid=4, buffer_m=150)
+    reference = make_catalog(tmp_path / "whole", grid=4, buffer_m=150)
+    assert batch(reference, "--workers", "1") == 1
+    command = [sys.executable, "-m", "detector.cli", "-q", "batch", str(config), "--workers", "1"]
+    manifest = config.parent / "results" / "manifest.csv"
+    kills = 0
+    for wait_lines in (3, 7, 11):
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while process.poll() is None and time.monotonic() < deadline:
+            if manifest.exists() and len(manifest.read_text().splitlines()) > wait_lines:
+                os.kill(process.pid, signal.SIGKILL)
+                kills += 1
+                break
+            time.sleep(0.02)
+        process.wait()
+    assert kills == 3
+    assert subprocess.run(command, timeout=300).returncode == 1  # "far away" fails; everything else is done
+    killed, whole = sites_of(config.parent / "results"), sites_of(reference.parent / "results")
+    assert killed["site_id"].is_unique and len(killed) == 4 * 4 + ALL_SITES - 1
+    paths = ["geometry", "before_source", "after_source"]  # the two folders' own paths
+    pd.testing.assert_frame_equal(killed.drop(columns=paths), whole.drop(columns=paths))
+    changes = pyogrio.read_dataframe(config.parent / "results" / "sites.gpkg", layer="changes")
+    expected = pyogrio.read_dataframe(reference.parent / "results" / "sites.gpkg", layer="changes")
+    assert sorted(changes["site_id"]) == sorted(expected["site_id"])
+    done = pd.read_csv(manifest).query("status == 'done'")["site_id"]
+    assert done.is_unique and len(done) == len(killed)
+
+
+def test_dask_local_cluster_gives_the_same_results_as_local_processes(tmp_path: Path) -> None:
+    local = make_catalog(tmp_path / "local", grid=2, method="fused")
+    dask = make_catalog(tmp_path / "dask", grid=2, method="fused")
+    assert batch(local, "--workers", "2") == 1
+    assert batch(dask, "--dask", "local:2") == 1
+    a, b = sites_of(local.parent / "results"), sites_of(dask.parent / "results")
+    assert len(a) == 2 * 2 + ALL_SITES - 1 and (a["method"] == "fused").all()
+    pd.testing.assert_frame_equal(a.drop(columns=["geometry", "before_source", "after_source"]),
+                                  b.drop(columns=["geometry", "before_source", "after_source"]))
+    assert a.geometry.equals(b.geometry)
+    record = json.loads((dask.parent / "results" / "batch.json").read_text())
+    assert record["executor"] == "dask local:2"
+    for name in os.listdir(local.parent / "results" / "change"):
+        with rasterio.open(local.parent / "results" / "change" / name) as x, \
+                rasterio.open(dask.parent / "results" / "change" / name) as y:
+            np.testing.assert_array_equal(x.read(), y.read())
+
+
+def test_stac_item_collection_catalog_gives_the_folders_results(small: Path, tmp_path: Path) -> None:
+    import pystac
+
+    scenes = small.parent / "scenes"
+    items = []
+    for path in sorted(scenes.glob("*.tif")):
+        with rasterio.open(path) as src:
+            from rasterio.warp import transform_bounds
+
+            bounds = transform_bounds(src.crs, 4326, *src.bounds)
+            names = [d.lower() for d in src.descriptions]
+        date = path.stem.split("_")[1]
+        item = pystac.Item(path.stem, json.loads(json.dumps(box(*bounds).__geo_interface__)), list(bounds),
+                           pd.Timestamp(date).to_pydatetime(), {})
+        item.add_asset("image", pystac.Asset(str(path), media_type=pystac.MediaType.GEOTIFF,
+                                             extra_fields={"eo:bands": [{"name": n} for n in names]}))
+        items.append(item)
+    (tmp_path / "items.json").write_text(json.dumps(pystac.ItemCollection(items).to_dict()))
+    config = tmp_path / "batch.toml"
+    config.write_text(small.read_text().replace('"scenes/"', '"items.json"').replace(
+        'paths = ["sites.geojson"]', f'paths = ["{small.parent / "sites.geojson"}"]'))
+    assert batch(config) == 1
+    stac, folder = sites_of(tmp_path / "results"), sites_of(small.parent / "results")
+    assert stac["before_scene"].tolist() == [s.removesuffix(".tif") for s in folder["before_scene"]]
+    np.testing.assert_array_equal(stac["score"], folder["score"])
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[sites]\npaths=['s.geojson']\n[imagery]\ncatalog='c'\n[dates]\nbefore=['2017-01-01','2017-06-30']\n"
+     "after=['2018-01-01','2018-06-30']\n[output]\ndir='o'\n[run]\nbufer_m=5\n", "unknown key 'bufer_m' in [run]"),
+    ("[site]\npaths=[]\n", "unknown table [site]"),
+    ("[sites]\npaths=['s.geojson']\n", "[imagery] catalog is missing"),
+    ("[sites]\npaths=['s.geojson']\n[imagery]\ncatalog='c'\n[dates]\nbefore=['2017-01-01']\n"
+     "after=['2018-01-01','2018-06-30']\n[output]\ndir='o'\n", "[dates] before is ['2017-01-01']: give two dates"),
+    ("[sites]\npaths=['s.geojson']\n[imagery]\ncatalog='c'\n[dates]\nbefore=['2017-01-01','2017-06-30']\n"
+     "after=['2018-01-01','2018-06-30']\n[output]\ndir='o'\n[run]\nmax_flags=5\n", "batch does not take"),
+    ("[sites]\npaths=['s.geojson']\n[imagery]\ncatalog='c'\n[dates]\nbefore=['2017-01-01','2017-06-30']\n"
+     "after=['2018-01-01','2018-06-30']\n[output]\ndir='o'\n[run]\nmethod='best'\n", "--method is 'best'"),
+    ("[sites\n", "is not valid TOML"),
+])
+def test_bad_configuration_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str,
+                                                   message: str) -> None:
+    config = tmp_path / "batch.toml"
+    config.write_text(text)
+    assert batch(config) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(config) in err and message in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_resuming_with_another_configuration_is_refused(small: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    changed = small.parent / "changed.toml"
+    changed.write_text(small.read_text().replace("buffer_m = 250", "buffer_m = 300"))
+    before = (small.parent / "results" / "manifest.csv").read_bytes()
+    assert batch(changed) == 2
+    assert "another batch configuration (differs in ['run'])" in capsys.readouterr().err
+    assert (small.parent / "results" / "manifest.csv").read_bytes() == before
+
+
+@pytest.mark.skipif(not (SHARED / "xinjiang-aspi-facilities").exists(), reason="needs ../shared/data")
+def test_aspi_sites_over_the_real_dabancheng_catalog(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "batch.toml"
+    config.write_text(f"""
+[sites]
+paths = ["{SHARED / 'xinjiang-aspi-facilities' / 'facilities_v1.geojson'}"]
+[imagery]
+catalog = "{SHARED / 'dabancheng-sentinel2' / 'registered'}"
+[dates]
+before = ["2017-01-01", "2017-06-30"]
+after = ["2018-07-01", "2018-12-31"]
+[output]
+dir = "results"
+""")
+    assert main(["batch", str(config), "--workers", "2"]) == 1
+    out = capsys.readouterr()
+    assert "380 sites: 2 done, 378 failed, 1 flagged" in out.out
+    assert "378 failed (" in out.out and "no before scene" in out.out
+    sites = gpd.read_file(tmp_path / "results" / "sites.geojson").set_index("site_id")
+    first = sites.loc["Dabancheng Facility #1"]
+    assert first["flagged"] and first["rank"] == 1 and not sites.loc["Dabancheng Facility #2", "flagged"]
+    # no cloud masks: the pair nearest in season wins among the 4 x 2 dated frames in the windows
+    assert (first["before_scene"], first["after_scene"]) == ("2017-06-10.tif", "2018-07-23.tif")
+    assert "user_Notes" in sites.columns  # ASPI's Notes kept beside our notes field

@@ -16,6 +16,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from detector.pairing import Candidates, PairingRule, choose_pair, covering, in_
 from detector.pipeline import OUR_FIELDS, load_model, results, versions, with_chip_paths
 from detector.reviews import carry_over
 from detector.scan import score_zones
-from detector.store import Outcome, ResultStore
+from detector.store import Outcome, ResultStore, folder_lock
 from detector.tiling import intersect, union
 from detector.zones import plan_site_zones
 
@@ -92,22 +93,32 @@ def run_batch(config: BatchConfig, *, workers: int = 0, dask: str | None = None,
     start = time.perf_counter()
     sites = read_all_sites(config)
     scenes = read_catalog(config.catalog)
-    check_same_batch(config)
-    store = ResultStore(config.out)
+    with folder_lock(config.out):
+        check_same_batch(config)
+        store = ResultStore(config.out)
+        return scored_batch(config, sites, scenes, store, workers=workers, dask=dask, progress=progress,
+                            start=start)
+
+
+def scored_batch(config: BatchConfig, sites: gpd.GeoDataFrame, scenes: list[Scene], store: ResultStore, *,
+                 workers: int, dask: str | None, progress: BatchProgress | None, start: float) -> dict[str, Any]:
+    """Run the tasks of the sites not yet done, write each result as it comes, rank at the end."""
     tasks = plan_tasks(config, sites, scenes, skip=store.done)
     total = len(sites)
     log.info("%d sites, %d scenes; %d done before, %d to run", total, len(scenes), len(store.done), len(tasks))
     run = (executors.dask(score_site, tasks, address=dask, initializer=worker_setup) if dask else
            executors.local(score_site, tasks, workers=workers or os.cpu_count() or 1, initializer=worker_setup))
     tic = time.perf_counter()
-    for count, (task, result) in enumerate(run, start=1):
-        outcome = result if isinstance(result, Outcome) else Outcome(task.site_id, error=f"worker died: {result}")
-        store.add(outcome)
-        if outcome.error and progress is None:
-            log.warning("site %s failed: %s", outcome.site_id, outcome.error)
-        if progress is not None:
-            progress(BatchStatus(len(store.done), len(store.failed), total, count, len(tasks),
-                                 time.perf_counter() - tic, outcome.site_id, outcome.error))
+    with closing(run):
+        for count, (task, result) in enumerate(run, start=1):
+            outcome = (result if isinstance(result, Outcome) else
+                       Outcome(task.site_id, error=f"its worker process died: {first_line(result)}"))
+            store.add(outcome)
+            if outcome.error and progress is None:
+                log.warning("site %s failed: %s", outcome.site_id, outcome.error)
+            if progress is not None:
+                progress(BatchStatus(len(store.done), len(store.failed), total, count, len(tasks),
+                                     time.perf_counter() - tic, outcome.site_id, outcome.error))
     finished = store.finish(sites["site_id"].tolist()) if store.done else None
     record = batch_record(config, store, total, finished, dask=dask, workers=workers,
                           seconds=time.perf_counter() - start, ran=len(tasks))
@@ -133,6 +144,9 @@ def read_all_sites(config: BatchConfig) -> gpd.GeoDataFrame:
 def check_same_batch(config: BatchConfig) -> None:
     """Refuse to resume into a folder whose results came from another configuration."""
     record = config.out / "batch.json"
+    if (config.out / "run.json").exists():
+        raise InputError(f"{config.out} holds the results of `detector run`: give another [output] dir in "
+                         f"{config.path}")
     if not record.exists():
         config.out.mkdir(parents=True, exist_ok=True)
         write_json_atomic({"config": config.to_json(), "complete": False}, record)
@@ -150,15 +164,17 @@ def plan_tasks(config: BatchConfig, sites: gpd.GeoDataFrame, scenes: list[Scene]
                skip: set[str]) -> list[SiteTask]:
     """One task per site not in ``skip``, with the scenes that cover it within each date window."""
     days = np.array([ordinal(s.date) for s in scenes])
-    footprints = np.array([s.footprint for s in scenes], dtype=object)
-    covers = covering(np.asarray(sites.geometry.values, dtype=object), footprints)
     windows = {name: in_windows(days, getattr(config, name), tolerance_days=config.tolerance_days)
                for name in ("before", "after")}
+    site_of, scene_of = covering(np.asarray(sites.geometry.values, dtype=object),
+                                 np.array([s.footprint for s in scenes], dtype=object))
+    starts = np.searchsorted(site_of, np.arange(len(sites) + 1))
     tasks = []
     for i, site_id in enumerate(sites["site_id"]):
         if site_id in skip:
             continue
-        picks = {name: tuple(scenes[j] for j in np.flatnonzero(covers[i] & inside)) for name, inside in windows.items()}
+        found = scene_of[starts[i]:starts[i + 1]]
+        picks = {name: tuple(scenes[j] for j in found[inside[found]]) for name, inside in windows.items()}
         tasks.append(SiteTask(sites.iloc[[i]], picks["before"], picks["after"], config))
     return tasks
 
@@ -182,11 +198,16 @@ def score_site(task: SiteTask) -> Outcome:
     try:
         return scored_site(task, tic)
     except DetectorError as exc:
-        return Outcome(task.site_id, error=str(exc), seconds=time.perf_counter() - tic)
-    except Exception as exc:
+        return Outcome(task.site_id, error=first_line(exc), seconds=time.perf_counter() - tic)
+    except Exception as exc:  # a bug at one site is reported, and the batch goes on
         log.error("site %s: %s", task.site_id, traceback.format_exc())
-        return Outcome(task.site_id, error=f"internal error {type(exc).__name__}: {exc}",
+        return Outcome(task.site_id, error=f"internal error {type(exc).__name__}: {first_line(exc)}",
                        seconds=time.perf_counter() - tic)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's text (a manifest row and a summary line hold one line)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def scored_site(task: SiteTask, tic: float) -> Outcome:

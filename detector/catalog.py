@@ -106,20 +106,25 @@ def raster_scene(path: Path, bands: tuple[Band, ...]) -> Scene:
                 raise InputError(f"{first} has no coordinate reference system: georeference it or remove it from "
                                  "the catalog")
             box = transform_bounds(src.crs, 4326, *src.bounds, densify_pts=21)
+            cover = src.tags().get("EO_CLOUD_COVER")
         date = date_of(path, first)
     except RasterioError as exc:
         raise InputError(f"{first} is not a raster GDAL can read ({exc}): remove it from the catalog or "
                          "download it again") from None
     if date is None:
         raise InputError(f"{path} has no date in its name or TIFFTAG_DATETIME tag: put YYYY-MM-DD in the name")
-    return Scene(id=path.name, source=str(path), date=date, footprint=shapely.box(*box), bands=bands)
+    if all(b.name in MASKS for b in bands):
+        raise InputError(f"{path} holds only a cloud mask: put it beside its bands (same file or folder)")
+    return Scene(id=path.name, source=str(path), date=date, footprint=shapely.box(*box), bands=bands,
+                 cloud_cover=float(cover) / 100 if cover else None)
 
 
 def stac_scenes(path: Path) -> list[Scene]:
     import pystac
 
     try:
-        kind = json.loads(path.read_text(encoding="utf-8")).get("type")
+        data = json.loads(path.read_text(encoding="utf-8"))
+        kind = data.get("type") if isinstance(data, dict) else None
         if kind == "FeatureCollection":
             items = list(pystac.ItemCollection.from_file(str(path)))
         else:
@@ -130,32 +135,43 @@ def stac_scenes(path: Path) -> list[Scene]:
                 items = list(stac.get_items(recursive=True))
             else:
                 raise ValueError(f"a STAC {type(stac).__name__}")
-    except (OSError, ValueError, KeyError, pystac.STACError) as exc:
-        raise InputError(f"{path} is not a STAC catalog, collection, item or ItemCollection ({exc}): "
+    except (OSError, ValueError, KeyError, TypeError, pystac.STACError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        raise InputError(f"{path} is not a STAC catalog, collection, item or ItemCollection ({first}): "
                          "give a folder of rasters or a STAC JSON file") from None
-    scenes = [item_scene(item) for item in items]
+    scenes = [item_scene(item, base=path.parent) for item in items]
     return [s for s in scenes if s is not None]
 
 
-def item_scene(item: Any) -> Scene | None:
-    """A scene of a STAC item: its image assets named by band; None (logged) when none names a band."""
+def item_scene(item: Any, *, base: Path | None = None) -> Scene | None:
+    """A scene of a STAC item: its image assets named by band; None (logged) when none names a data band.
+
+    Relative asset hrefs of an item without a self link are taken from ``base``.
+    """
     bands: dict[str, Band] = {}
     for key, asset in item.assets.items():
         if asset.media_type and not any(t in asset.media_type for t in ("tiff", "jp2", "geotiff")):
             continue
-        href = asset.get_absolute_href() or asset.href
-        target = href if href.startswith(("http://", "https://", "/vsi")) else Path(href)
+        target = asset_target(asset.get_absolute_href() or asset.href, base)
         for index, name in enumerate(asset_band_names(key, asset.extra_fields), start=1):
             if name is not None and name not in bands:
                 bands[name] = Band(target, index, name)
     when = item.datetime or item.common_metadata.start_datetime
-    if not bands or when is None or item.geometry is None:
+    if all(name in MASKS for name in bands) or when is None or item.geometry is None:
         log.warning("STAC item %s skipped: no dated image asset named by band", item.id)
         return None
     cover = item.properties.get("eo:cloud_cover")
     return Scene(id=item.id, source=item.get_self_href() or item.id, date=when.date().isoformat(),
                  footprint=shapely.geometry.shape(item.geometry), bands=tuple(bands.values()),
                  cloud_cover=None if cover is None else float(cover) / 100)
+
+
+def asset_target(href: str, base: Path | None) -> Path | str:
+    """A local path for a local href (``file://`` stripped, relative ones from ``base``), else the URL."""
+    if href.startswith(("http://", "https://", "/vsi")):
+        return href
+    path = Path(href.removeprefix("file://"))
+    return path if path.is_absolute() or base is None else base / path
 
 
 def asset_band_names(key: str, fields: dict[str, Any]) -> list[str | None]:
@@ -211,5 +227,7 @@ def sample(band: Band, site: Any, *, fill: int | None,
     inside = geometry_mask([geom], out_shape=shape, transform=transform, invert=True, all_touched=True)
     if fill is not None:
         return values, inside
-    valid = values != 0 if nodata is None or np.isnan(nodata) else (values != nodata) & (values != 0)
+    valid = np.isfinite(values) & (values != 0)
+    if nodata is not None and not np.isnan(nodata):
+        valid &= values != nodata
     return valid, inside

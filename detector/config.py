@@ -215,6 +215,9 @@ def _run_config(path: Path, base: Path, out: Path, options: dict[str, Any]) -> R
     plain = {k: v for k, v in options.items() if k not in ("threshold", "pixel_threshold")}
     if "model" in plain:
         plain["model"] = base / str(plain["model"])
+        if not plain["model"].is_file():
+            raise InputError(f"{path}: [run] model {plain['model']} does not exist: give a file written by "
+                             "`detector train`, or remove the key for the shipped weights")
     rule = ScoreRule()
     rule = replace(rule, threshold=options.get("threshold", rule.threshold),
                    pixel_threshold=options.get("pixel_threshold", rule.pixel_threshold))

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
 from detector.errors import InputError
@@ -25,11 +26,36 @@ IN_FLIGHT_PER_WORKER = 2
 
 
 def local(fn: Callable[[T], R], tasks: Iterable[T], *, workers: int,
-          initializer: Callable[[], None] | None = None) -> Iterator[tuple[T, R | BaseException]]:
-    """Run ``fn`` over ``tasks`` in ``workers`` spawned processes."""
+          initializer: Callable[[], None] | None = None) -> Generator[tuple[T, R | BaseException]]:
+    """Run ``fn`` over ``tasks`` in ``workers`` spawned processes.
+
+    When a worker dies (killed for memory, a crash in a C library) the pool
+    is lost with every task in flight.  Which one killed it is unknown, so
+    each of those runs again alone in a fresh process: the one that dies
+    there yields the error, the others their results; then the rest go on.
+    """
+    source = iter(tasks)
+    lost: list[T] = []
+    while True:
+        lost.clear()
+        with _pool(workers, initializer) as pool:
+            for task, result in _bounded(lambda task: pool.submit(fn, task), source, workers * IN_FLIGHT_PER_WORKER,
+                                         _wait_local, stop=lambda: bool(lost)):
+                if isinstance(result, BrokenProcessPool):
+                    lost.append(task)
+                else:
+                    yield task, result
+        if not lost:
+            return
+        log.warning("a worker process died; the %d sites in flight run again one by one", len(lost))
+        for task in list(lost):
+            with _pool(1, initializer) as alone:
+                yield task, _result(alone.submit(fn, task))
+
+
+def _pool(workers: int, initializer: Callable[[], None] | None) -> ProcessPoolExecutor:
     context = multiprocessing.get_context("spawn")  # no forked copies of threads or GDAL state
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=initializer) as pool:
-        yield from _bounded(lambda task: pool.submit(fn, task), tasks, workers * IN_FLIGHT_PER_WORKER, _wait_local)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=initializer)
 
 
 def _wait_local(running: dict[Any, Any]) -> list[Any]:
@@ -38,7 +64,7 @@ def _wait_local(running: dict[Any, Any]) -> list[Any]:
 
 
 def dask(fn: Callable[[T], R], tasks: Iterable[T], *, address: str,
-         initializer: Callable[[], None] | None = None) -> Iterator[tuple[T, R | BaseException]]:
+         initializer: Callable[[], None] | None = None) -> Generator[tuple[T, R | BaseException]]:
     """Run ``fn`` over ``tasks`` on a dask.distributed cluster.
 
     ``address`` is a scheduler (``tcp://host:8786``) or ``local:N``, which
@@ -57,7 +83,7 @@ def dask(fn: Callable[[T], R], tasks: Iterable[T], *, address: str,
         if initializer is not None:
             client.run(initializer)
         workers = max(1, sum(client.nthreads().values()))
-        yield from _bounded(lambda task: client.submit(fn, task, pure=False), tasks,
+        yield from _bounded(lambda task: client.submit(fn, task, pure=False), iter(tasks),
                             workers * IN_FLIGHT_PER_WORKER, _wait_dask)
     finally:
         client.close()
@@ -87,12 +113,15 @@ def _connect(client_type: Any, address: str) -> Any:
                          "`dask scheduler` or give --dask local:N") from None
 
 
-def _bounded(submit: Callable[[T], Any], tasks: Iterable[T], limit: int,
-             wait_some: Callable[[dict[Any, T]], list[Any]]) -> Iterator[tuple[T, Any]]:
-    """Keep at most ``limit`` futures running; yield each finished one's task and result (or exception)."""
+def _bounded(submit: Callable[[T], Any], tasks: Iterator[T], limit: int,
+             wait_some: Callable[[dict[Any, T]], list[Any]],
+             stop: Callable[[], bool] = lambda: False) -> Iterator[tuple[T, Any]]:
+    """Keep at most ``limit`` futures running; yield each finished one's task and result (or exception).
+
+    Once ``stop()`` is true no task is submitted any more; the running ones are still yielded.
+    """
     running: dict[Any, T] = {}
-    queue = iter(tasks)
-    for task in queue:
+    for task in tasks:
         running[submit(task)] = task
         if len(running) >= limit:
             break
@@ -100,7 +129,7 @@ def _bounded(submit: Callable[[T], Any], tasks: Iterable[T], limit: int,
         for future in wait_some(running):
             task = running.pop(future)
             yield task, _result(future)
-            following = next(queue, None)
+            following = None if stop() else next(tasks, None)
             if following is not None:
                 running[submit(following)] = following
 

@@ -18,6 +18,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ import numpy as np
 import rasterio
 import shapely
 from rasterio.enums import Resampling
-from rasterio.errors import RasterioError
+from rasterio.errors import RasterioError, WindowError
 from rasterio.warp import transform_geom
 from rasterio.windows import Window, from_bounds
 
@@ -147,10 +148,10 @@ def plan_jobs(config: BatchConfig, sites: gpd.GeoDataFrame, scenes: list[Scene],
     if not scenes:
         return []
     geoms = np.asarray(sites.geometry.values, dtype=object)
-    covers = covering(geoms, np.array([s.footprint for s in scenes], dtype=object))
+    site_of, scene_of = covering(geoms, np.array([s.footprint for s in scenes], dtype=object))
     grown = sites.to_crs(sites.estimate_utm_crs()).buffer(margin_m).to_crs(4326).to_numpy()
     jobs = []
-    for i, j in zip(*np.nonzero(covers), strict=True):
+    for i, j in zip(site_of, scene_of, strict=True):
         scene, site_id = scenes[j], str(sites["site_id"].iloc[i])
         name = f"{scene.date}_{safe_name(scene.id)}_{safe_name(site_id)}.tif"
         jobs.append(Job(scene, site_id, grown[i], config.catalog / name))
@@ -160,13 +161,8 @@ def plan_jobs(config: BatchConfig, sites: gpd.GeoDataFrame, scenes: list[Scene],
 def write_window(job: Job) -> None:
     """Read the job's window of every band and write them as one GeoTIFF (temporary file, then rename)."""
     finest = min(job.scene.bands, key=_pixel_area)
-    with rasterio.open(finest.path) as src:
-        geom = transform_geom("EPSG:4326", src.crs, shapely.geometry.mapping(job.site))
-        window = from_bounds(*shapely.bounds(shapely.geometry.shape(geom)), transform=src.transform)
-        window = window.round_offsets().round_lengths().intersection(Window(0, 0, src.width, src.height))
-        profile = {"crs": src.crs, "transform": src.window_transform(window), "width": int(window.width),
-                   "height": int(window.height), "nodata": src.nodata}
-    layers = [read_band(b, window_bounds(profile), (profile["height"], profile["width"])) for b in job.scene.bands]
+    profile = window_profile(finest, job.site)
+    layers = [read_band(b, profile) for b in job.scene.bands]
     dtype = np.result_type(*layers)
     tmp = job.target.with_name(f".{job.target.name}.{os.getpid()}.tmp")
     with rasterio.open(tmp, "w", driver="GTiff", count=len(layers), dtype=dtype, tiled=True, blockxsize=256,
@@ -174,31 +170,55 @@ def write_window(job: Job) -> None:
         dst.write(np.stack(layers).astype(dtype))
         for index, band in enumerate(job.scene.bands, start=1):
             dst.set_band_description(index, band.name)
-        dst.update_tags(TIFFTAG_DATETIME=job.scene.date.replace("-", ":") + " 00:00:00", STAC_ITEM=job.scene.id,
-                        STAC_SOURCE=job.scene.source, SITE_ID=job.site_id,
-                        STAC_ASSETS=" ".join(str(b.path) for b in job.scene.bands))
+        tags = {"TIFFTAG_DATETIME": job.scene.date.replace("-", ":") + " 00:00:00", "STAC_ITEM": job.scene.id,
+                "STAC_SOURCE": job.scene.source, "SITE_ID": job.site_id,
+                "STAC_ASSETS": " ".join(str(b.path) for b in job.scene.bands)}
+        if job.scene.cloud_cover is not None:
+            tags["EO_CLOUD_COVER"] = f"{job.scene.cloud_cover * 100:g}"
+        dst.update_tags(**tags)
     os.replace(tmp, job.target)
 
 
-def window_bounds(profile: dict[str, Any]) -> tuple[float, float, float, float]:
+def window_profile(band: Band, site: Any) -> dict[str, Any]:
+    """Grid of the window around ``site`` (EPSG:4326) on ``band``'s grid: whole pixels, clipped to the file."""
+    with _opened(band) as src:
+        geom = transform_geom("EPSG:4326", src.crs, shapely.geometry.mapping(site))
+        window = from_bounds(*shapely.bounds(shapely.geometry.shape(geom)), transform=src.transform)
+        window = window.round_offsets(op="floor").round_lengths(op="ceil")
+        try:
+            window = window.intersection(Window(0, 0, src.width, src.height))
+        except WindowError:
+            raise InputError(f"{band.path} does not reach the site although its item's footprint covers it: "
+                             "check the item's geometry") from None
+        return {"crs": src.crs, "transform": src.window_transform(window), "width": int(window.width),
+                "height": int(window.height), "nodata": src.nodata}
+
+
+def read_band(band: Band, profile: dict[str, Any]) -> np.ndarray:
+    """One band over the profile's window (all bands of an item must share its CRS), at its shape."""
     left, top = profile["transform"] * (0, 0)
     right, bottom = profile["transform"] * (profile["width"], profile["height"])
-    return left, bottom, right, top
+    with _opened(band) as src:
+        if src.crs != profile["crs"]:
+            raise InputError(f"{band.path} is in {src.crs}, the item's other bands in {profile['crs']}: "
+                             "fetch needs the bands of one item in one CRS")
+        window = from_bounds(left, bottom, right, top, transform=src.transform)
+        return src.read(band.index, window=window, out_shape=(profile["height"], profile["width"]), boundless=True,
+                        fill_value=src.nodata or 0,
+                        resampling=Resampling.nearest if band.name in MASKS else Resampling.bilinear)
 
 
-def read_band(band: Band, bounds: tuple[float, float, float, float], shape: tuple[int, int]) -> np.ndarray:
-    """One band over ``bounds`` (in the band's CRS, as all bands of an item share) at ``shape``."""
+@contextmanager
+def _opened(band: Band) -> Iterator[Any]:
+    """The band's file, open; an unreachable or unreadable one is a one-line error naming it."""
     try:
         with rasterio.open(band.path) as src:
-            window = from_bounds(*bounds, transform=src.transform)
-            return src.read(band.index, window=window, out_shape=shape, boundless=True,
-                            fill_value=src.nodata or 0,
-                            resampling=Resampling.nearest if band.name in MASKS else Resampling.bilinear)
+            yield src
     except RasterioError as exc:
-        raise InputError(f"{band.path} could not be read ({str(exc)[:160]}): check the address or try again later"
-                         ) from None
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        raise InputError(f"{band.path} could not be read ({first}): check the address or try again later") from None
 
 
 def _pixel_area(band: Band) -> float:
-    with rasterio.open(band.path) as src:
+    with _opened(band) as src:
         return abs(src.transform.a * src.transform.e)

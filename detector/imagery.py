@@ -190,13 +190,16 @@ def check_readable(file: Path | str) -> None:
 
 def date_of(path: Path, first_file: Path) -> str | None:
     """Acquisition date as ``YYYY-MM-DD`` from the path name or the TIFF date tag."""
-    for text in (path.name, first_file.name, path.parent.name):
+    for text in (path.name, first_file.name):
         match = DATE_IN_NAME.search(text)
         if match:
             return "-".join(match.groups())
     with rasterio.open(first_file) as src:
         stamp = src.tags().get("TIFFTAG_DATETIME", "")
     match = re.match(r"(\d{4}):(\d{2}):(\d{2})", stamp)
+    if match:
+        return "-".join(match.groups())
+    match = DATE_IN_NAME.search(path.parent.name)  # a folder per date, named by it
     return "-".join(match.groups()) if match else None
 
 

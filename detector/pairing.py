@@ -6,7 +6,7 @@ of the site with data, its ``cloud`` share the part of that under cloud (NaN:
 the scene says nothing).  Pairs are ranked, best first, by:
 
 1. usable at all: ``valid >= min_valid`` and ``cloud <= max_cloud`` on both dates, before earlier than after;
-2. cloud, in steps of 5 %: the cloudier of the two dates;
+2. cloud, in steps of 5 %: the cloudier of the two dates (unknown cloud counts as ``max_cloud``);
 3. days outside the date windows (0 inside);
 4. season, in steps of 30 days: the gap between the two days of the year (when ``same_season``);
 5. then exact cloud, exact season gap, distance to the windows' middles, and the scene ids.
@@ -90,9 +90,17 @@ def day_of_year(days: np.ndarray) -> np.ndarray:
     return (dates - dates.astype("datetime64[Y]")).astype(np.int64)
 
 
-def covering(sites: np.ndarray, footprints: np.ndarray) -> np.ndarray:
-    """Which footprints cover which sites: bool (n_sites, n_scenes), both arrays of EPSG:4326 geometries."""
-    return shapely.covers(footprints[None, :], sites[:, None])
+def covering(sites: np.ndarray, footprints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which footprints cover which sites, as (site index, footprint index) pairs sorted by site, then footprint.
+
+    Both arrays hold EPSG:4326 geometries; an R-tree keeps this near-linear
+    when each site has few scenes.
+    """
+    if len(sites) == 0 or len(footprints) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    site_of, scene_of = shapely.STRtree(footprints).query(sites, predicate="covered_by")
+    order = np.lexsort((scene_of, site_of))
+    return site_of[order], scene_of[order]
 
 
 def site_shares(valid: np.ndarray, cloudy: np.ndarray | None, inside: np.ndarray) -> tuple[float, float]:
@@ -122,18 +130,21 @@ def choose_pair(before: Candidates, after: Candidates, rule: PairingRule) -> Pai
     """The best (before, after) pair by the order in the module docstring; None when no pair is usable."""
     grid_b, grid_a = np.meshgrid(np.arange(len(before.ids)), np.arange(len(after.ids)), indexing="ij")
     b, a = grid_b.ravel(), grid_a.ravel()
-    cloud_b, cloud_a = np.nan_to_num(before.cloud[b]), np.nan_to_num(after.cloud[a])
+    # unknown cloud is usable but ranks as the most cloud allowed: a scene that says it is clear wins
+    cloud_b = np.nan_to_num(before.cloud[b], nan=rule.max_cloud)
+    cloud_a = np.nan_to_num(after.cloud[a], nan=rule.max_cloud)
     usable = ((before.valid[b] >= rule.min_valid) & (after.valid[a] >= rule.min_valid)
               & (cloud_b <= rule.max_cloud) & (cloud_a <= rule.max_cloud) & (before.day[b] < after.day[a]))
     if not usable.any():
         return None
     b, a, cloud_b, cloud_a = b[usable], a[usable], cloud_b[usable], cloud_a[usable]
     outside = days_outside(before.day[b], rule.before) + days_outside(after.day[a], rule.after)
-    gap = season_gap(before.day[b], after.day[a]) if rule.same_season else np.zeros(len(b), int)
+    gap = season_gap(before.day[b], after.day[a])
+    season = gap if rule.same_season else np.zeros(len(b), np.int64)
     middle = (np.abs(before.day[b] - (ordinal(rule.before[0]) + ordinal(rule.before[1])) / 2)
               + np.abs(after.day[a] - (ordinal(rule.after[0]) + ordinal(rule.after[1])) / 2))
     names = np.array([f"{before.ids[i]}\n{after.ids[j]}" for i, j in zip(b, a, strict=True)])
-    order = np.lexsort((names, middle, gap, cloud_b + cloud_a, gap // SEASON_STEP_DAYS, outside,
+    order = np.lexsort((names, middle, season, cloud_b + cloud_a, season // SEASON_STEP_DAYS, outside,
                         np.ceil(np.round(np.maximum(cloud_b, cloud_a) / CLOUD_STEP, 6))))
     k = order[0]
     reason = pair_reason(before, after, int(b[k]), int(a[k]), outside=int(outside[k]), gap=int(gap[k]),

@@ -16,6 +16,8 @@ import datetime as dt
 import io
 import os
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,26 +57,41 @@ class ResultStore:
         self.gpkg = out / "sites.gpkg"
         self.manifest = out / "manifest.csv"
         out.mkdir(parents=True, exist_ok=True)
-        self.latest = self._read_manifest()
+        for stale in [*out.glob(".*.tmp*"), *out.glob("change/.*.tmp")]:  # left by a batch that was killed
+            stale.unlink()
+        latest = self._read_manifest()
+        self.done = {k for k, row in latest.items() if row["status"] == "done"}
+        self.failed = {k: row["reason"] for k, row in latest.items() if row["status"] == "failed"}
         self._drop_unfinished()
-
-    @property
-    def done(self) -> set[str]:
-        return {k for k, row in self.latest.items() if row["status"] == "done"}
-
-    @property
-    def failed(self) -> dict[str, str]:
-        return {k: row["reason"] for k, row in self.latest.items() if row["status"] == "failed"}
 
     def add(self, outcome: Outcome) -> None:
         """Make one site's results durable (see the module docstring for the order)."""
         if outcome.error is None and outcome.sites is not None:
             if outcome.raster is not None:
                 self._write_raster(outcome)
-            if outcome.changes is not None and len(outcome.changes):
-                self._append("changes", outcome.changes)
-            self._append("sites", outcome.sites)
+            changes = outcome.changes
+            if changes is None:
+                changes = outcome.sites.iloc[:0][["site_id", outcome.sites.geometry.name]]
+            if not self.gpkg.exists():
+                self._create(outcome.sites, changes)
+            else:
+                if len(changes):
+                    self._append("changes", changes)
+                self._append("sites", outcome.sites)
         self._append_manifest(outcome)
+        if outcome.error:
+            self.failed[outcome.site_id] = outcome.error
+        else:
+            self.done.add(outcome.site_id)
+            self.failed.pop(outcome.site_id, None)
+
+    def _create(self, sites: gpd.GeoDataFrame, changes: gpd.GeoDataFrame) -> None:
+        """The GeoPackage with both layers, from the first site's frames, made whole before it appears."""
+        tmp = self.out / f".sites.{os.getpid()}.tmp.gpkg"  # GDAL wants the extension
+        for layer, frame in (("sites", sites), ("changes", changes)):
+            pyogrio.write_dataframe(frame.to_crs(4326), tmp, layer=layer, driver="GPKG", promote_to_multi=True,
+                                    geometry_type="MultiPolygon", layer_options=GPKG_OPTIONS)
+        os.replace(tmp, self.gpkg)
 
     def raster_name(self, site_id: str) -> str:
         return f"change/{safe_name(site_id)}.tif"
@@ -87,9 +104,8 @@ class ResultStore:
         os.replace(tmp, target)
 
     def _append(self, layer: str, frame: gpd.GeoDataFrame) -> None:
-        exists = self.gpkg.exists() and layer in {name for name, _ in pyogrio.list_layers(self.gpkg)}
-        pyogrio.write_dataframe(frame.to_crs(4326), self.gpkg, layer=layer, driver="GPKG", append=exists,
-                                promote_to_multi=True, layer_options=None if exists else GPKG_OPTIONS)
+        pyogrio.write_dataframe(frame.to_crs(4326), self.gpkg, layer=layer, driver="GPKG", append=True,
+                                promote_to_multi=True)
 
     def _append_manifest(self, outcome: Outcome) -> None:
         row = {"site_id": outcome.site_id, "status": "failed" if outcome.error else "done",
@@ -105,7 +121,6 @@ class ResultStore:
             f.write(text.getvalue())
             f.flush()
             os.fsync(f.fileno())
-        self.latest[outcome.site_id] = row
 
     def _read_manifest(self) -> dict[str, dict[str, str]]:
         if not self.manifest.exists():
@@ -124,7 +139,7 @@ class ResultStore:
     def _drop_unfinished(self) -> None:
         if not self.gpkg.exists():
             return
-        done = sorted(self.done)
+        done = sorted(self.done)  # a GeoPackage appears whole (see _create): only rows can be left over
         with sqlite3.connect(self.gpkg) as db:
             db.execute("CREATE TEMP TABLE done (site_id TEXT PRIMARY KEY)")
             db.executemany("INSERT INTO done VALUES (?)", [(s,) for s in done])
@@ -153,6 +168,21 @@ class ResultStore:
         write_geojson(sites, tmp)
         os.replace(tmp, self.out / "sites.geojson")
         return sites
+
+
+@contextmanager
+def folder_lock(out: Path) -> Iterator[None]:
+    """One batch at a time per output folder (an exclusive lock on ``out/.batch.lock``)."""
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / ".batch.lock").open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(f"another batch is writing into {out}: wait for it to end, "
+                             "or give another [output] dir") from None
+        yield
 
 
 def safe_name(site_id: str) -> str:

@@ -59,9 +59,11 @@ def test_inside_the_windows_beats_the_tolerance() -> None:
     assert "12 days outside" in pair.reason
 
 
-def test_unknown_cloud_counts_as_clear_and_is_said() -> None:
+def test_unknown_cloud_is_usable_but_loses_to_a_known_clear_scene() -> None:
     pair = choose_pair(table(("2017-03-02", 1.0, np.nan)), table(("2018-07-10", 1.0, 0.01)), RULE)
     assert pair is not None and "cloud unknown / 1%" in pair.reason
+    before = table(("2017-06-25", 1.0, np.nan), ("2017-03-02", 1.0, 0.06))
+    assert choose_pair(before, table(("2018-07-10", 1.0, 0.0)), RULE).before == 1  # 6 % known beats unknown
 
 
 def test_season_gap_wraps_round_the_year() -> None:

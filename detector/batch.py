@@ -29,7 +29,7 @@ import aoi
 from detector import __version__, executors
 from detector.catalog import Scene, read_catalog, site_cover
 from detector.config import BatchConfig
-from detector.errors import DetectorError, InputError
+from detector.errors import DetectorError, InputError, first_line
 from detector.imagery import match_bands, overlap_window, reference_grid
 from detector.outputs import ScoreRaster, write_json
 from detector.pairing import Candidates, PairingRule, choose_pair, covering, in_windows, no_pair_reason, ordinal
@@ -112,7 +112,7 @@ def scored_batch(config: BatchConfig, sites: gpd.GeoDataFrame, scenes: list[Scen
     with closing(run):
         for count, (task, result) in enumerate(run, start=1):
             outcome = (result if isinstance(result, Outcome) else
-                       Outcome(task.site_id, error=f"its worker process died: {first_line(result)}"))
+                       Outcome(task.site_id, error=f"its worker process died: {first_line(result, limit=1000)}"))
             store.add(outcome)
             if outcome.error and progress is None:
                 log.warning("site %s failed: %s", outcome.site_id, outcome.error)
@@ -198,16 +198,11 @@ def score_site(task: SiteTask) -> Outcome:
     try:
         return scored_site(task, tic)
     except DetectorError as exc:
-        return Outcome(task.site_id, error=first_line(exc), seconds=time.perf_counter() - tic)
+        return Outcome(task.site_id, error=first_line(exc, limit=1000), seconds=time.perf_counter() - tic)
     except Exception as exc:  # a bug at one site is reported, and the batch goes on
         log.error("site %s: %s", task.site_id, traceback.format_exc())
-        return Outcome(task.site_id, error=f"internal error {type(exc).__name__}: {first_line(exc)}",
+        return Outcome(task.site_id, error=f"internal error {type(exc).__name__}: {first_line(exc, limit=1000)}",
                        seconds=time.perf_counter() - tic)
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an error's text (a manifest row and a summary line hold one line)."""
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def scored_site(task: SiteTask, tic: float) -> Outcome:

@@ -27,7 +27,7 @@ from rasterio.features import geometry_mask
 from rasterio.warp import transform_bounds, transform_geom
 from rasterio.windows import from_bounds
 
-from detector.errors import InputError, MissingFileError
+from detector.errors import InputError, MissingFileError, first_line
 from detector.imagery import (
     MASKS,
     RASTER_SUFFIXES,
@@ -136,8 +136,7 @@ def stac_scenes(path: Path) -> list[Scene]:
             else:
                 raise ValueError(f"a STAC {type(stac).__name__}")
     except (OSError, ValueError, KeyError, TypeError, pystac.STACError) as exc:
-        first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
-        raise InputError(f"{path} is not a STAC catalog, collection, item or ItemCollection ({first}): "
+        raise InputError(f"{path} is not a STAC catalog, collection, item or ItemCollection ({first_line(exc)}): "
                          "give a folder of rasters or a STAC JSON file") from None
     scenes = [item_scene(item, base=path.parent) for item in items]
     return [s for s in scenes if s is not None]

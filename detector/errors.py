@@ -22,3 +22,9 @@ class MissingFileError(DetectorError, FileNotFoundError):
 
 class OutputExistsError(DetectorError, FileExistsError):
     """The output folder holds results and ``--overwrite`` was not given."""
+
+
+def first_line(exc: BaseException, *, limit: int = 160) -> str:
+    """The first line of an exception's text, at most ``limit`` characters: it goes into a one-line message."""
+    text = str(exc).strip().splitlines()
+    return text[0][:limit] if text else type(exc).__name__

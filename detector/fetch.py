@@ -34,7 +34,7 @@ from rasterio.windows import Window, from_bounds
 
 from detector.catalog import Scene, item_scene
 from detector.config import BatchConfig
-from detector.errors import InputError
+from detector.errors import InputError, first_line
 from detector.imagery import MASKS, Band
 from detector.pairing import covering
 from detector.store import safe_name
@@ -90,8 +90,7 @@ def search(config: BatchConfig, sites: gpd.GeoDataFrame, stac: str, collections:
             warnings.simplefilter("ignore")  # a static catalog has no conformance classes: that is expected
             client = Client.open(stac)
     except (APIError, OSError, ValueError) as exc:
-        first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
-        raise InputError(f"could not open the STAC catalog {stac} ({first}): check the address") from None
+        raise InputError(f"could not open the STAC catalog {stac} ({first_line(exc)}): check the address") from None
     for window in (config.before, config.after):
         start, end = widen(window, config.tolerance_days)
         for bbox in group_bounds(sites):
@@ -215,8 +214,8 @@ def _opened(band: Band) -> Iterator[Any]:
         with rasterio.open(band.path) as src:
             yield src
     except RasterioError as exc:
-        first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
-        raise InputError(f"{band.path} could not be read ({first}): check the address or try again later") from None
+        raise InputError(f"{band.path} could not be read ({first_line(exc)}): "
+                         "check the address or try again later") from None
 
 
 def _pixel_area(band: Band) -> float:

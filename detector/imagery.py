@@ -27,7 +27,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window, from_bounds
 
-from detector.errors import InputError, MissingFileError
+from detector.errors import InputError, MissingFileError, first_line
 from detector.tiling import intersect
 
 log = logging.getLogger(__name__)
@@ -185,7 +185,7 @@ def check_readable(file: Path | str) -> None:
             src.read(1, window=Window(0, 0, 1, 1))
             src.read(src.count, window=Window(src.width - 1, src.height - 1, 1, 1))
     except RasterioError as exc:
-        raise InputError(f"{file} is not a readable raster ({_short(exc)}): download or export it again") from None
+        raise InputError(f"{file} is not a readable raster ({first_line(exc)}): download or export it again") from None
 
 
 def date_of(path: Path, first_file: Path) -> str | None:
@@ -322,11 +322,6 @@ class DateReader:
             return src.read(indexes, window=window)
         except RasterioError as exc:
             raise InputError(
-                f"{self.date.path} could not be decoded at {window!r} ({_short(exc)}): "
+                f"{self.date.path} could not be decoded at {window!r} ({first_line(exc)}): "
                 "the file is damaged; download or export it again"
             ) from None
-
-
-def _short(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:160] if text else type(exc).__name__

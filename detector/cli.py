@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -113,8 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("pyogrio", "distributed"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("pyogrio").setLevel(logging.WARNING)
+    # distributed sets its loggers' levels from dask's configuration when it is imported (later, for --dask)
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error" if args.quiet else "warning")
     logging.getLogger("urllib3").setLevel(logging.ERROR)  # its retries end in our one-line error
     logging.captureWarnings(True)
     try:

@@ -39,8 +39,8 @@ def local(fn: Callable[[T], R], tasks: Iterable[T], *, workers: int,
     while True:
         lost.clear()
         with _pool(workers, initializer) as pool:
-            for task, result in _bounded(lambda task: pool.submit(fn, task), source, workers * IN_FLIGHT_PER_WORKER,
-                                         _wait_local, stop=lambda: bool(lost)):
+            for task, result in _bounded(lambda task: _submit(pool, fn, task), source,
+                                         workers * IN_FLIGHT_PER_WORKER, _wait_local, stop=lambda: bool(lost)):
                 if isinstance(result, BrokenProcessPool):
                     lost.append(task)
                 else:
@@ -56,6 +56,19 @@ def local(fn: Callable[[T], R], tasks: Iterable[T], *, workers: int,
 def _pool(workers: int, initializer: Callable[[], None] | None) -> ProcessPoolExecutor:
     context = multiprocessing.get_context("spawn")  # no forked copies of threads or GDAL state
     return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=initializer)
+
+
+def _submit(pool: ProcessPoolExecutor, fn: Callable[[T], R], task: T) -> Future:
+    """Submit, or when the pool broke before its failed futures were seen, a future that holds the break.
+
+    The task is then among the lost ones and runs again alone, like those in flight.
+    """
+    try:
+        return pool.submit(fn, task)
+    except BrokenProcessPool as exc:
+        lost: Future = Future()
+        lost.set_exception(exc)
+        return lost
 
 
 def _wait_local(running: dict[Any, Any]) -> list[Any]:
@@ -81,7 +94,9 @@ def dask(fn: Callable[[T], R], tasks: Iterable[T], *, address: str,
         client = _connect(Client, address)
     try:
         if initializer is not None:
-            client.run(initializer)
+            from detector.dask_setup import SetupEachWorker
+
+            client.register_plugin(SetupEachWorker(initializer))  # workers that join later run it too
         workers = max(1, sum(client.nthreads().values()))
         yield from _bounded(lambda task: client.submit(fn, task, pure=False), iter(tasks),
                             workers * IN_FLIGHT_PER_WORKER, _wait_dask)

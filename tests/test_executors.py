@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from concurrent.futures.process import BrokenProcessPool
 
 from detector import executors
@@ -19,3 +20,44 @@ def test_a_dying_worker_fails_only_its_own_task() -> None:
     assert sorted(results) == list(range(10))
     assert isinstance(results.pop(3), BrokenProcessPool)
     assert results == {x: 2 * x for x in range(10) if x != 3}
+
+
+def double_or_die_late(x: int) -> int:
+    if x == 3:
+        time.sleep(0.3)
+        os._exit(1)
+    return x * 2
+
+
+def test_a_worker_dying_while_the_caller_is_busy_fails_only_its_own_task() -> None:
+    """The pool breaks between two submissions (the caller was writing a result): no task is lost."""
+    results = {}
+    for task, result in executors.local(double_or_die_late, range(10), workers=2):
+        results[task] = result
+        time.sleep(0.5)  # the caller's own work, during which task 3's worker dies
+    assert sorted(results) == list(range(10))
+    assert isinstance(results.pop(3), BrokenProcessPool)
+    assert results == {x: 2 * x for x in range(10) if x != 3}
+
+
+def mark_worker() -> None:
+    os.environ["DETECTOR_TEST_SETUP"] = "ran"
+
+
+def setup_marks() -> dict[str, str | None]:
+    return {"mark": os.environ.get("DETECTOR_TEST_SETUP")}
+
+
+def test_dask_setup_reaches_workers_that_join_later() -> None:
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        from detector.dask_setup import SetupEachWorker
+
+        client.register_plugin(SetupEachWorker(mark_worker))
+        cluster.scale(2)
+        client.wait_for_workers(2, timeout=60)
+        marks = client.run(setup_marks)
+    assert len(marks) == 2
+    assert all(m == {"mark": "ran"} for m in marks.values())

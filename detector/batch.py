@@ -27,13 +27,15 @@ import pandas as pd
 
 import aoi
 from detector import __version__, executors
+from detector.batch_finish import FINISHED, Finished, check_finish_inputs, finish_record, finish_sites, user_columns
 from detector.catalog import Scene, read_catalog, site_cover
-from detector.config import BatchConfig
+from detector.config import BatchConfig, scoring_part
 from detector.errors import DetectorError, InputError, first_line
 from detector.imagery import match_bands, overlap_window, reference_grid
-from detector.outputs import ScoreRaster, write_json
+from detector.outputs import ScoreRaster, Staging, write_json
 from detector.pairing import Candidates, PairingRule, choose_pair, covering, in_windows, no_pair_reason, ordinal
 from detector.pipeline import OUR_FIELDS, load_model, results, versions, with_chip_paths
+from detector.report import render
 from detector.reviews import carry_over
 from detector.scan import score_zones
 from detector.store import Outcome, ResultStore, folder_lock
@@ -93,6 +95,7 @@ def run_batch(config: BatchConfig, *, workers: int = 0, dask: str | None = None,
     start = time.perf_counter()
     sites = read_all_sites(config)
     scenes = read_catalog(config.catalog)
+    check_finish_inputs(config)
     with folder_lock(config.out):
         check_same_batch(config)
         store = ResultStore(config.out)
@@ -119,11 +122,27 @@ def scored_batch(config: BatchConfig, sites: gpd.GeoDataFrame, scenes: list[Scen
             if progress is not None:
                 progress(BatchStatus(len(store.done), len(store.failed), total, count, len(tasks),
                                      time.perf_counter() - tic, outcome.site_id, outcome.error))
-    finished = store.finish(sites["site_id"].tolist()) if store.done else None
-    record = batch_record(config, store, total, finished, dask=dask, workers=workers,
-                          seconds=time.perf_counter() - start, ran=len(tasks))
-    write_json_atomic(record, config.out / "batch.json")
+    tic = time.perf_counter()
+    with Staging(config.out) as staging:
+        finished = finish_sites(config, store, sites["site_id"].tolist(), scenes, staging) if store.done else None
+        record = batch_record(config, store, total, finished, dask=dask, workers=workers,
+                              seconds=time.perf_counter() - start, ran=len(tasks))
+        record["finish_seconds"] = round(time.perf_counter() - tic, 2)  # ranks, verdicts, budget, chips
+        write_json(record, staging.path("batch.json"))
+        if finished is not None:
+            staging.path("report.html").write_text(report(config, finished.sites, record), encoding="utf-8")
+            # the rows change last before the files go in place: a kill between the two leaves the rows
+            # newer than batch.json's review state, which the next end reads as the same edits again
+            store.update_sites(finished.sites, FINISHED)
+        staging.commit()
     return record
+
+
+def report(config: BatchConfig, sites: gpd.GeoDataFrame, record: dict[str, Any]) -> str:
+    """``report.html`` of a batch: the date windows and catalog stand for run's two inputs."""
+    inputs = {name: {"path": str(config.catalog), "date": " .. ".join(getattr(config, name))}
+              for name in ("before", "after")}
+    return render(sites, {**record, "mode": "batch", "inputs": inputs}, user_columns(sites, PAIR_FIELDS))
 
 
 def read_all_sites(config: BatchConfig) -> gpd.GeoDataFrame:
@@ -153,9 +172,10 @@ def check_same_batch(config: BatchConfig) -> None:
         return
     import json
 
-    earlier = json.loads(record.read_text(encoding="utf-8")).get("config")
-    if earlier != config.to_json():
-        changed = sorted(k for k in config.to_json() if (earlier or {}).get(k) != config.to_json()[k])
+    earlier = scoring_part(json.loads(record.read_text(encoding="utf-8")).get("config") or {})
+    now = scoring_part(config.to_json())
+    if earlier != now:
+        changed = sorted(k for k in now if earlier.get(k) != now[k])
         raise InputError(f"{config.out} holds results of another batch configuration (differs in {changed}): "
                          f"give a new [output] dir in {config.path}, or restore the earlier settings")
 
@@ -262,13 +282,16 @@ def _round(value: float) -> float:
     return float(np.round(value, 4))  # NaN (unknown) stays NaN: a number column, NULL in the GeoPackage
 
 
-def batch_record(config: BatchConfig, store: ResultStore, total: int, sites: gpd.GeoDataFrame | None, *,
+def batch_record(config: BatchConfig, store: ResultStore, total: int, finished: Finished | None, *,
                  dask: str | None, workers: int, seconds: float, ran: int) -> dict[str, Any]:
-    """What ``batch.json`` says: the configuration, the counts, where it ran, the versions."""
+    """What ``batch.json`` says: the configuration, the method and threshold, the counts, where it ran, the
+    versions, and the review state the next end of the batch starts from."""
     failed = store.failed
+    sites = finished.sites if finished is not None else None
     return {
         "detector_version": __version__,
         "config": config.to_json(),
+        **finish_record(config, finished.threshold if finished is not None else None),
         "complete": len(store.done) + len(failed) == total,
         "counts": {"sites": total, "done": len(store.done), "failed": len(failed),
                    "flagged": int(sites["flagged"].sum()) if sites is not None else 0,
@@ -278,6 +301,7 @@ def batch_record(config: BatchConfig, store: ResultStore, total: int, sites: gpd
         "seconds_this_time": round(seconds, 2),
         "fields": [*OUR_FIELDS, *PAIR_FIELDS],
         "versions": versions(),
+        **({"review_state": finished.review_state} if finished is not None else {}),
     }
 
 

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import geopandas as gpd
@@ -102,14 +104,28 @@ def write_chips(sites: gpd.GeoDataFrame, changes: gpd.GeoDataFrame, dates: tuple
                 pixel_threshold: float, workers: int = 2) -> None:
     """Write the chips of every site in ``sites`` into ``folder``, ``workers`` threads each with its own files."""
     folder.mkdir(parents=True, exist_ok=True)
-    shapes = sites.to_crs(grid.crs)
-    polygons = changes.to_crs(grid.crs)
-    jobs = list(zip(shapes["site_id"], shapes["rank"], shapes.geometry, strict=True))
-    # warning filters are process-wide: set once here, not in the threads (all-nodata corners of a window)
-    with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=workers) as pool:
+    parts = [sites.iloc[i::workers] for i in range(workers)]
+    with quiet_nodata(), ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(lambda part: write_part(part, changes, dates, names, grid, change_tif, folder,
+                                              pixel_threshold=pixel_threshold), parts))
+
+
+@contextmanager
+def quiet_nodata() -> Iterator[None]:
+    """No RuntimeWarning for all-nodata corners of a window.  Warning filters are process-wide: hold this
+    around the threads that call :func:`write_part`, never inside them."""
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        list(pool.map(lambda part: _write_part(part, polygons, dates, names, grid, change_tif, folder,
-                                               pixel_threshold), [jobs[i::workers] for i in range(workers)]))
+        yield
+
+
+def write_part(sites: gpd.GeoDataFrame, changes: gpd.GeoDataFrame, dates: tuple[DateSource, DateSource],
+               names: tuple[str, ...], grid: Grid, change_tif: Path, folder: Path, *,
+               pixel_threshold: float) -> None:
+    """Write the chips of ``sites`` into ``folder`` in this thread, with its own open files."""
+    shapes = sites.to_crs(grid.crs)
+    jobs = list(zip(shapes["site_id"], shapes["rank"], shapes.geometry, strict=True))
+    _write_part(jobs, changes.to_crs(grid.crs), dates, names, grid, change_tif, folder, pixel_threshold)
 
 
 def _write_part(jobs: list, polygons: gpd.GeoDataFrame, dates: tuple[DateSource, DateSource],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,11 @@ from detector.change import ChangeParams
 from detector.errors import InputError, MissingFileError
 from detector.fusion import METHODS
 from detector.scoring import ScoreRule
+
+
+def default_model_path() -> Path:
+    """The weights shipped in the package (trained by ``scripts/train_default.py``)."""
+    return Path(str(resources.files("detector") / "weights" / "default.pt"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,11 +93,13 @@ class RunConfig:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
 
-# Options of ``detector run`` that a batch takes in its ``[run]`` table; the
-# others are set by the batch itself (dates, output, one site at a time) or
-# need every site at once (budgets, chips), which a resumable batch has not.
+# Options of ``detector run`` that a batch takes in its ``[run]`` table (the
+# others, dates, output and workers, the batch sets itself).  Those of
+# FINISH_KEYS act only when the batch ends (verdicts, budget, chips): they may
+# change between runs of one batch, since no site needs scoring again for them.
+FINISH_KEYS = ("reviews", "labels", "max_flags", "target_precision", "chips")
 BATCH_RUN_KEYS = ("buffer_m", "id_col", "lon_col", "lat_col", "tile_px", "margin_px", "max_shift_px", "min_peak",
-                  "min_area_m2", "bin", "method", "model", "threshold", "pixel_threshold")
+                  "min_area_m2", "bin", "method", "model", "threshold", "pixel_threshold", *FINISH_KEYS)
 BATCH_TABLES: dict[str, dict[str, type | tuple[type, ...]]] = {
     "sites": {"paths": list},
     "imagery": {"catalog": str, "max_cloud": (int, float), "min_valid": (int, float)},
@@ -124,10 +132,16 @@ class BatchConfig:
     run_options: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        """What decides the results, as plain JSON (compared when a batch resumes)."""
+        """The configuration as plain JSON (``batch.json`` records it)."""
         return {"sites": [str(p) for p in self.sites], "catalog": str(self.catalog), "before": list(self.before),
                 "after": list(self.after), "tolerance_days": self.tolerance_days, "same_season": self.same_season,
                 "max_cloud": self.max_cloud, "min_valid": self.min_valid, "run": self.run_options}
+
+
+def scoring_part(config_json: dict[str, Any]) -> dict[str, Any]:
+    """What decides the per-site results, of a :meth:`BatchConfig.to_json` (compared when a batch resumes)."""
+    run = {k: v for k, v in (config_json.get("run") or {}).items() if k not in FINISH_KEYS}
+    return {**config_json, "run": run}
 
 
 def read_batch_config(path: Path) -> BatchConfig:
@@ -178,7 +192,8 @@ def _check_keys(path: Path, data: dict[str, Any]) -> None:
         known = BATCH_RUN_KEYS if table == "run" else tuple(BATCH_TABLES[table])
         for key, value in content.items():
             if table == "run" and key in RunConfig.__dataclass_fields__ and key not in BATCH_RUN_KEYS:
-                raise InputError(f"{path}: [run] {key} is an option of detector run that batch does not take: "
+                raise InputError(f"{path}: [run] {key} does not apply to a batch ([dates], [output] "
+                                 f"and --workers say the same): "
                                  f"remove it (batch takes {', '.join(BATCH_RUN_KEYS)})")
             if key not in known:
                 raise InputError(f"{path}: unknown key {key!r} in [{table}]: known keys are {', '.join(known)}")
@@ -213,17 +228,18 @@ def _run_config(path: Path, base: Path, out: Path, options: dict[str, Any]) -> R
     from dataclasses import replace
 
     plain = {k: v for k, v in options.items() if k not in ("threshold", "pixel_threshold")}
-    if "model" in plain:
-        plain["model"] = base / str(plain["model"])
-        if not plain["model"].is_file():
-            raise InputError(f"{path}: [run] model {plain['model']} does not exist: give a file written by "
-                             "`detector train`, or remove the key for the shipped weights")
+    for key, what in (("model", "a file written by `detector train`, or remove the key for the shipped weights"),
+                      ("reviews", "a reviewed sites.geojson, or remove the key"),
+                      ("labels", "a labelled sites file, or remove the key")):
+        if key in plain:
+            plain[key] = base / str(plain[key])
+            if not plain[key].is_file():
+                raise InputError(f"{path}: [run] {key} {plain[key]} does not exist: give {what}")
     rule = ScoreRule()
     rule = replace(rule, threshold=options.get("threshold", rule.threshold),
                    pixel_threshold=options.get("pixel_threshold", rule.pixel_threshold))
     try:
-        return RunConfig(before=Path("."), after=Path("."), out=out, sites=path, workers=1, chips=0, rule=rule,
-                         **plain)
+        return RunConfig(before=Path("."), after=Path("."), out=out, sites=path, workers=1, rule=rule, **plain)
     except InputError as exc:
         raise InputError(f"{path}: [run] {exc}") from None
     except TypeError as exc:

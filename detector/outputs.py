@@ -22,6 +22,8 @@ from rasterio.windows import Window
 from detector.errors import OutputExistsError
 
 log = logging.getLogger(__name__)
+RECORDS = ("run.json", "batch.json")  # written last: a record beside the results says they are complete
+
 
 def check_out(out: Path, *, overwrite: bool) -> None:
     """Refuse an ``out`` that is a file, or that holds results while ``overwrite`` is off.
@@ -47,7 +49,7 @@ class Staging:
         self.pending: dict[str, Path] = {}
         out.mkdir(parents=True, exist_ok=True)
         for stale in out.glob(".*.tmp*"):  # left by a run that was killed
-            _remove(stale)
+            remove(stale)
 
     def path(self, name: str) -> Path:
         tmp = self.out / f".{name}.{os.getpid()}.tmp"
@@ -55,8 +57,9 @@ class Staging:
         return tmp
 
     def commit(self) -> None:
-        """Rename every staged file into place, ``run.json`` last (its presence marks a complete set)."""
-        for name in sorted(self.pending, key=lambda n: n == "run.json"):
+        """Rename every staged file into place, the record (``run.json``, ``batch.json``) last: it marks a
+        complete set."""
+        for name in sorted(self.pending, key=lambda n: n in RECORDS):
             tmp, target = self.pending[name], self.out / name
             if tmp.is_dir() and target.is_dir():
                 old = self.out / f".{name}.{os.getpid()}.tmp-old"
@@ -76,10 +79,11 @@ class Staging:
 
     def __exit__(self, *exc: object) -> None:
         for tmp in list(self.pending.values()) + list(self.out.glob(f".*.{os.getpid()}.tmp*")):
-            _remove(tmp)
+            remove(tmp)
 
 
-def _remove(path: Path) -> None:
+def remove(path: Path) -> None:
+    """A file or a folder, if it is there."""
     if path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
     else:

@@ -25,7 +25,7 @@ from rasterio.windows import Window
 from aoi.cells import pixel_size_m
 from detector import __version__, fusion
 from detector.chips import chip_key, write_chips
-from detector.config import RunConfig
+from detector.config import RunConfig, default_model_path
 from detector.errors import InputError
 from detector.imagery import DateSource, Grid, match_bands, open_date, overlap_window, reference_grid
 from detector.outputs import ScoreRaster, Staging, check_out, file_record, write_geojson, write_json
@@ -33,7 +33,7 @@ from detector.report import render
 from detector.reviews import FIELDS as REVIEW_FIELDS
 from detector.reviews import carry_over, labels, read_labels, read_reviews
 from detector.scan import Accumulated, Progress, score_zones
-from detector.scoring import site_table, threshold_for_max_flags, threshold_for_precision
+from detector.scoring import ScoreRule, site_table, threshold_for_max_flags, threshold_for_precision
 from detector.tiling import intersect, union
 from detector.zones import Zones, plan_zones
 
@@ -103,12 +103,17 @@ def run(config: RunConfig, *, progress: Progress | None = None, command: list[st
                             acc.cnn)
         record["threshold"].update(threshold)
         write_json(record, staging.path("run.json"))
-        for style in STYLES:  # QGIS loads a same-named .qml beside a layer on its own
-            staging.path(style).write_bytes((resources.files("detector") / "styles" / style).read_bytes())
+        stage_styles(staging, STYLES)
         user_columns = [c for c in sites.columns if c not in OUR_FIELDS and c != sites.geometry.name]
         staging.path("report.html").write_text(render(sites, record, user_columns), encoding="utf-8")
         staging.commit()
     return record
+
+
+def stage_styles(staging: Staging, names: tuple[str, ...]) -> None:
+    """The QGIS styles: QGIS loads a same-named .qml beside a layer on its own."""
+    for name in names:
+        staging.path(name).write_bytes((resources.files("detector") / "styles" / name).read_bytes())
 
 
 def chosen_for_chips(sites: gpd.GeoDataFrame, top: int) -> np.ndarray:
@@ -150,26 +155,31 @@ def earlier_reviews(config: RunConfig) -> gpd.GeoDataFrame | None:
 
 def apply_budget(config: RunConfig, sites: gpd.GeoDataFrame,
                  labelled: pd.Series | None) -> tuple[gpd.GeoDataFrame, dict[str, Any]]:
-    """Raise the threshold for ``--max-flags`` or ``--target-precision``; re-flag the sites.
+    """Raise the threshold for ``--max-flags`` or ``--target-precision`` (else ``--threshold``); flag the sites
+    again, so flags an earlier budget set do not outlive it.
 
     Returns the sites and what ``run.json`` says of the threshold.
     """
     rule = config.rule
-    if config.max_flags is None and config.target_precision is None:
-        return sites, {"chosen_by": "--threshold"}
     score = sites["score"].to_numpy(dtype=float)
-    eligible = ((sites["status"] != "no_coverage") & (sites["valid_fraction"] >= rule.min_valid)).to_numpy()
+    eligible = (sites["status"] == "ok").to_numpy()  # with data, at least min_valid of it (scoring.site_table)
+    note: dict[str, Any] = {"chosen_by": "--threshold"}
+    value = rule.threshold
     if config.max_flags is not None:
         value = threshold_for_max_flags(score, eligible, config.max_flags, floor=rule.threshold)
-        note: dict[str, Any] = {"chosen_by": f"--max-flags {config.max_flags}"}
-    else:
+        note = {"chosen_by": f"--max-flags {config.max_flags}"}
+    elif config.target_precision is not None:
         value, note = threshold_for_target(config, sites, labelled)
     out = sites.copy()
     out["flagged"] = eligible & (np.nan_to_num(score) >= value)
     out["threshold"] = value
-    rule_text = (f"flagged = score >= {value} and valid_fraction >= {rule.min_valid}; score = {rule.quantile:g} "
-                 f"quantile of the site's pixel scores; a pixel is changed at score >= {rule.pixel_threshold}")
-    return out, {"value": value, "rule": rule_text, **note}
+    return out, {"value": value, "rule": flag_rule(rule, value), **note}
+
+
+def flag_rule(rule: ScoreRule, threshold: float) -> str:
+    """The flagging rule in words, for ``run.json``, ``batch.json`` and the report."""
+    return (f"flagged = score >= {threshold} and valid_fraction >= {rule.min_valid}; score = {rule.quantile:g} "
+            f"quantile of the site's pixel scores; a pixel is changed at score >= {rule.pixel_threshold}")
 
 
 def threshold_for_target(config: RunConfig, sites: gpd.GeoDataFrame,
@@ -195,14 +205,18 @@ def load_model(config: RunConfig, names: tuple[str, ...]) -> LoadedModel | None:
     """The CNN of ``config.model`` (default: the shipped weights), checked against the imagery; None for classical."""
     if config.method == "classical":
         return None
-    from detector import weights
 
-    path = Path(config.model or weights.default_model_path())
+    path = model_path(config)
     stat = path.stat() if path.is_file() else None
     model = _weights(str(path), stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0)
     model.check_bands(names)
     model.check_tile(config.tile_px // config.bin)
     return model
+
+
+def model_path(config: RunConfig) -> Path:
+    """``--model``, else the shipped weights."""
+    return Path(config.model or default_model_path())
 
 
 @functools.lru_cache(maxsize=2)
@@ -294,12 +308,7 @@ def run_record(config: RunConfig, inputs: dict[str, Any], names: tuple[str, ...]
         "mode": "sites" if config.sites is not None else "cells",
         "inputs": inputs,
         "parameters": config.to_json(),
-        "threshold": {
-            "value": config.rule.threshold,
-            "rule": (f"flagged = score >= {config.rule.threshold} and valid_fraction >= {config.rule.min_valid}; "
-                     f"score = {config.rule.quantile:g} quantile of the site's pixel scores; "
-                     f"a pixel is changed at score >= {config.rule.pixel_threshold}"),
-        },
+        "threshold": {"value": config.rule.threshold, "rule": flag_rule(config.rule, config.rule.threshold)},
         "method": config.method,
         "fusion": fusion.RULE if config.method == "fused" else None,
         "model": model.record() if model is not None else None,

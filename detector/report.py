@@ -14,7 +14,7 @@ import geopandas as gpd
 import pandas as pd
 
 SHOWN = ("score", "flagged", "changed_area_m2", "valid_fraction", "status", "shift_px", "shift_corrected",
-         "review_status", "reviewer", "notes")
+         "before_scene", "after_scene", "pairing", "review_status", "reviewer", "notes")  # scenes: batch only
 STYLE = """body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;width:100%}
 td,th{border-bottom:1px solid #ddd;padding:6px;vertical-align:top;text-align:left}

@@ -39,6 +39,13 @@ def read_reviews(path: Path) -> gpd.GeoDataFrame:
         raise InputError(f"{path} has no geometry: give the sites.geojson written by `detector run`")
     if frame.crs is None:
         frame = frame.set_crs(4326)  # GeoJSON's own CRS
+    return review_rows(frame, path)
+
+
+def review_rows(frame: gpd.GeoDataFrame, path: Path) -> gpd.GeoDataFrame:
+    """``site_id``, the review fields (missing ones unreviewed, statuses checked) and geometry of sites read
+    from ``path``."""
+    frame = frame.copy()
     for field in FIELDS:
         if field not in frame.columns:
             frame[field] = "unreviewed" if field == "review_status" else ""
@@ -53,19 +60,21 @@ def read_reviews(path: Path) -> gpd.GeoDataFrame:
     return frame[["site_id", *FIELDS, frame.geometry.name]]
 
 
-def carry_over(sites: gpd.GeoDataFrame, reviews: gpd.GeoDataFrame | None) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
+def carry_over(sites: gpd.GeoDataFrame, reviews: gpd.GeoDataFrame | None, *,
+               every_row: bool = False) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
     """``sites`` with the review fields filled from ``reviews`` by ``site_id``.
 
     A verdict is carried only to the same ground: the old and new outlines
     must overlap by more than half (intersection over union), so a cell id
     that names other ground after a change of ``--cell-m`` does not inherit
     it.  Later reviewed rows of ``reviews`` win over earlier ones; unreviewed
-    rows say nothing and never hide a verdict.  Returns the sites, and the
-    reviewed rows that no site took (kept, not dropped).
+    rows say nothing and never hide a verdict, unless ``every_row`` (each
+    row is a known edit, such as setting a site back to unreviewed).
+    Returns the sites, and the reviewed rows that no site took (kept, not dropped).
     """
     out = sites.copy()
     out["review_status"], out["reviewer"], out["notes"] = "unreviewed", "", ""
-    reviewed = None if reviews is None else reviews[reviews["review_status"] != "unreviewed"]
+    reviewed = reviews if reviews is None or every_row else reviews[reviews["review_status"] != "unreviewed"]
     if reviewed is None or reviewed.empty:
         return out, gpd.GeoDataFrame({"site_id": [], **{f: [] for f in FIELDS}}, geometry=[], crs=4326)
     known = reviewed.to_crs(4326).drop_duplicates("site_id", keep="last").set_index("site_id")
@@ -78,7 +87,7 @@ def carry_over(sites: gpd.GeoDataFrame, reviews: gpd.GeoDataFrame | None) -> tup
     for field in FIELDS:
         out.iloc[take, out.columns.get_loc(field)] = known.loc[ids.iloc[take], field].to_numpy()
     left = known.reset_index()
-    left = left[~left["site_id"].isin(set(ids.iloc[take]))]
+    left = left[~left["site_id"].isin(set(ids.iloc[take])) & (left["review_status"] != "unreviewed")]
     if len(left):
         log.warning("%d reviewed sites are not in this run (or lie elsewhere now); their verdicts are kept in "
                     "reviews-kept.geojson", len(left))

@@ -27,7 +27,7 @@ import pandas as pd
 import pyogrio
 
 from detector.errors import InputError
-from detector.outputs import write_geojson
+from detector.outputs import remove
 from detector.scoring import rank
 
 MANIFEST_FIELDS = ("site_id", "status", "reason", "before_scene", "after_scene", "seconds", "finished_utc")
@@ -58,7 +58,7 @@ class ResultStore:
         self.manifest = out / "manifest.csv"
         out.mkdir(parents=True, exist_ok=True)
         for stale in [*out.glob(".*.tmp*"), *out.glob("change/.*.tmp")]:  # left by a batch that was killed
-            stale.unlink()
+            remove(stale)
         latest = self._read_manifest()
         self.done = {k for k, row in latest.items() if row["status"] == "done"}
         self.failed = {k: row["reason"] for k, row in latest.items() if row["status"] == "failed"}
@@ -149,25 +149,34 @@ class ResultStore:
                     db.execute(f"DELETE FROM {layer} WHERE site_id NOT IN (SELECT site_id FROM done)")
         db.close()
 
-    def finish(self, order: list[str]) -> gpd.GeoDataFrame:
-        """Rank every done site (score, then changed area, then ``order``: the sites' input order),
-        store the ranks, write ``sites.geojson``."""
+    def ranked_sites(self, order: list[str]) -> gpd.GeoDataFrame:
+        """Every done site, ranked by score, then changed area, then ``order`` (the sites' input order)."""
         sites = pyogrio.read_dataframe(self.gpkg, layer="sites")
         position = {site_id: k for k, site_id in enumerate(order)}
         sites = sites.iloc[np.argsort([position.get(s, len(position)) for s in sites["site_id"]], kind="stable")]
         score = pd.to_numeric(sites["score"], errors="coerce").to_numpy(dtype=float)
         changed = np.nan_to_num(pd.to_numeric(sites["changed_area_m2"], errors="coerce").to_numpy(dtype=float))
         sites["rank"] = pd.array(rank(score, changed), dtype="Int64")
+        return sites.sort_values("rank", na_position="last", kind="stable")
+
+    def changes(self) -> gpd.GeoDataFrame:
+        """The change polygons of every done site."""
+        return pyogrio.read_dataframe(self.gpkg, layer="changes")
+
+    def update_sites(self, sites: pd.DataFrame, columns: tuple[str, ...]) -> None:
+        """Set ``columns`` of the stored rows to those of ``sites`` (by site_id), in one transaction."""
+        names = ", ".join(f'"{c}" = ?' for c in columns)
+        rows = [(*(_sql_value(row[c]) for c in columns), str(row["site_id"])) for _, row in sites.iterrows()]
         with sqlite3.connect(self.gpkg) as db:
-            db.executemany("UPDATE sites SET rank = ? WHERE site_id = ?",
-                           [(None if pd.isna(r) else int(r), s) for r, s in zip(sites["rank"], sites["site_id"],
-                                                                                  strict=True)])
+            db.executemany(f"UPDATE sites SET {names} WHERE site_id = ?", rows)
         db.close()
-        sites = sites.sort_values("rank", na_position="last", kind="stable")
-        tmp = self.out / f".sites.geojson.{os.getpid()}.tmp"
-        write_geojson(sites, tmp)
-        os.replace(tmp, self.out / "sites.geojson")
-        return sites
+
+
+def _sql_value(value: object) -> object:
+    """A value SQLite takes: None for NA, Python numbers for numpy ones."""
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return value.item() if isinstance(value, np.generic) else value
 
 
 @contextmanager

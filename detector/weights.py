@@ -18,24 +18,19 @@ import json
 import os
 import warnings
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from detector.config import default_model_path as default_model_path  # torch-free home
 from detector.errors import InputError, MissingFileError, OutputExistsError
 from detector.model import ARCHITECTURES, MODEL_BANDS, build, fuse_batchnorm
 
 FORMAT = "site-change-detector/change-cnn"
 VERSION = 1
 REQUIRED_BANDS = ("blue", "green", "red")
-
-
-def default_model_path() -> Path:
-    """The weights shipped in the package (trained by ``scripts/train_default.py``)."""
-    return Path(str(resources.files("detector") / "weights" / "default.pt"))
 
 
 @dataclass(frozen=True, slots=True)

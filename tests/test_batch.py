@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -93,6 +94,112 @@ def test_finished_batch_runs_nothing_again(small: Path) -> None:
     lines = (small.parent / "results" / "manifest.csv").read_text().splitlines()
     assert lines[:len(before.splitlines())] == before.splitlines() and lines[-1].startswith("far away,failed")
     assert len(sites_of(small.parent / "results")) == 3
+
+
+def test_end_of_batch_writes_the_review_outputs_of_run(small: Path) -> None:
+    out = small.parent / "results"
+    sites = gpd.read_file(out / "sites.geojson").set_index("site_id")
+    stored = sites_of(out).set_index("site_id")
+    for column in ("rank", "flagged", "threshold", "review_status", "chip_before", "chip_after", "chip_change"):
+        assert stored[column].tolist() == sites.loc[stored.index, column].tolist(), column
+    for site in sites.itertuples():  # all three rank in the default top 20: each has its chips
+        for path in (site.chip_before, site.chip_after, site.chip_change):
+            assert path.startswith("chips/") and (out / path).stat().st_size > 0
+    page = (out / "report.html").read_text()
+    assert "compound" in page and "S2_2017-03-02.tif" in page and 'src="chips/' in page
+    assert len(gpd.read_file(out / "changes.geojson")) == len(pyogrio.read_dataframe(out / "sites.gpkg",
+                                                                                       layer="changes"))
+    assert (out / "sites.qml").exists() and (out / "changes.qml").exists()
+    record = json.loads((out / "batch.json").read_text())
+    assert record["method"] == "classical" and record["model"] is None
+    assert record["threshold"]["value"] == 0.5 and record["threshold"]["chosen_by"] == "--threshold"
+
+
+def test_reviews_labels_and_budget_apply_without_scoring_again(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    config = make_catalog(tmp_path)
+    assert batch(config) == 1
+    out = tmp_path / "results"
+    manifest = (out / "manifest.csv").read_text().splitlines()
+    # a reviewer rejects the compound in sites.geojson and confirms "quiet" in sites.gpkg (QGIS edits either)
+    edited = gpd.read_file(out / "sites.geojson")
+    edited.loc[edited["site_id"] == "compound", ["review_status", "reviewer"]] = ["rejected", "ana"]
+    edited.to_file(out / "sites.geojson", driver="GeoJSON")
+    with sqlite3.connect(out / "sites.gpkg") as db:
+        db.execute("UPDATE sites SET review_status = 'Confirmed', notes = 'seen' WHERE site_id = 'quiet'")
+    db.close()
+    config.write_text(config.read_text().replace("[run]\n", "[run]\nmax_flags = 0\nchips = 1\n"))
+    assert batch(config) == 1  # a budget and chips may change: nothing is scored again but the failed site
+    assert json.loads((out / "batch.json").read_text())["counts"]["ran_this_time"] == 1
+    assert (out / "manifest.csv").read_text().splitlines()[:len(manifest)] == manifest
+    for sites in (gpd.read_file(out / "sites.geojson"), sites_of(out)):
+        sites = sites.set_index("site_id")
+        assert (sites.loc["compound", "review_status"], sites.loc["compound", "reviewer"]) == ("rejected", "ana")
+        assert (sites.loc["quiet", "review_status"], sites.loc["quiet", "notes"]) == ("confirmed", "seen")
+        assert not sites["flagged"].any() and (sites["threshold"] > sites["score"]).all()
+        assert sites["chip_before"].notna().sum() == 1  # chips = 1 and nothing flagged: the first ranked only
+    assert len(list((out / "chips").glob("*.png"))) == 3
+    assert json.loads((out / "batch.json").read_text())["threshold"]["chosen_by"] == "--max-flags 0"
+    # labels that the compound changed: the threshold that keeps precision 1 flags it alone
+    labels = gpd.read_file(out / "sites.geojson")[["site_id", "geometry"]]
+    labels["label"] = np.where(labels["site_id"] == "compound", 1, 0)
+    labels.to_file(tmp_path / "labels.geojson", driver="GeoJSON")
+    config.write_text(config.read_text().replace("max_flags = 0", "target_precision = 1.0\nlabels = 'labels.geojson'"))
+    assert batch(config) == 1
+    sites = gpd.read_file(out / "sites.geojson").set_index("site_id")
+    assert sites["flagged"].tolist() == (sites.index == "compound").tolist()
+    # labels the rule cannot meet: one line, exit 2, and the results stay as they were
+    labels["label"] = np.where(labels["site_id"] == "compound", 0, 1)
+    labels.to_file(tmp_path / "labels.geojson", driver="GeoJSON")
+    kept = (out / "sites.geojson").read_bytes()
+    capsys.readouterr()
+    assert batch(config) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no threshold reaches precision 1.0" in err
+    assert (out / "sites.geojson").read_bytes() == kept and not list(out.glob(".*.tmp*"))
+
+
+def set_verdict(out: Path, site_id: str, **fields: str) -> None:
+    """A reviewer's edit of one row of sites.gpkg, as QGIS makes it."""
+    with sqlite3.connect(out / "sites.gpkg") as db:
+        db.execute(f"UPDATE sites SET {', '.join(f'{k} = ?' for k in fields)} WHERE site_id = ?",
+                   [*fields.values(), site_id])
+    db.close()
+
+
+def verdicts(frame: gpd.GeoDataFrame) -> dict[str, tuple[str, str, str]]:
+    return {r.site_id: (r.review_status, r.reviewer or "", r.notes or "") for r in frame.itertuples()}
+
+
+def test_the_latest_edit_in_either_file_wins_and_a_reviews_file_left_in_the_config_undoes_none(
+        tmp_path: Path) -> None:
+    config = make_catalog(tmp_path)
+    assert batch(config) == 1
+    out = tmp_path / "results"
+    old = gpd.read_file(out / "sites.geojson")
+    old.loc[old["site_id"] == "compound", ["review_status", "reviewer"]] = ["rejected", "old"]
+    old.to_file(tmp_path / "old.geojson", driver="GeoJSON")
+    config.write_text(config.read_text().replace("[run]\n", "[run]\nreviews = 'old.geojson'\nmax_flags = 0\n"))
+    assert batch(config) == 1
+    assert verdicts(gpd.read_file(out / "sites.geojson"))["compound"] == ("rejected", "old", "")
+    # the compound confirmed in sites.geojson, a note on a site still unreviewed in sites.gpkg; no budget now
+    edited = gpd.read_file(out / "sites.geojson")
+    edited.loc[edited["site_id"] == "compound", ["review_status", "reviewer"]] = ["confirmed", "ana"]
+    edited.to_file(out / "sites.geojson", driver="GeoJSON")
+    set_verdict(out, "quiet", notes="road works")
+    config.write_text(config.read_text().replace("max_flags = 0\n", ""))
+    assert batch(config) == 1
+    for frame in (gpd.read_file(out / "sites.geojson"), sites_of(out)):
+        seen = verdicts(frame)
+        assert seen["compound"] == ("confirmed", "ana", "") and seen["quiet"] == ("unreviewed", "", "road works")
+        flags = frame.set_index("site_id")
+        assert flags["flagged"].to_dict() == (flags["score"] >= 0.5).to_dict()  # the budget's flags are gone
+        assert (flags["threshold"] == 0.5).all()
+    # set back to unreviewed in sites.gpkg: an edit too, in both files after the next end
+    set_verdict(out, "compound", review_status="unreviewed", reviewer="", notes="")
+    assert batch(config) == 1
+    for frame in (gpd.read_file(out / "sites.geojson"), sites_of(out)):
+        assert verdicts(frame)["compound"] == ("unreviewed", "", "")
 
 
 def test_store_recovers_from_a_kill_between_writes(tmp_path: Path) -> None:
@@ -193,7 +300,9 @@ def test_stac_item_collection_catalog_gives_the_folders_results(small: Path, tmp
     ("[sites]\npaths=['s.geojson']\n[imagery]\ncatalog='c'\n[dates]\nbefore=['2017-01-01']\n"
      "after=['2018-01-01','2018-06-30']\n[output]\ndir='o'\n", "[dates] before is ['2017-01-01']: give two dates"),
     ("[sites]\npaths=['s.geojson']\n[imagery]\ncatalog='c'\n[dates]\nbefore=['2017-01-01','2017-06-30']\n"
-     "after=['2018-01-01','2018-06-30']\n[output]\ndir='o'\n[run]\nmax_flags=5\n", "batch does not take"),
+     "after=['2018-01-01','2018-06-30']\n[output]\ndir='o'\n[run]\noverwrite=true\n", "does not apply to a batch"),
+    ("[sites]\npaths=['s.geojson']\n[imagery]\ncatalog='c'\n[dates]\nbefore=['2017-01-01','2017-06-30']\n"
+     "after=['2018-01-01','2018-06-30']\n[output]\ndir='o'\n[run]\nreviews='r.geojson'\n", "[run] reviews"),
     ("[sites]\npaths=['s.geojson']\n[imagery]\ncatalog='c'\n[dates]\nbefore=['2017-01-01','2017-06-30']\n"
      "after=['2018-01-01','2018-06-30']\n[output]\ndir='o'\n[run]\nmethod='best'\n", "--method is 'best'"),
     ("[sites\n", "is not valid TOML"),
@@ -242,3 +351,6 @@ dir = "results"
     # no cloud masks: the pair nearest in season wins among the 4 x 2 dated frames in the windows
     assert (first["before_scene"], first["after_scene"]) == ("2017-06-10.tif", "2018-07-23.tif")
     assert "user_Notes" in sites.columns  # ASPI's Notes kept beside our notes field
+    for kind in ("before", "after", "change"):  # chips of the real frames, and the page that shows them
+        assert (tmp_path / "results" / first[f"chip_{kind}"]).stat().st_size > 1000
+    assert "Dabancheng Facility #1" in (tmp_path / "results" / "report.html").read_text()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
+import numpy as np
 import pandas as pd
 
 from detector import fusion
@@ -78,7 +79,7 @@ def finish_sites(config: BatchConfig, store: ResultStore, order: list[str], scen
     """
     run = config.run
     stored = store.ranked_sites(order)
-    edits, given_sha = verdict_edits(config, review_rows(stored, store.gpkg), previous_state(config.out))
+    edits, given = verdict_edits(config, review_rows(stored, store.gpkg), previous_state(config.out))
     sites, kept = carry_over(stored, edits, every_row=True)
     sites, threshold = apply_budget(run, sites, read_labels(run.labels) if run.labels else None)
     changes = store.changes()
@@ -90,9 +91,7 @@ def finish_sites(config: BatchConfig, store: ResultStore, order: list[str], scen
     if len(kept) or (config.out / KEPT).exists():  # an old one must not outlive its verdicts
         write_geojson(kept, staging.path(KEPT))
     stage_styles(staging, STYLES)
-    verdicts = {str(site_id): list(verdict) for site_id, *verdict in sites[list(VERDICT)].itertuples(index=False)
-                if tuple(verdict) != UNREVIEWED}
-    return Finished(sites, threshold, {"verdicts": verdicts, "reviews_sha256": given_sha})
+    return Finished(sites, threshold, {"verdicts": verdicts_of(sites), "given": given})
 
 
 def previous_state(out: Path) -> dict[str, Any]:
@@ -102,30 +101,49 @@ def previous_state(out: Path) -> dict[str, Any]:
 
 
 def verdict_edits(config: BatchConfig, own: gpd.GeoDataFrame,
-                  state: dict[str, Any]) -> tuple[gpd.GeoDataFrame, str | None]:
-    """Verdict rows to carry over, later ones winning, and the SHA-256 of ``[run] reviews``.
+                  state: dict[str, Any]) -> tuple[gpd.GeoDataFrame, dict[str, list[str]]]:
+    """Verdict rows to carry over, later ones winning, and the verdicts ``[run] reviews`` holds now.
 
     At the first end of a batch every reviewed row counts, in this order: the
     stored rows (``own``), ``reviews-kept.geojson``, ``sites.geojson``,
     ``[run] reviews``.  Later, only what changed since the last end does, so
-    an edit in either file wins and a file that stays in the configuration
-    does not undo it: each site's verdict as last written; kept rows of sites
-    not written; ``[run] reviews`` if the file changed; then the rows of
-    ``sites.gpkg`` and ``sites.geojson`` whose verdict differs from what was
-    written (an edit, even back to unreviewed, or a note).
+    the latest edit wins and a file that stays in the configuration undoes
+    nothing: each site's verdict as last written; kept rows of sites not
+    written; then the rows of ``[run] reviews``, ``sites.gpkg`` and
+    ``sites.geojson`` whose verdict differs from what that file said at the
+    last end (an edit, even back to unreviewed, or a note).  A site edited
+    differently in both files since then takes ``sites.geojson``'s verdict,
+    with a warning.
     """
     out, given_path = config.out, config.run.reviews
-    kept, published, given = (read_reviews(p) if p is not None and p.is_file() else own.iloc[:0]
-                              for p in (out / KEPT, out / "sites.geojson", given_path))
-    sha = file_record(given_path)["sha256"] if given_path is not None else None
+    kept, given, published = (read_reviews(p) if p is not None and p.is_file() else own.iloc[:0]
+                              for p in (out / KEPT, given_path, out / "sites.geojson"))
     if "verdicts" not in state:
-        frames = [reviewed(f) for f in (own, kept, published, given)]
+        frames = [reviewed(f) for f in (own, kept, published, given)]  # as `run` orders them
     else:
         written = {k: tuple(v) for k, v in state["verdicts"].items()}
-        changed = given if sha != state.get("reviews_sha256") else given.iloc[:0]
+        said = {k: tuple(v) for k, v in (state.get("given") or {}).items()}
         frames = [as_written(own, written), reviewed(kept[~kept["site_id"].isin(written.keys())]),
-                  reviewed(changed), edited(own, written), edited(published, written)]
-    return gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), geometry=own.geometry.name, crs=4326), sha
+                  edited(given, said), edited(own, written), edited(published, written)]
+        warn_conflicts(frames[3], frames[4])
+    edits = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), geometry=own.geometry.name, crs=4326)
+    return edits, verdicts_of(given)
+
+
+def verdicts_of(frame: pd.DataFrame) -> dict[str, list[str]]:
+    """Each site's verdict, where it is not the default (unreviewed, no reviewer, no notes)."""
+    return {str(site_id): list(verdict) for site_id, *verdict in frame[list(VERDICT)].itertuples(index=False)
+            if tuple(verdict) != UNREVIEWED}
+
+
+def warn_conflicts(in_gpkg: gpd.GeoDataFrame, in_geojson: gpd.GeoDataFrame) -> None:
+    both = in_gpkg.merge(pd.DataFrame(in_geojson[list(VERDICT)]), on="site_id", suffixes=("", "_json"))
+    differ = np.zeros(len(both), dtype=bool)
+    for field in VERDICT[1:]:
+        differ |= (both[field] != both[f"{field}_json"]).to_numpy()
+    for site_id in both["site_id"][differ]:
+        log.warning("site %s was reviewed differently in sites.gpkg and sites.geojson since the last run; "
+                    "the verdict of sites.geojson is kept", site_id)
 
 
 def reviewed(frame: gpd.GeoDataFrame) -> gpd.GeoDataFrame:

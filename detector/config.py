@@ -96,10 +96,11 @@ class RunConfig:
 # Options of ``detector run`` that a batch takes in its ``[run]`` table (the
 # others, dates, output and workers, the batch sets itself).  Those of
 # FINISH_KEYS act only when the batch ends (verdicts, budget, chips): they may
-# change between runs of one batch, since no site needs scoring again for them.
-FINISH_KEYS = ("reviews", "labels", "max_flags", "target_precision", "chips")
+# change between runs of one batch, since no site needs scoring again for them
+# (the end of a batch flags every site again).
+FINISH_KEYS = ("reviews", "labels", "max_flags", "target_precision", "chips", "threshold")
 BATCH_RUN_KEYS = ("buffer_m", "id_col", "lon_col", "lat_col", "tile_px", "margin_px", "max_shift_px", "min_peak",
-                  "min_area_m2", "bin", "method", "model", "threshold", "pixel_threshold", *FINISH_KEYS)
+                  "min_area_m2", "bin", "method", "model", "pixel_threshold", *FINISH_KEYS)
 BATCH_TABLES: dict[str, dict[str, type | tuple[type, ...]]] = {
     "sites": {"paths": list},
     "imagery": {"catalog": str, "max_cloud": (int, float), "min_valid": (int, float)},

@@ -113,7 +113,9 @@ def _read_sites_file(path: Path, role: str) -> gpd.GeoDataFrame:
     if not Path(path).is_file():
         raise MissingFileError(f"{role} file {path} does not exist: give a sites.geojson written by `detector run`")
     try:
-        frame = gpd.read_file(path)
+        # GDAL's GeoJSON reader makes a text column of dates (notes) a datetime one unless told not to
+        options = {"DATE_AS_STRING": "YES"} if Path(path).suffix.lower() in (".geojson", ".json") else {}
+        frame = gpd.read_file(path, **options)
     except Exception as exc:
         raise InputError(f"{path} cannot be read as a vector file ({str(exc).splitlines()[0][:80]})") from None
     if len(frame) and "site_id" not in frame.columns:

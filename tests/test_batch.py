@@ -200,6 +200,19 @@ def test_the_latest_edit_in_either_file_wins_and_a_reviews_file_left_in_the_conf
     assert batch(config) == 1
     for frame in (gpd.read_file(out / "sites.geojson"), sites_of(out)):
         assert verdicts(frame)["compound"] == ("unreviewed", "", "")
+    # the reviews file gains a verdict on another site: only that row is new, the compound stays unreviewed
+    old.loc[old["site_id"] == "green field", ["review_status", "reviewer"]] = ["unsure", "old"]
+    old.to_file(tmp_path / "old.geojson", driver="GeoJSON")
+    assert batch(config) == 1
+    seen = verdicts(gpd.read_file(out / "sites.geojson"))
+    assert seen["compound"] == ("unreviewed", "", "") and seen["green field"] == ("unsure", "old", "")
+    # edited differently in both files since the last end: sites.geojson's verdict is kept (with a warning)
+    set_verdict(out, "green field", review_status="confirmed")
+    edited = gpd.read_file(out / "sites.geojson")
+    edited.loc[edited["site_id"] == "green field", "review_status"] = "rejected"
+    edited.to_file(out / "sites.geojson", driver="GeoJSON")
+    assert batch(config) == 1
+    assert verdicts(sites_of(out))["green field"] == ("rejected", "old", "")
 
 
 def test_store_recovers_from_a_kill_between_writes(tmp_path: Path) -> None:

@@ -134,3 +134,17 @@ def test_train_on_reviews_fine_tunes_the_current_weights(scene: Scene, tmp_path:
     card = weights.load(model).card
     assert card["trained_on"] and all(name.startswith("run/") for name in card["trained_on"])
     assert str(weights.default_model_path()) in json.dumps(card["settings"]["init"])
+
+
+def test_notes_that_look_like_dates_are_read_back_as_written(tmp_path: Path) -> None:
+    """GDAL reads a GeoJSON text column of dates as datetimes unless told not to."""
+    from shapely.geometry import box
+
+    from detector.reviews import read_reviews
+
+    notes = ["2024-05-01 10:30", "2024-05-02"]
+    frame = gpd.GeoDataFrame({"site_id": ["a", "b"], "review_status": ["confirmed", "unreviewed"],
+                              "reviewer": ["ana", ""], "notes": notes},
+                             geometry=[box(0, 0, 1, 1), box(1, 1, 2, 2)], crs=4326)
+    frame.to_file(tmp_path / "sites.geojson", driver="GeoJSON")
+    assert read_reviews(tmp_path / "sites.geojson")["notes"].tolist() == notes

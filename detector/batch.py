@@ -27,14 +27,14 @@ import pandas as pd
 
 import aoi
 from detector import __version__, executors
-from detector.batch_finish import FINISHED, Finished, check_finish_inputs, finish_record, finish_sites, user_columns
+from detector.batch_finish import FINISHED, Finished, check_finish_inputs, finish_record, finish_sites
 from detector.catalog import Scene, read_catalog, site_cover
 from detector.config import BatchConfig, scoring_part
 from detector.errors import DetectorError, InputError, first_line
 from detector.imagery import match_bands, overlap_window, reference_grid
 from detector.outputs import ScoreRaster, Staging, write_json
 from detector.pairing import Candidates, PairingRule, choose_pair, covering, in_windows, no_pair_reason, ordinal
-from detector.pipeline import OUR_FIELDS, load_model, results, versions, with_chip_paths
+from detector.pipeline import OUR_FIELDS, load_model, results, user_columns, versions, with_chip_paths
 from detector.report import render
 from detector.reviews import carry_over
 from detector.scan import score_zones

@@ -31,7 +31,6 @@ from detector.imagery import match_bands, reference_grid
 from detector.outputs import Staging, file_record, write_geojson
 from detector.pipeline import (
     KEPT,
-    OUR_FIELDS,
     apply_budget,
     chosen_for_chips,
     earlier_reviews,
@@ -207,9 +206,3 @@ def finish_record(config: BatchConfig, threshold: dict[str, Any] | None) -> dict
         "threshold": threshold or {"value": run.rule.threshold, "rule": flag_rule(run.rule, run.rule.threshold),
                                    "chosen_by": "--threshold"},
     }
-
-
-def user_columns(sites: gpd.GeoDataFrame, pair_fields: tuple[str, ...]) -> list[str]:
-    """The columns that came with the user's sites."""
-    ours = {*OUR_FIELDS, *pair_fields, sites.geometry.name}
-    return [c for c in sites.columns if c not in ours]

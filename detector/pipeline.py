@@ -104,10 +104,15 @@ def run(config: RunConfig, *, progress: Progress | None = None, command: list[st
         record["threshold"].update(threshold)
         write_json(record, staging.path("run.json"))
         stage_styles(staging, STYLES)
-        user_columns = [c for c in sites.columns if c not in OUR_FIELDS and c != sites.geometry.name]
-        staging.path("report.html").write_text(render(sites, record, user_columns), encoding="utf-8")
+        staging.path("report.html").write_text(render(sites, record, user_columns(sites)), encoding="utf-8")
         staging.commit()
     return record
+
+
+def user_columns(sites: gpd.GeoDataFrame, more_fields: tuple[str, ...] = ()) -> list[str]:
+    """The columns that came with the user's sites: not ours (nor ``more_fields``), not the geometry."""
+    ours = {*OUR_FIELDS, *more_fields, sites.geometry.name}
+    return [c for c in sites.columns if c not in ours]
 
 
 def stage_styles(staging: Staging, names: tuple[str, ...]) -> None:

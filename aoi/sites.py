@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from detector.errors import InputError, MissingFileError
+from detector.errors import InputError, MissingFileError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +60,26 @@ def read_sites(
     return frame.reset_index(drop=True)
 
 
+def read_site_files(paths: list[Path], *, buffer_m: float = 500.0, id_col: str | None = None,
+                    lon_col: str | None = None, lat_col: str | None = None) -> gpd.GeoDataFrame:
+    """Every site of every file (:func:`read_sites`), one frame; ids must be unique across the files."""
+    frames = [read_sites(p, buffer_m=buffer_m, id_col=id_col, lon_col=lon_col, lat_col=lat_col) for p in paths]
+    for frame in frames:
+        frame["site_id"] = frame["site_id"].astype(str)
+    sites = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=4326)
+    repeated = sites["site_id"][sites["site_id"].duplicated()].unique()
+    if len(repeated):
+        raise InputError(f"site ids repeat across {[str(p) for p in paths]}: {list(repeated[:5])}; "
+                         "give unique ids (or name a unique column as the id: --id-col, [run] id_col)")
+    return sites
+
+
 def _read_vector(path: Path) -> gpd.GeoDataFrame:
     try:
         frame = gpd.read_file(path)
     except Exception as exc:  # pyogrio raises several unrelated types
         raise InputError(
-            f"{path} is not a vector file GDAL can read ({_first_line(exc)}): "
+            f"{path} is not a vector file GDAL can read ({first_line(exc, limit=1000)}): "
             "give GeoJSON, GeoPackage, Shapefile, KML or a CSV with lon/lat columns"
         ) from None
     if not isinstance(frame, gpd.GeoDataFrame) or frame.geometry.name not in frame:
@@ -80,7 +94,7 @@ def _read_csv(path: Path, lon_col: str | None, lat_col: str | None) -> gpd.GeoDa
         table = pd.read_csv(path)
     except Exception as exc:
         raise InputError(
-            f"{path} is not a readable CSV ({_first_line(exc)}): save it as comma-separated UTF-8"
+            f"{path} is not a readable CSV ({first_line(exc, limit=1000)}): save it as comma-separated UTF-8"
         ) from None
     lon = lon_col or _find_column(table.columns, LON_NAMES)
     lat = lat_col or _find_column(table.columns, LAT_NAMES)
@@ -187,7 +201,3 @@ def geometry_ids(geoms: np.ndarray) -> list[str]:
         seen[i] = seen.get(i, 0) + 1
         out.append(i if seen[i] == 1 else f"{i}-{seen[i]}")
     return out
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

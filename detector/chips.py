@@ -25,12 +25,12 @@ import numpy as np
 import rasterio
 from PIL import Image
 from rasterio import features
-from rasterio.windows import Window, from_bounds
+from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from detector.change import normalize
 from detector.imagery import DateReader, DateSource, Grid
-from detector.tiling import intersect
+from detector.tiling import bounds_window, pad
 
 MARGIN = 0.15  # context around the site, as a share of its size
 SIZE = 512  # longest side of a chip at most, in pixels
@@ -155,16 +155,14 @@ def _write_part(jobs: list, polygons: gpd.GeoDataFrame, dates: tuple[DateSource,
 
 def site_window(bounds: tuple[float, float, float, float], grid: Grid) -> Window | None:
     """The site's bounding box with ``MARGIN`` of context, on the grid."""
-    w = from_bounds(*bounds, transform=grid.transform).round_offsets().round_lengths()
-    pad = int(max(w.width, w.height) * MARGIN) + 2
-    return intersect(Window(w.col_off - pad, w.row_off - pad, w.width + 2 * pad, w.height + 2 * pad),
-                     Window(0, 0, grid.width, grid.height))
+    w = bounds_window(bounds, grid.transform)
+    return pad(w, int(max(w.width, w.height) * MARGIN) + 2, within=Window(0, 0, grid.width, grid.height))
 
 
 def read_scores(src: rasterio.DatasetReader, window: Window, grid: Grid) -> np.ndarray:
     """The change raster over a window of the grid, NaN where it has none."""
     bounds = rasterio.windows.bounds(window, grid.transform)
-    own = from_bounds(*bounds, transform=src.transform).round_offsets().round_lengths()
+    own = bounds_window(bounds, src.transform)
     inside = (own.col_off >= 0 and own.row_off >= 0 and own.col_off + own.width <= src.width
               and own.row_off + own.height <= src.height)
     data = src.read(1, window=own) if inside else src.read(1, window=own, boundless=True, fill_value=np.nan)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 import os
 import sys
@@ -12,13 +11,12 @@ from typing import TYPE_CHECKING
 
 from detector import __version__
 from detector.errors import DetectorError
+from detector.memory import keep_freed_memory
+from detector.methods import DEFAULT as DEFAULT_METHOD
+from detector.methods import NAMES as METHOD_NAMES
 
 if TYPE_CHECKING:
-    from detector.batch import BatchStatus
-
-log = logging.getLogger("detector")
-
-M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3  # glibc mallopt parameters
+    from detector.batch.run import BatchStatus
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--bin", type=int, default=2,
                      help="score on blocks of BIN x BIN pixels, repeated back onto the grid (2; 1 = full resolution)")
     run.add_argument("--workers", type=int, default=0, help="scoring threads (default: one per core)")
-    run.add_argument("--method", choices=("classical", "cnn", "fused"), default="fused",
+    run.add_argument("--method", choices=METHOD_NAMES, default=DEFAULT_METHOD,
                      help="score: classical evidence, the CNN, or both fused (default fused; see README)")
     run.add_argument("--model", type=Path, help="model file from `detector train` (default: the shipped weights)")
     run.add_argument("--reviews", type=Path,
@@ -133,15 +131,15 @@ def run_command(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def train_command(args: argparse.Namespace, argv: list[str]) -> int:
-    from detector import weights
     from detector.errors import InputError, OutputExistsError
+    from detector.methods import default_model_path
     from training.train import TrainConfig, train
 
     if args.out.exists() and not args.overwrite:
         raise OutputExistsError(f"{args.out} already exists: pass --overwrite or choose another --out")
     if not args.data and not args.reviews:
         raise InputError("nothing to train on: give --data folders or --reviews files")
-    init = args.init or (weights.default_model_path() if args.reviews else None)
+    init = args.init or (default_model_path() if args.reviews else None)
     config = TrainConfig(data=(*args.data, *args.reviews), out=args.out, architecture=args.architecture,
                          tile_px=args.tile_px,
                          batch=args.batch, epochs=args.epochs, steps_per_epoch=args.steps, lr=args.lr,
@@ -169,20 +167,19 @@ def evaluate_command(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def detect_command(args: argparse.Namespace, argv: list[str]) -> int:
-    from dataclasses import replace
-
-    from detector.config import RunConfig
+    from detector.config import ReviewOptions, RunConfig, ScanOptions, SiteOptions
     from detector.pipeline import run
     from detector.scoring import ScoreRule
 
     config = RunConfig(
-        before=args.before, after=args.after, out=args.out, sites=args.sites, buffer_m=args.buffer_m,
-        cell_m=args.cell_m, overwrite=args.overwrite, id_col=args.id_col, lon_col=args.lon_col,
-        lat_col=args.lat_col, before_date=args.before_date, after_date=args.after_date,
-        tile_px=args.tile_px, max_shift_px=args.max_shift_px, min_area_m2=args.min_area_m2, bin=args.bin,
-        workers=args.workers, method=args.method, model=args.model, reviews=args.reviews, labels=args.labels,
-        max_flags=args.max_flags, target_precision=args.target_precision, chips=args.chips,
-        rule=replace(ScoreRule(), threshold=args.threshold, pixel_threshold=args.pixel_threshold),
+        before=args.before, after=args.after, out=args.out, sites=args.sites, cell_m=args.cell_m,
+        overwrite=args.overwrite, before_date=args.before_date, after_date=args.after_date, workers=args.workers,
+        site=SiteOptions(buffer_m=args.buffer_m, id_col=args.id_col, lon_col=args.lon_col, lat_col=args.lat_col),
+        scan=ScanOptions(tile_px=args.tile_px, max_shift_px=args.max_shift_px, min_area_m2=args.min_area_m2,
+                         bin=args.bin, method=args.method, model=args.model,
+                         rule=ScoreRule(threshold=args.threshold, pixel_threshold=args.pixel_threshold)),
+        review=ReviewOptions(reviews=args.reviews, labels=args.labels, max_flags=args.max_flags,
+                             target_precision=args.target_precision, chips=args.chips),
     )
     record = run(config, progress=None if args.quiet else _progress, command=["detector", *argv])
     if not args.quiet:
@@ -195,8 +192,8 @@ def detect_command(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def batch_command(args: argparse.Namespace, argv: list[str]) -> int:
-    from detector.batch import run_batch
-    from detector.config import read_batch_config
+    from detector.batch.config import read_batch_config
+    from detector.batch.run import run_batch
     from detector.errors import InputError
 
     if args.workers < 0:
@@ -221,8 +218,8 @@ def batch_command(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def fetch_command(args: argparse.Namespace, argv: list[str]) -> int:
-    from detector.config import read_batch_config
-    from detector.fetch import DEFAULT_BANDS, fetch
+    from detector.batch.config import read_batch_config
+    from detector.batch.fetch import DEFAULT_BANDS, fetch
 
     config = read_batch_config(args.config)
     counts = fetch(config, args.stac, collections=args.collections, bands=tuple(args.bands or DEFAULT_BANDS),
@@ -252,23 +249,6 @@ def _duration(seconds: float) -> str:
     minutes, secs = divmod(int(round(seconds)), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
-
-
-def keep_freed_memory() -> None:
-    """Ask glibc to keep freed memory for reuse instead of unmapping it.
-
-    The kernels allocate arrays of a few MB per tile batch; by default glibc
-    maps each one afresh and every page then faults on first touch, which on
-    these virtual machines costs more than the arithmetic (see
-    ``../shared/PERFORMANCE.md``).  A no-op where the C library is not glibc.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)
-    libc.mallopt(M_TRIM_THRESHOLD, 512 * 2**20)
-    libc.mallopt(M_TOP_PAD, 256 * 2**20)
 
 
 def _epoch_line(epoch: int, row: dict) -> None:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-METHODS = ("classical", "cnn", "fused")
 SUPPORT_M = 15.0
 RULE = ("fused = sqrt(classical * cnn_near) per pixel, cnn_near = the CNN probability's maximum within 15 m; "
         "CNN skipped (fused = 0) on tiles with no classical score >= min(pixel_threshold, threshold)**2")

@@ -10,7 +10,6 @@ own grid differs, one window at a time: memory never grows with the scene.
 
 from __future__ import annotations
 
-import logging
 import re
 import warnings
 from contextlib import ExitStack
@@ -29,8 +28,6 @@ from rasterio.windows import Window, from_bounds
 
 from detector.errors import InputError, MissingFileError, first_line
 from detector.tiling import intersect
-
-log = logging.getLogger(__name__)
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".img", ".vrt")
 SENTINEL2 = {

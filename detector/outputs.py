@@ -1,15 +1,11 @@
 """Write results: every file goes to a temporary name in the output folder and
-is renamed into place only when all of them are complete."""
+is renamed into place only when all of them are complete (:class:`Staging`);
+the GeoJSON writer and the change raster."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
 import os
-import shutil
 from pathlib import Path
-from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -20,8 +16,8 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from detector.errors import OutputExistsError
+from detector.files import TMP_GLOB, remove, temporary_name
 
-log = logging.getLogger(__name__)
 RECORDS = ("run.json", "batch.json")  # written last: a record beside the results says they are complete
 
 
@@ -48,11 +44,11 @@ class Staging:
         self.out = out
         self.pending: dict[str, Path] = {}
         out.mkdir(parents=True, exist_ok=True)
-        for stale in out.glob(".*.tmp*"):  # left by a run that was killed
+        for stale in out.glob(TMP_GLOB):  # left by a run that was killed
             remove(stale)
 
     def path(self, name: str) -> Path:
-        tmp = self.out / f".{name}.{os.getpid()}.tmp"
+        tmp = temporary_name(self.out / name)
         self.pending[name] = tmp
         return tmp
 
@@ -62,14 +58,14 @@ class Staging:
         for name in sorted(self.pending, key=lambda n: n in RECORDS):
             tmp, target = self.pending[name], self.out / name
             if tmp.is_dir() and target.is_dir():
-                old = self.out / f".{name}.{os.getpid()}.tmp-old"
+                old = temporary_name(self.out / name, suffix="-old")
                 os.replace(target, old)
                 try:
                     os.replace(tmp, target)
                 except OSError:
                     os.replace(old, target)
                     raise
-                shutil.rmtree(old, ignore_errors=True)
+                remove(old)
             else:
                 os.replace(tmp, target)
         self.pending.clear()
@@ -80,14 +76,6 @@ class Staging:
     def __exit__(self, *exc: object) -> None:
         for tmp in list(self.pending.values()) + list(self.out.glob(f".*.{os.getpid()}.tmp*")):
             remove(tmp)
-
-
-def remove(path: Path) -> None:
-    """A file or a folder, if it is there."""
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
 
 
 def write_geojson(frame: gpd.GeoDataFrame, path: Path) -> None:
@@ -144,22 +132,3 @@ def overview_factors(size: int, *, block: int) -> list[int]:
     return factors
 
 
-def write_json(data: dict[str, Any], path: Path) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=_plain) + "\n", encoding="utf-8")
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, (np.integer, np.floating, np.bool_)):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
-
-
-def file_record(path: Path) -> dict[str, Any]:
-    """Path, size and SHA-256 of an input file."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return {"path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": digest.hexdigest()}

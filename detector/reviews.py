@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from detector.errors import InputError, MissingFileError
+from detector.errors import InputError, MissingFileError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def _read_sites_file(path: Path, role: str) -> gpd.GeoDataFrame:
         options = {"DATE_AS_STRING": "YES"} if Path(path).suffix.lower() in (".geojson", ".json") else {}
         frame = gpd.read_file(path, **options)
     except Exception as exc:
-        raise InputError(f"{path} cannot be read as a vector file ({str(exc).splitlines()[0][:80]})") from None
+        raise InputError(f"{path} cannot be read as a vector file ({first_line(exc, limit=80)})") from None
     if len(frame) and "site_id" not in frame.columns:
         raise InputError(f"{path} has no site_id column: give a sites.geojson written by `detector run`")
     return frame

@@ -24,8 +24,9 @@ from aoi.cells import pixel_size_m
 from detector import fusion
 from detector.binning import bin_any, bin_mean, unbin
 from detector.change import score_tiles
-from detector.config import RunConfig
+from detector.config import ScanOptions
 from detector.imagery import DateReader, DateSource, Grid
+from detector.methods import METHODS
 from detector.outputs import ScoreRaster
 from detector.scoring import BINS, change_components, zone_histograms
 from detector.tiling import Batch, Unit
@@ -71,24 +72,24 @@ class UnitResult:
 class BatchScorer:
     """Scores batches of tiles already read; safe to call from several threads.
 
-    The kernels run on tiles block-averaged by ``config.bin``; their scores are
+    The kernels run on tiles block-averaged by ``scan.bin``; their scores are
     repeated back onto the analysis grid, where zones, areas, polygons and the
     change raster are measured.  Shifts are reported in grid pixels.
     """
 
-    def __init__(self, config: RunConfig, names: tuple[str, ...], grid: Grid, zones: Zones,
+    def __init__(self, scan: ScanOptions, names: tuple[str, ...], grid: Grid, zones: Zones,
                  model: LoadedModel | None = None) -> None:
-        self.config, self.names, self.grid, self.zones, self.model = config, names, grid, zones, model
+        self.scan, self.names, self.grid, self.zones, self.model = scan, names, grid, zones, model
         lon, lat = centre_lonlat(grid, Window(0, 0, grid.width, grid.height))
         self.pixel_m = float(np.mean(pixel_size_m(grid.crs, grid.transform, lon, lat)))
 
     def __call__(self, batch: Batch, before: Raw, after: Raw) -> list[UnitResult]:
-        factor = self.config.bin
+        factor = self.scan.bin
         first = cut_tiles(*before, batch, factor=factor)
         tiles = score_tiles(first, cut_tiles(*after, batch, factor=factor),
                             self.names, pixel_m=self.pixel_m * factor,
-                            max_shift_px=self.config.max_shift_px / factor, min_peak=self.config.min_peak,
-                            params=self.config.params)
+                            max_shift_px=self.scan.max_shift_px / factor, min_peak=self.scan.min_peak,
+                            params=self.scan.params)
         score, cnn = self.method_score(tiles.score, first, tiles.after, pixel_m=self.pixel_m * factor)
         return [self.unit_result(unit, score[i], tiles.shift[i] * factor, float(tiles.peak[i]),
                                  bool(tiles.applied[i]), bool(cnn[i]))
@@ -96,39 +97,35 @@ class BatchScorer:
 
     def method_score(self, classical: np.ndarray, before: np.ndarray, after: np.ndarray, *,
                      pixel_m: float) -> tuple[np.ndarray, np.ndarray]:
-        """The score of ``config.method`` from the classical score and the (registered) tiles.
+        """The score of ``scan.method`` from the classical score and the (registered) tiles.
 
         Shapes: classical (N, H, W); before, after (N, C, H, W).  Returns the
-        score (N, H, W) and which tiles the CNN ran on (N,).  See :mod:`detector.fusion`.
+        score (N, H, W) and which tiles the CNN ran on (N,).  See :mod:`detector.methods`.
         """
-        method = self.config.method
-        if method == "classical":
-            return classical, np.zeros(len(classical), bool)
-        if self.model is None:
-            raise ValueError(f"method {method} needs a model")
-        from detector.model import adapt, predict
-
-        pick = (np.ones(len(classical), bool) if method == "cnn"
-                else fusion.candidates(classical, threshold=min(self.config.rule.pixel_threshold,
-                                                                self.config.rule.threshold)))
+        method = METHODS[self.scan.method]
+        rule = self.scan.rule
+        pick = method.cnn_tiles(classical, min(rule.pixel_threshold, rule.threshold))
         cnn = np.zeros_like(classical)
         if pick.any():
+            if self.model is None:
+                raise ValueError(f"method {method.name} needs a model")
+            from detector.model import adapt, predict
+
             cnn[pick] = predict(self.model.network, adapt(before[pick], after[pick], self.names))
         cnn[np.isnan(classical)] = np.nan
-        score = cnn if method == "cnn" else fusion.fuse(classical, cnn, reach=fusion.reach_px(pixel_m))
-        return score, pick
+        return method.combine(classical, cnn, fusion.reach_px(pixel_m)), pick
 
     def unit_result(self, unit: Unit, tile_score: np.ndarray, shift: np.ndarray, peak: float,
                     applied: bool, cnn: bool) -> UnitResult:
         r = int(unit.core.row_off - unit.read.row_off)
         c = int(unit.core.col_off - unit.read.col_off)
-        full = unbin(tile_score, self.config.bin, (int(unit.read.height), int(unit.read.width)))
+        full = unbin(tile_score, self.scan.bin, (int(unit.read.height), int(unit.read.width)))
         score = full[r:r + int(unit.core.height), c:c + int(unit.core.width)]
         transform = window_transform(unit.core, self.grid.transform)
         labels = self.zones.labels(unit.zones, unit.core, transform)
         hist = zone_histograms(score, labels, len(unit.zones))
         polygons = change_polygons(score, labels, unit.zones, transform,
-                                   pixel_threshold=self.config.rule.pixel_threshold)
+                                   pixel_threshold=self.scan.rule.pixel_threshold)
         return UnitResult(unit, hist, shift, peak, applied, polygons,
                           np.where(labels > 0, score, np.float32(np.nan)), cnn)
 
@@ -203,15 +200,16 @@ def cut_tiles(raw: np.ndarray, invalid: np.ndarray, batch: Batch, *, factor: int
     return tiles
 
 
-def score_zones(config: RunConfig, dates: tuple[DateSource, DateSource], names: tuple[str, ...], grid: Grid,
+def score_zones(scan: ScanOptions, dates: tuple[DateSource, DateSource], names: tuple[str, ...], grid: Grid,
                 zones: Zones, raster: ScoreRaster, progress: Progress | None,
-                model: LoadedModel | None = None) -> Accumulated:
-    """Score every batch (read in the background, scored by worker threads) and gather the results."""
+                model: LoadedModel | None = None, *, workers: int = 0) -> Accumulated:
+    """Score every batch (read in the background, scored by ``workers`` threads, 0: one per core) and gather
+    the results."""
     count = len(zones.frame)
     acc = Accumulated(np.zeros((count, BINS + 1), np.int64), np.full((count, 2), np.nan),
                       np.full(count, np.nan), np.zeros(count, bool), [], [])
-    scorer = BatchScorer(config, names, grid, zones, model)
-    workers = config.workers or os.cpu_count() or 1
+    scorer = BatchScorer(scan, names, grid, zones, model)
+    workers = workers or os.cpu_count() or 1
     done = 0
 
     def gather(results: list[UnitResult]) -> None:

@@ -13,6 +13,9 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from detector.metrics import tie_precision
+from detector.options import check, option
+
 BINS = 200
 
 
@@ -27,9 +30,23 @@ class ScoreRule:
     """
 
     quantile: float = 0.95
-    pixel_threshold: float = 0.5
-    threshold: float = 0.5
+    pixel_threshold: float = option(0.5, float, low=0, high=1)
+    threshold: float = option(0.5, float, low=0, high=1)
     min_valid: float = 0.5
+
+    def __post_init__(self) -> None:
+        check(self)
+
+    def describe(self, threshold: float) -> str:
+        """The flagging rule in words at ``threshold``, for ``run.json``, ``batch.json`` and the report."""
+        return (f"flagged = score >= {threshold} and valid_fraction >= {self.min_valid}; score = {self.quantile:g} "
+                f"quantile of the site's pixel scores; a pixel is changed at score >= {self.pixel_threshold}")
+
+
+def flags(score: np.ndarray, status: np.ndarray, threshold: float) -> np.ndarray:
+    """The one flag rule: a site with enough data (status ``ok``, see :func:`site_table`) scoring at least
+    ``threshold``.  Shapes (Z,) in, (Z,) bool out."""
+    return (np.asarray(status) == "ok") & (np.nan_to_num(np.asarray(score, dtype=float)) >= threshold)
 
 
 def zone_histograms(score: np.ndarray, labels: np.ndarray, zones: int) -> np.ndarray:
@@ -54,7 +71,7 @@ def zone_histograms(score: np.ndarray, labels: np.ndarray, zones: int) -> np.nda
 
 def site_table(hist: np.ndarray, expected_px: np.ndarray, pixel_area_m2: np.ndarray, *,
                rule: ScoreRule) -> pd.DataFrame:
-    """Score, changed area and status of every zone from its histogram.
+    """Score, changed area and status of every zone from its histogram (flags: :func:`flags`).
 
     Parameters
     ----------
@@ -71,14 +88,13 @@ def site_table(hist: np.ndarray, expected_px: np.ndarray, pixel_area_m2: np.ndar
     changed = hist[:, int(round(rule.pixel_threshold * BINS)):BINS].sum(axis=1)
     valid_fraction = np.clip(valid / np.maximum(expected_px, 1), 0.0, 1.0)
     status = np.where(valid == 0, "no_coverage", np.where(valid_fraction < rule.min_valid, "partial_coverage", "ok"))
-    flagged = (status != "no_coverage") & (valid_fraction >= rule.min_valid) & (np.nan_to_num(score) >= rule.threshold)
     return pd.DataFrame({
         "score": np.round(score, 4),
         "changed_area_m2": np.round(changed * pixel_area_m2, 1),
         "changed_fraction": np.round(np.where(valid > 0, changed / np.maximum(valid, 1), np.nan), 4),
         "valid_fraction": np.round(valid_fraction, 4),
         "status": status,
-        "flagged": flagged,
+        "flagged": flags(score, status, rule.threshold),
         "rank": pd.array(rank(score, changed), dtype="Int64"),
     })
 
@@ -109,19 +125,14 @@ def threshold_for_precision(score: np.ndarray, label: np.ndarray,
     threshold reaches ``target``.
     """
     keep = np.isfinite(score) & np.isfinite(label)
-    s, y = score[keep], label[keep]
-    if not y.any():
+    if not label[keep].any():
         return None
-    order = np.argsort(-s, kind="stable")
-    s, y = s[order], y[order]
-    last_of_tie = np.r_[np.flatnonzero(np.diff(s)), s.size - 1]
-    hits = np.cumsum(y)[last_of_tie]
-    precision = hits / (last_of_tie + 1)
+    at, precision, hits = tie_precision(score[keep], label[keep].astype(bool))
     good = np.flatnonzero(precision >= target)
     if len(good) == 0:
         return None
     best = good[-1]  # the lowest threshold that still reaches the target
-    return float(s[last_of_tie[best]]), float(precision[best]), float(hits[best] / y.sum())
+    return float(at[best]), float(precision[best]), float(hits[best] / label[keep].sum())
 
 
 def rank(score: np.ndarray, changed: np.ndarray) -> np.ndarray:

@@ -12,9 +12,10 @@ windowed read (a row of cell tiles, or one site) and scored together.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from rasterio.windows import Window
+from rasterio.windows import Window, from_bounds
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,14 +48,16 @@ def intersect(a: Window, b: Window) -> Window | None:
     return Window(c0, r0, c1 - c0, r1 - r0) if r1 > r0 and c1 > c0 else None
 
 
-def pad(window: Window, margin: int, height: int, width: int) -> Window:
-    """``window`` grown by ``margin`` pixels on every side, clipped to the grid.
-
-    ``window`` must lie inside the grid, so the result is never empty.
-    """
+def pad(window: Window, margin: int, *, within: Window) -> Window | None:
+    """``window`` grown by ``margin`` pixels on every side, clipped to ``within``; None when they share none."""
     grown = Window(window.col_off - margin, window.row_off - margin,
                    window.width + 2 * margin, window.height + 2 * margin)
-    return intersect(grown, Window(0, 0, width, height)) or window
+    return intersect(grown, within)
+
+
+def bounds_window(bounds: tuple[float, float, float, float], transform: Any) -> Window:
+    """The window of whole pixels nearest to ``bounds`` (left, bottom, right, top) on a grid's ``transform``."""
+    return from_bounds(*bounds, transform=transform).round_offsets().round_lengths()
 
 
 def union(windows: list[Window]) -> Window:
@@ -96,7 +99,7 @@ def plan_sites(windows: list[Window | None], *, margin: int, height: int, width:
         if window is None:
             continue
         context = max(margin, int(max(window.height, window.width)) // 2)
-        unit = Unit(window, pad(window, context, height, width), (zone,))
+        unit = Unit(window, pad(window, context, within=Window(0, 0, width, height)) or window, (zone,))
         batches.append(Batch(unit.read, (unit,)))
     return batches
 
@@ -142,7 +145,7 @@ def plan_cells(
             zones = tuple(i * n_cols + j for i in range(i0, min(i0 + per_row, len(grid)))
                           for j in range(j0, min(j0 + per_col, n_cols)))
             core = union([cells[z] for z in zones])
-            units.append(Unit(core, pad(core, margin, height, width), zones))
+            units.append(Unit(core, pad(core, margin, within=Window(0, 0, width, height)) or core, zones))
         for k in range(0, len(units), batch_tiles):
             group = tuple(units[k:k + batch_tiles])
             batches.append(Batch(union([u.read for u in group]), group))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from detector.config import default_model_path as default_model_path  # torch-free home
-from detector.errors import InputError, MissingFileError, OutputExistsError
+from detector.errors import InputError, MissingFileError, OutputExistsError, first_line
+from detector.files import atomic
 from detector.model import ARCHITECTURES, MODEL_BANDS, build, fuse_batchnorm
 
 FORMAT = "site-change-detector/change-cnn"
@@ -68,13 +67,9 @@ def save(network: nn.Module, card: dict[str, Any], path: Path) -> None:
     if path.is_dir():
         raise OutputExistsError(f"{path} is a folder: give a file name for the model, such as {path / 'model.pt'}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
-    try:
+    with atomic(path) as tmp:
         torch.save({"format": FORMAT, "version": VERSION, "card": json.dumps(card), "state_dict": state}, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def load(path: Path, *, for_training: bool = False) -> LoadedModel:
@@ -93,7 +88,7 @@ def load(path: Path, *, for_training: bool = False) -> LoadedModel:
     try:
         network.load_state_dict(blob["state_dict"])
     except (RuntimeError, TypeError) as exc:
-        raise InputError(f"{path} does not hold {card['architecture']} weights ({str(exc).splitlines()[0]}): "
+        raise InputError(f"{path} does not hold {card['architecture']} weights ({first_line(exc, limit=1000)}): "
                          "the file is damaged or was edited; retrain or restore it") from None
     network.eval()
     if not for_training:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import geopandas as gpd
@@ -13,7 +13,7 @@ from rasterio.windows import Window
 
 import aoi
 from aoi.cells import cell_frame, cell_pixels, pixel_size_m
-from detector.config import RunConfig
+from detector.config import RunConfig, ScanOptions
 from detector.errors import InputError
 from detector.imagery import Grid
 from detector.tiling import Batch, pixel_windows, plan_cells, plan_sites
@@ -53,13 +53,12 @@ class Zones:
 def plan_zones(config: RunConfig, grid: Grid, area: Window) -> Zones:
     """Sites from the site file, or cells over the overlap, with their batches of tiles."""
     if config.sites is None:
-        return plan_cell_zones(config, grid, area)
-    sites = aoi.read_sites(config.sites, buffer_m=config.buffer_m, id_col=config.id_col,
-                           lon_col=config.lon_col, lat_col=config.lat_col)
-    return plan_site_zones(sites, config, grid, area, source=str(config.sites))
+        return plan_cell_zones(config.cell_m, config.scan, grid, area)
+    sites = aoi.read_site_files([config.sites], **asdict(config.site))
+    return plan_site_zones(sites, config.scan, grid, area, source=str(config.sites))
 
 
-def plan_site_zones(sites: gpd.GeoDataFrame, config: RunConfig, grid: Grid, area: Window, *, source: str) -> Zones:
+def plan_site_zones(sites: gpd.GeoDataFrame, scan: ScanOptions, grid: Grid, area: Window, *, source: str) -> Zones:
     """Sites (``site_id``, user columns, polygons) placed on the grid, with their batches of tiles."""
     frame = sites.to_crs(grid.crs)
     rows, cols = pixel_extents(frame.geometry.values, grid)
@@ -69,7 +68,7 @@ def plan_site_zones(sites: gpd.GeoDataFrame, config: RunConfig, grid: Grid, area
             f"none of the {len(sites)} sites in {source} overlaps the imagery of both dates: "
             "check the site coordinates or give imagery that covers them"
         )
-    batches = plan_sites(windows, margin=config.margin_px, height=grid.height, width=grid.width)
+    batches = plan_sites(windows, margin=scan.margin_px, height=grid.height, width=grid.width)
     return Zones(frame, batches)
 
 
@@ -82,11 +81,12 @@ def pixel_extents(geoms: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndarray
     return np.stack([rows.min(1), rows.max(1)], 1), np.stack([cols.min(1), cols.max(1)], 1)
 
 
-def plan_cell_zones(config: RunConfig, grid: Grid, area: Window) -> Zones:
+def plan_cell_zones(cell_m: float, scan: ScanOptions, grid: Grid, area: Window) -> Zones:
+    """Square cells of ``cell_m`` metres over ``area``, with their batches of tiles."""
     lon, lat = centre_lonlat(grid, area)
-    cell_h, cell_w = cell_pixels(config.cell_m, pixel_size_m(grid.crs, grid.transform, lon, lat))
-    cells, batches = plan_cells(area, cell_h=cell_h, cell_w=cell_w, tile_px=config.tile_px,
-                                margin=config.margin_px, height=grid.height, width=grid.width)
+    cell_h, cell_w = cell_pixels(cell_m, pixel_size_m(grid.crs, grid.transform, lon, lat))
+    cells, batches = plan_cells(area, cell_h=cell_h, cell_w=cell_w, tile_px=scan.tile_px,
+                                margin=scan.margin_px, height=grid.height, width=grid.width)
     n_cols = -(-int(area.width) // cell_w)
     frame = cell_frame(cells, (len(cells) // n_cols, n_cols), grid.transform, grid.crs)
     return Zones(frame, batches, windows=cells)

@@ -40,6 +40,8 @@ import rasterio
 from rasterio.transform import from_origin
 from rasterio.windows import Window
 
+from detector.files import atomic
+
 BANDS = ("blue", "green", "red", "nir")
 READS = {"plain": None, "threaded": "ALL_CPUS"}
 LEVELS = np.array([900, 1100, 1300, 2600], dtype=np.float32)[:, None, None]
@@ -70,14 +72,12 @@ def make_pair(folder: Path, size: int) -> tuple[Path, Path]:
         if path.exists():
             continue
         rng = np.random.default_rng(1 if after else 0)
-        tmp = path.with_suffix(".partial.tif")
-        with rasterio.open(tmp, "w", **profile) as dst:
+        with atomic(path, suffix=".tif") as tmp, rasterio.open(tmp, "w", **profile) as dst:
             for r0 in range(0, size, 512):
                 rows = slice(r0, min(r0 + 512, size))
                 dst.write(scene_rows(rng, rows, size, after=after), window=Window(0, r0, size, rows.stop - r0))
             for i, name in enumerate(BANDS, start=1):
                 dst.set_band_description(i, name)
-        os.replace(tmp, path)
     return paths
 
 
@@ -96,9 +96,10 @@ def cnn_rate(*, tiles: int = 256, batch: int = 4, split_threads: bool) -> float:
     import torch
 
     from detector import weights
+    from detector.methods import default_model_path
     from detector.model import predict
 
-    network = weights.load(weights.default_model_path()).network
+    network = weights.load(default_model_path()).network
     data = np.random.default_rng(0).normal(size=(tiles, 12, 256, 256)).astype(np.float32)
     torch.set_num_threads(1 if split_threads else 2)
     predict(network, data[:batch], batch=batch)  # warm up

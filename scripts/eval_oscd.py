@@ -25,7 +25,7 @@ import numpy as np
 import rasterio
 from rasterio.windows import from_bounds
 
-from detector.config import RunConfig
+from detector.config import RunConfig, ScanOptions
 from detector.pipeline import run
 from training.evaluation import pixel_metrics
 
@@ -35,8 +35,8 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / 
 def city_ap(city: Path, out: Path, *, bin_factor: int = 2, method: str = "classical",
             model: Path | None = None) -> dict[str, float]:
     """Run one city end to end and return its AP, chance level and F1 at the pixel threshold."""
-    config = RunConfig(before=city / "imgs_1", after=city / "imgs_2", out=out, overwrite=True, bin=bin_factor,
-                       method=method, model=model)
+    config = RunConfig(before=city / "imgs_1", after=city / "imgs_2", out=out, overwrite=True,
+                       scan=ScanOptions(bin=bin_factor, method=method, model=model))
     run(config)
     with rasterio.open(city / "imgs_1" / "B02.tif") as ref:
         transform = ref.transform
@@ -48,7 +48,7 @@ def city_ap(city: Path, out: Path, *, bin_factor: int = 2, method: str = "classi
     full = np.full(truth.shape, np.nan, dtype=np.float32)
     r, c = int(window.row_off), int(window.col_off)
     full[r:r + score.shape[0], c:c + score.shape[1]] = score
-    found = pixel_metrics(full, truth.astype(np.float32), threshold=config.rule.pixel_threshold)
+    found = pixel_metrics(full, truth.astype(np.float32), threshold=config.scan.rule.pixel_threshold)
     return {"ap": found["ap"], "chance": float(truth.mean()), "analysed": float(np.isfinite(full).mean()),
             "precision": found["precision"], "recall": found["recall"], "f1": found["f1"]}
 

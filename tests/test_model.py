@@ -13,6 +13,7 @@ import torch
 from detector import weights
 from detector.cli import main
 from detector.errors import InputError, MissingFileError
+from detector.methods import default_model_path
 from detector.model import ARCHITECTURES, MODEL_BANDS, STRIDE, adapt, build, fuse_batchnorm, parameter_count, predict
 
 
@@ -144,7 +145,7 @@ def test_run_refuses_a_bad_model_with_one_line_and_status_2(scene, tmp_path: Pat
 
 
 def test_the_shipped_weights_load_and_say_what_they_are() -> None:
-    loaded = weights.load(weights.default_model_path())
+    loaded = weights.load(default_model_path())
     card = loaded.card
     assert card["name"] == "default" and card["parameters"] <= 1_500_000
     assert set(card["held_out"]["cities"]).isdisjoint(card["trained_on"])
@@ -153,5 +154,5 @@ def test_the_shipped_weights_load_and_say_what_they_are() -> None:
 
 def test_a_model_with_the_classical_method_is_refused(scene, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     code = main(["-q", "run", "--before", str(scene.before), "--after", str(scene.after), "--out",
-                 str(tmp_path / "out"), "--method", "classical", "--model", str(weights.default_model_path())])
+                 str(tmp_path / "out"), "--method", "classical", "--model", str(default_model_path())])
     assert code == 2 and "--model" in capsys.readouterr().err

@@ -70,7 +70,7 @@ OSCD = SHARED / "oscd-dev"
 CITIES = sorted(p.name for p in OSCD.iterdir() if (p / "cm").is_dir()) if OSCD.is_dir() else []
 
 
-@pytest.mark.slow
+@pytest.mark.real_data
 @pytest.mark.skipif(not CITIES, reason="../shared/data/oscd-dev is not beside the checkout")
 @pytest.mark.parametrize("city", CITIES)
 def test_oscd_city_change_raster_beats_chance(city: str, tmp_path: Path) -> None:
@@ -83,15 +83,16 @@ def test_oscd_city_change_raster_beats_chance(city: str, tmp_path: Path) -> None
     assert result["ap"] > 2.5 * result["chance"]
 
 
-@pytest.mark.slow
+@pytest.mark.real_data
 @pytest.mark.skipif(not CITIES, reason="../shared/data/oscd-dev is not beside the checkout")
 def test_shipped_model_beats_the_classical_score_on_its_held_out_cities(tmp_path: Path) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     from eval_oscd import city_ap
 
     from detector import weights
+    from detector.methods import default_model_path
 
-    held_out = weights.load(weights.default_model_path()).card["held_out"]["cities"]
+    held_out = weights.load(default_model_path()).card["held_out"]["cities"]
     assert len(held_out) == 3 and set(held_out) <= set(CITIES)
     mean_ap = {}
     for method in ("classical", "cnn", "fused"):

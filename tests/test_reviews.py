@@ -12,6 +12,7 @@ from conftest import Scene
 
 from detector import weights
 from detector.cli import main
+from detector.methods import default_model_path
 from detector.scoring import threshold_for_max_flags, threshold_for_precision
 
 UYGHUR, CHINESE = "ئۈرۈمچى", "乌鲁木齐"
@@ -133,7 +134,7 @@ def test_train_on_reviews_fine_tunes_the_current_weights(scene: Scene, tmp_path:
                  "--steps", "1", "--tile-px", "32", "--batch", "2"]) == 0
     card = weights.load(model).card
     assert card["trained_on"] and all(name.startswith("run/") for name in card["trained_on"])
-    assert str(weights.default_model_path()) in json.dumps(card["settings"]["init"])
+    assert str(default_model_path()) in json.dumps(card["settings"]["init"])
 
 
 def test_notes_that_look_like_dates_are_read_back_as_written(tmp_path: Path) -> None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from detector.metrics import average_precision
-from detector.scoring import BINS, ScoreRule, change_components, rank, site_table, zone_histograms
+from detector.metrics import average_precision, tie_precision
+from detector.scoring import BINS, ScoreRule, change_components, flags, rank, site_table, zone_histograms
 
 
 def test_histograms_count_every_pixel_of_each_zone() -> None:
@@ -63,3 +66,21 @@ def test_average_precision_on_a_hand_made_case() -> None:
     assert np.isclose(average_precision(score, truth), 0.5 * 1.0 + 0.5 * 2 / 3)
     assert np.isclose(average_precision(np.array([0.5, 0.5]), np.array([True, False])), 0.5)
     assert np.isnan(average_precision(score, np.zeros(6, bool)))
+
+
+def test_one_flag_rule_needs_data_and_the_threshold() -> None:
+    score = np.array([0.9, 0.9, np.nan, 0.4, 0.5])
+    status = np.array(["ok", "partial_coverage", "no_coverage", "ok", "ok"])
+    assert flags(score, status, 0.5).tolist() == [True, False, False, False, True]
+    table = site_table(np.array([[0] * (BINS - 1) + [10, 0]]), np.array([10]), np.array([1.0]), rule=ScoreRule())
+    assert table["flagged"].tolist() == flags(table["score"], table["status"], 0.5).tolist() == [True]
+
+
+@given(st.lists(st.tuples(st.integers(0, 5), st.booleans()), min_size=1, max_size=40))
+def test_precision_at_ties_counts_tied_scores_together(pairs: list) -> None:
+    score = np.array([s / 5 for s, _ in pairs])
+    truth = np.array([t for _, t in pairs])
+    at, precision, hits = tie_precision(score, truth)
+    assert at.tolist() == sorted(set(score.tolist()), reverse=True)
+    for t, p, h in zip(at, precision, hits, strict=True):
+        assert p == pytest.approx(truth[score >= t].mean()) and h == truth[score >= t].sum()

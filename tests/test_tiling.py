@@ -63,23 +63,36 @@ def test_tiles_partition_cells_and_reads_hold_cores(grid: tuple, cell_h: int, ce
 @given(area_in_grid(), st.integers(0, 50))
 def test_pad_stays_in_grid_and_grows_by_margin(grid: tuple, margin: int) -> None:
     height, width, window = grid
-    padded = pad(window, margin, height, width)
-    assert intersect(padded, window) == window
+    padded = pad(window, margin, within=Window(0, 0, width, height))
+    assert padded is not None and intersect(padded, window) == window
     assert padded.row_off == max(0, window.row_off - margin)
     assert padded.col_off + padded.width == min(width, window.col_off + window.width + margin)
 
 
+def test_pad_outside_the_area_is_none() -> None:
+    assert pad(Window(50, 50, 5, 5), 3, within=Window(0, 0, 40, 40)) is None
+    assert pad(Window(50, 50, 5, 5), 12, within=Window(0, 0, 40, 40)) == Window(38, 38, 2, 2)
+
+
+def overlapped(lo: float, hi: float, size: int) -> np.ndarray:
+    """Pixels k of [0, size) whose square [k, k + 1) overlaps the interval [lo, hi] by a positive length."""
+    k = np.arange(size)
+    return (k < hi) & (k + 1 > lo)
+
+
 @given(st.lists(st.tuples(st.floats(-50, 350), st.floats(0.01, 80), st.floats(-50, 350), st.floats(0.01, 80)),
                 min_size=1, max_size=20), area_in_grid())
-def test_pixel_windows_cover_extents_inside_area(extents: list, grid: tuple) -> None:
-    _, _, area = grid
+def test_pixel_windows_hold_exactly_the_pixels_an_extent_overlaps(extents: list, grid: tuple) -> None:
+    """Against a rule of its own: a pixel is in a site's window when its square overlaps the site's extent."""
+    height, width, area = grid
     arr = np.array(extents)
     rows = np.stack([arr[:, 0], arr[:, 0] + arr[:, 1]], 1)
     cols = np.stack([arr[:, 2], arr[:, 2] + arr[:, 3]], 1)
+    in_area = coverage([area], height, width).astype(bool)
     for (r0, r1), (c0, c1), w in zip(rows, cols, pixel_windows(rows, cols, area), strict=True):
-        exact = Window(int(np.floor(c0)), int(np.floor(r0)), int(np.ceil(c1)) - int(np.floor(c0)),
-                       int(np.ceil(r1)) - int(np.floor(r0)))
-        assert w == intersect(exact, area)
+        expected = overlapped(r0, r1, height)[:, None] & overlapped(c0, c1, width)[None, :] & in_area
+        got = coverage([w], height, width).astype(bool) if w is not None else np.zeros_like(expected)
+        assert np.array_equal(got, expected)
 
 
 def test_site_units_have_context_and_skip_missing_sites() -> None:

@@ -69,6 +69,7 @@ def test_unknown_folders_are_refused_with_the_layouts_expected(tmp_path: Path) -
 OSCD = SHARED / "oscd-dev"
 
 
+@pytest.mark.real_data
 @pytest.mark.skipif(not OSCD.is_dir(), reason="../shared/data/oscd-dev is not beside the checkout")
 def test_an_oscd_city_reads_onto_the_date_1_grid_with_its_change_map() -> None:
     (scene,) = load_scenes(OSCD / "saclay_e")  # date 2 is on another grid there

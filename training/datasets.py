@@ -35,15 +35,15 @@ import numpy as np
 import rasterio
 from rasterio import features
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
-from rasterio.windows import Window, from_bounds
+from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from detector.binning import bin_mean
-from detector.errors import InputError, MissingFileError
+from detector.errors import InputError, MissingFileError, first_line
 from detector.imagery import DateReader, Grid, match_bands, open_date, overlap_window, reference_grid
 from detector.model import adapt
 from detector.reviews import site_labels
-from detector.tiling import intersect
+from detector.tiling import bounds_window, pad
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg")
 
@@ -129,7 +129,7 @@ def _image(path: Path) -> np.ndarray:
             with rasterio.open(path) as src:
                 return src.read().astype(np.float32)
     except RasterioError as exc:
-        raise InputError(f"{path} cannot be read as an image ({str(exc).splitlines()[0][:100]}): "
+        raise InputError(f"{path} cannot be read as an image ({first_line(exc, limit=100)}): "
                          "replace or remove it") from None
 
 
@@ -194,9 +194,7 @@ def load_reviewed(folder: Path, *, sites_file: Path | None = None, margin_px: in
 
 
 def _site_window(bounds: tuple[float, float, float, float], grid: Grid, area: Window, margin: int) -> Window | None:
-    w = from_bounds(*bounds, transform=grid.transform).round_offsets().round_lengths()
-    padded = Window(w.col_off - margin, w.row_off - margin, w.width + 2 * margin, w.height + 2 * margin)
-    return intersect(padded, area)
+    return pad(bounds_window(bounds, grid.transform), margin, within=area)
 
 
 LOADERS = {"pairs": load_pairs, "oscd": load_oscd_city, "reviewed": load_reviewed}

@@ -8,7 +8,6 @@ Only pixels where both are finite count.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from detector.errors import InputError, OutputExistsError
+from detector.files import atomic
 from detector.metrics import average_precision
 
 
@@ -82,17 +82,15 @@ def write_pr_png(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: 
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="pixel precision-recall")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fig.savefig(tmp, format="png")
+    with atomic(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_metrics(metrics: dict[str, Any], path: Path) -> None:
     """``metrics`` as JSON, written atomically."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(metrics, indent=2, default=float))
-    os.replace(tmp, path)
+    with atomic(path) as tmp:
+        tmp.write_text(json.dumps(metrics, indent=2, default=float))
 
 
 def evaluate(model: Path | None, data: tuple[Path, ...], out: Path, *, tile_px: int = 256, scale: int = 1,
@@ -113,10 +111,11 @@ def evaluate(model: Path | None, data: tuple[Path, ...], out: Path, *, tile_px: 
     if not 0 < threshold < 1:
         raise InputError(f"--threshold {threshold}: give a value in (0, 1)")
     from detector import weights
+    from detector.methods import default_model_path
     from detector.model import predict
     from training.datasets import cut_tiles, load_scenes
 
-    loaded = weights.load(model or weights.default_model_path())
+    loaded = weights.load(model or default_model_path())
     scenes = [scene for folder in data for scene in load_scenes(folder)]
     tiles = cut_tiles(scenes, tile_px, scales=(scale,))
     prob = predict(loaded.network, tiles.inputs)

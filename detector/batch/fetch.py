@@ -13,8 +13,6 @@ is kept, so a fetch that was stopped continues.
 from __future__ import annotations
 
 import datetime as dt
-import logging
-import os
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,14 +30,13 @@ from rasterio.errors import RasterioError, WindowError
 from rasterio.warp import transform_geom
 from rasterio.windows import Window, from_bounds
 
-from detector.catalog import Scene, item_scene
-from detector.config import BatchConfig
+from detector.batch.catalog import Scene, item_scene
+from detector.batch.config import BatchConfig
+from detector.batch.pairing import covering
+from detector.batch.store import safe_name
 from detector.errors import InputError, first_line
+from detector.files import atomic
 from detector.imagery import MASKS, Band
-from detector.pairing import covering
-from detector.store import safe_name
-
-log = logging.getLogger(__name__)
 
 DEFAULT_BANDS = ("blue", "green", "red", "nir", "swir16", "swir22", "scl", "cloud")
 GROUP_DEG = 1.0  # sites are searched for in groups of one degree square
@@ -60,13 +57,11 @@ def fetch(config: BatchConfig, stac: str, *, collections: list[str] | None = Non
           bands: tuple[str, ...] = DEFAULT_BANDS, margin_m: float = 320.0, threads: int = 4,
           progress: FetchProgress | None = None) -> dict[str, int]:
     """Fetch the windows of every site of ``config`` into its catalog folder; return counts."""
-    from detector.batch import read_all_sites
-
     if config.catalog.suffix.lower() == ".json":
         raise InputError(f"[imagery] catalog is {config.catalog}, a JSON file: fetch writes rasters into a folder; "
                          "give a folder as the catalog")
     config.catalog.mkdir(parents=True, exist_ok=True)
-    sites = read_all_sites(config)
+    sites = config.read_sites()
     scenes = {s.id: s for s in search(config, sites, stac, collections, bands)}
     jobs = plan_jobs(config, sites, list(scenes.values()), margin_m=margin_m)
     todo = [j for j in jobs if not j.target.exists()]
@@ -163,19 +158,18 @@ def write_window(job: Job) -> None:
     profile = window_profile(finest, job.site)
     layers = [read_band(b, profile) for b in job.scene.bands]
     dtype = np.result_type(*layers)
-    tmp = job.target.with_name(f".{job.target.name}.{os.getpid()}.tmp")
-    with rasterio.open(tmp, "w", driver="GTiff", count=len(layers), dtype=dtype, tiled=True, blockxsize=256,
-                       blockysize=256, compress="deflate", **profile) as dst:
+    tags = {"TIFFTAG_DATETIME": job.scene.date.replace("-", ":") + " 00:00:00", "STAC_ITEM": job.scene.id,
+            "STAC_SOURCE": job.scene.source, "SITE_ID": job.site_id,
+            "STAC_ASSETS": " ".join(str(b.path) for b in job.scene.bands)}
+    if job.scene.cloud_cover is not None:
+        tags["EO_CLOUD_COVER"] = f"{job.scene.cloud_cover * 100:g}"
+    with atomic(job.target) as tmp, rasterio.open(tmp, "w", driver="GTiff", count=len(layers), dtype=dtype,
+                                                  tiled=True, blockxsize=256, blockysize=256, compress="deflate",
+                                                  **profile) as dst:
         dst.write(np.stack(layers).astype(dtype))
         for index, band in enumerate(job.scene.bands, start=1):
             dst.set_band_description(index, band.name)
-        tags = {"TIFFTAG_DATETIME": job.scene.date.replace("-", ":") + " 00:00:00", "STAC_ITEM": job.scene.id,
-                "STAC_SOURCE": job.scene.source, "SITE_ID": job.site_id,
-                "STAC_ASSETS": " ".join(str(b.path) for b in job.scene.bands)}
-        if job.scene.cloud_cover is not None:
-            tags["EO_CLOUD_COVER"] = f"{job.scene.cloud_cover * 100:g}"
         dst.update_tags(**tags)
-    os.replace(tmp, job.target)
 
 
 def window_profile(band: Band, site: Any) -> dict[str, Any]:

@@ -21,8 +21,8 @@ from catalog_data import make_catalog
 from conftest import SHARED
 from shapely.geometry import box
 
+from detector.batch.store import Outcome, ResultStore
 from detector.cli import main
-from detector.store import Outcome, ResultStore
 
 ALL_SITES = 4  # the conftest sites; "far away" lies outside every scene
 
@@ -112,9 +112,10 @@ def test_end_of_batch_writes_the_review_outputs_of_run(small: Path) -> None:
     assert (out / "sites.qml").exists() and (out / "changes.qml").exists()
     record = json.loads((out / "batch.json").read_text())
     assert record["method"] == "classical" and record["model"] is None
-    assert record["threshold"]["value"] == 0.5 and record["threshold"]["chosen_by"] == "--threshold"
+    assert record["threshold"]["value"] == 0.5 and record["threshold"]["chosen_by"] == "[run] threshold"
 
 
+@pytest.mark.slow
 def test_reviews_labels_and_budget_apply_without_scoring_again(tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     config = make_catalog(tmp_path)
@@ -139,7 +140,7 @@ def test_reviews_labels_and_budget_apply_without_scoring_again(tmp_path: Path,
         assert not sites["flagged"].any() and (sites["threshold"] > sites["score"]).all()
         assert sites["chip_before"].notna().sum() == 1  # chips = 1 and nothing flagged: the first ranked only
     assert len(list((out / "chips").glob("*.png"))) == 3
-    assert json.loads((out / "batch.json").read_text())["threshold"]["chosen_by"] == "--max-flags 0"
+    assert json.loads((out / "batch.json").read_text())["threshold"]["chosen_by"] == "[run] max_flags 0"
     # labels that the compound changed: the threshold that keeps precision 1 flags it alone
     labels = gpd.read_file(out / "sites.geojson")[["site_id", "geometry"]]
     labels["label"] = np.where(labels["site_id"] == "compound", 1, 0)
@@ -171,6 +172,7 @@ def verdicts(frame: gpd.GeoDataFrame) -> dict[str, tuple[str, str, str]]:
     return {r.site_id: (r.review_status, r.reviewer or "", r.notes or "") for r in frame.itertuples()}
 
 
+@pytest.mark.slow
 def test_the_latest_edit_in_either_file_wins_and_a_reviews_file_left_in_the_config_undoes_none(
         tmp_path: Path) -> None:
     config = make_catalog(tmp_path)
@@ -230,6 +232,7 @@ def test_store_recovers_from_a_kill_between_writes(tmp_path: Path) -> None:
     assert sites_of(tmp_path)["site_id"].tolist() == ["a", "b"]
 
 
+@pytest.mark.slow
 def test_kill_9_at_any_moment_then_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
     config = make_catalog(tmp_path / "killed", grid=4, buffer_m=150)
     reference = make_catalog(tmp_path / "whole", grid=4, buffer_m=150)
@@ -260,6 +263,7 @@ def test_kill_9_at_any_moment_then_resume_loses_and_repeats_nothing(tmp_path: Pa
     assert done.is_unique and len(done) == len(killed)
 
 
+@pytest.mark.slow
 def test_dask_local_cluster_gives_the_same_results_as_local_processes(tmp_path: Path) -> None:
     local = make_catalog(tmp_path / "local", grid=2, method="fused")
     dask = make_catalog(tmp_path / "dask", grid=2, method="fused")
@@ -305,6 +309,10 @@ def test_stac_item_collection_catalog_gives_the_folders_results(small: Path, tmp
     np.testing.assert_array_equal(stac["score"], folder["score"])
 
 
+BASE = ("[sites]\npaths=['s.geojson']\n[imagery]\ncatalog='c'\n[dates]\nbefore=['2017-01-01','2017-06-30']\n"
+        "after=['2018-01-01','2018-06-30']\n[output]\ndir='o'\n")
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("[sites]\npaths=['s.geojson']\n[imagery]\ncatalog='c'\n[dates]\nbefore=['2017-01-01','2017-06-30']\n"
      "after=['2018-01-01','2018-06-30']\n[output]\ndir='o'\n[run]\nbufer_m=5\n", "unknown key 'bufer_m' in [run]"),
@@ -317,7 +325,18 @@ def test_stac_item_collection_catalog_gives_the_folders_results(small: Path, tmp
     ("[sites]\npaths=['s.geojson']\n[imagery]\ncatalog='c'\n[dates]\nbefore=['2017-01-01','2017-06-30']\n"
      "after=['2018-01-01','2018-06-30']\n[output]\ndir='o'\n[run]\nreviews='r.geojson'\n", "[run] reviews"),
     ("[sites]\npaths=['s.geojson']\n[imagery]\ncatalog='c'\n[dates]\nbefore=['2017-01-01','2017-06-30']\n"
-     "after=['2018-01-01','2018-06-30']\n[output]\ndir='o'\n[run]\nmethod='best'\n", "--method is 'best'"),
+     "after=['2018-01-01','2018-06-30']\n[output]\ndir='o'\n[run]\nmethod='best'\n", "[run] method is 'best'"),
+    *[(BASE + f"[run]\n{line}\n", message) for line, message in (
+        ("bin = 2.5", "[run] bin is 2.5: give a whole number"),
+        ("tile_px = 300.7", "[run] tile_px is 300.7: give a whole number"),
+        ("threshold = 2", "[run] threshold is 2: give a number > 0 and <= 1"),
+        ("chips = -1", "[run] chips is -1"),
+        ("max_flags = 2\ntarget_precision = 0.9", "[run] max_flags and [run] target_precision both set"),
+        ("method = 'classical'\nmodel = 'batch.toml'", "[run] model"),
+        ("id_col = 3", "[run] id_col is 3: give a text"))],
+    (BASE.replace("[output]", "[output]\n").replace("dir='o'", "dir=1"), "[output] dir is 1: give a text"),
+    (BASE.replace("catalog='c'", "catalog='c'\nmax_cloud=true"), "[imagery] max_cloud is True: give a number"),
+    (BASE.replace("after=", "tolerance_days=1.5\nafter="), "[dates] tolerance_days is 1.5: give a whole number"),
     ("[sites\n", "is not valid TOML"),
 ])
 def test_bad_configuration_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str,
@@ -340,6 +359,7 @@ def test_resuming_with_another_configuration_is_refused(small: Path, tmp_path: P
     assert (small.parent / "results" / "manifest.csv").read_bytes() == before
 
 
+@pytest.mark.real_data
 @pytest.mark.skipif(not (SHARED / "xinjiang-aspi-facilities").exists(), reason="needs ../shared/data")
 def test_aspi_sites_over_the_real_dabancheng_catalog(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "batch.toml"

@@ -27,7 +27,7 @@ import pandas as pd
 import pyogrio
 
 from detector.errors import InputError
-from detector.outputs import remove
+from detector.files import TMP_GLOB, atomic, remove
 from detector.scoring import rank
 
 MANIFEST_FIELDS = ("site_id", "status", "reason", "before_scene", "after_scene", "seconds", "finished_utc")
@@ -57,7 +57,7 @@ class ResultStore:
         self.gpkg = out / "sites.gpkg"
         self.manifest = out / "manifest.csv"
         out.mkdir(parents=True, exist_ok=True)
-        for stale in [*out.glob(".*.tmp*"), *out.glob("change/.*.tmp")]:  # left by a batch that was killed
+        for stale in [*out.glob(TMP_GLOB), *out.glob(f"change/{TMP_GLOB}")]:  # left by a batch that was killed
             remove(stale)
         latest = self._read_manifest()
         self.done = {k for k, row in latest.items() if row["status"] == "done"}
@@ -87,11 +87,10 @@ class ResultStore:
 
     def _create(self, sites: gpd.GeoDataFrame, changes: gpd.GeoDataFrame) -> None:
         """The GeoPackage with both layers, from the first site's frames, made whole before it appears."""
-        tmp = self.out / f".sites.{os.getpid()}.tmp.gpkg"  # GDAL wants the extension
-        for layer, frame in (("sites", sites), ("changes", changes)):
-            pyogrio.write_dataframe(frame.to_crs(4326), tmp, layer=layer, driver="GPKG", promote_to_multi=True,
-                                    geometry_type="MultiPolygon", layer_options=GPKG_OPTIONS)
-        os.replace(tmp, self.gpkg)
+        with atomic(self.gpkg, suffix=".gpkg") as tmp:  # GDAL wants the extension
+            for layer, frame in (("sites", sites), ("changes", changes)):
+                pyogrio.write_dataframe(frame.to_crs(4326), tmp, layer=layer, driver="GPKG", promote_to_multi=True,
+                                        geometry_type="MultiPolygon", layer_options=GPKG_OPTIONS)
 
     def raster_name(self, site_id: str) -> str:
         return f"change/{safe_name(site_id)}.tif"
@@ -99,9 +98,8 @@ class ResultStore:
     def _write_raster(self, outcome: Outcome) -> None:
         target = self.out / self.raster_name(outcome.site_id)
         target.parent.mkdir(exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(outcome.raster or b"")
-        os.replace(tmp, target)
+        with atomic(target) as tmp:
+            tmp.write_bytes(outcome.raster or b"")
 
     def _append(self, layer: str, frame: gpd.GeoDataFrame) -> None:
         pyogrio.write_dataframe(frame.to_crs(4326), self.gpkg, layer=layer, driver="GPKG", append=True,

@@ -27,6 +27,7 @@ from rasterio.features import geometry_mask
 from rasterio.warp import transform_bounds, transform_geom
 from rasterio.windows import from_bounds
 
+from detector.batch.pairing import mask_classes, site_shares
 from detector.errors import InputError, MissingFileError, first_line
 from detector.imagery import (
     MASKS,
@@ -39,7 +40,6 @@ from detector.imagery import (
     file_bands,
     folder_bands,
 )
-from detector.pairing import mask_classes, site_shares
 
 log = logging.getLogger(__name__)
 

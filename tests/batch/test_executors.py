@@ -6,7 +6,9 @@ import os
 import time
 from concurrent.futures.process import BrokenProcessPool
 
-from detector import executors
+import pytest
+
+from detector.batch import executors
 
 
 def double_or_die(x: int) -> int:
@@ -29,6 +31,7 @@ def double_or_die_late(x: int) -> int:
     return x * 2
 
 
+@pytest.mark.slow
 def test_a_worker_dying_while_the_caller_is_busy_fails_only_its_own_task() -> None:
     """The pool breaks between two submissions (the caller was writing a result): no task is lost."""
     results = {}
@@ -53,7 +56,7 @@ def test_dask_setup_reaches_workers_that_join_later() -> None:
 
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
-        from detector.dask_setup import SetupEachWorker
+        from detector.batch.dask_plugin import SetupEachWorker
 
         client.register_plugin(SetupEachWorker(mark_worker))
         cluster.scale(2)

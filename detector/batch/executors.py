@@ -94,7 +94,7 @@ def dask(fn: Callable[[T], R], tasks: Iterable[T], *, address: str,
         client = _connect(Client, address)
     try:
         if initializer is not None:
-            from detector.dask_setup import SetupEachWorker
+            from detector.batch.dask_plugin import SetupEachWorker
 
             client.register_plugin(SetupEachWorker(initializer))  # workers that join later run it too
         workers = max(1, sum(client.nthreads().values()))

@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detector.pairing import (
+from detector.batch.pairing import (
     Candidates,
     PairingRule,
     choose_pair,

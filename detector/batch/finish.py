@@ -1,0 +1,133 @@
+"""The end of a batch: ranks, carried-over verdicts, the reviewer's budget, chips, the report.
+
+It runs in the main process once the sites have run, and again at every
+later run of the same batch, so a new review, label file or budget needs no
+site scored again.  The stored rows get their rank, flag, threshold, verdicts
+and chip paths in one SQLite transaction; the files made whole each time
+(``sites.geojson``, ``changes.geojson``, ``reviews-kept.geojson``, ``chips/``,
+``report.html``, the styles) are staged and renamed into place by the caller,
+``batch.json`` last.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+
+from detector.batch.catalog import Scene
+from detector.batch.config import BatchConfig
+from detector.batch.store import ResultStore
+from detector.batch.verdicts import previous_state, verdict_edits, verdicts_of
+from detector.chips import quiet_nodata, write_part
+from detector.errors import DetectorError, first_line
+from detector.files import file_record
+from detector.imagery import match_bands, reference_grid
+from detector.methods import METHODS, model_path
+from detector.outputs import Staging, write_geojson
+from detector.results import KEPT, apply_budget, chosen_for_chips, earlier_reviews, stage_styles, with_chip_paths
+from detector.reviews import FIELDS as REVIEW_FIELDS
+from detector.reviews import carry_over, read_labels, review_rows
+
+log = logging.getLogger(__name__)
+
+FINISHED = ("rank", "flagged", "threshold", *REVIEW_FIELDS, "chip_before", "chip_after", "chip_change")
+CHIP_THREADS = 4  # GDAL releases the GIL while it opens and reads
+STYLES = ("sites.qml", "changes.qml")  # for sites.geojson and changes.geojson
+
+
+def toml_key(key: str) -> str:
+    """An option as a batch file names it."""
+    return f"[run] {key}"
+
+
+def check_finish_inputs(config: BatchConfig) -> None:
+    """Read ``[run] reviews`` and ``labels`` once before any site runs, so a bad file stops the batch early."""
+    earlier_reviews(config.out, config.review.reviews)
+    if config.review.labels is not None:
+        read_labels(config.review.labels)
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The end of a batch: the sites as in ``sites.geojson``, what ``batch.json`` says of the threshold, and
+    the review state it records."""
+
+    sites: gpd.GeoDataFrame
+    threshold: dict[str, Any]
+    review_state: dict[str, Any]
+
+
+def finish_sites(config: BatchConfig, store: ResultStore, order: list[str], scenes: list[Scene],
+                 staging: Staging) -> Finished:
+    """Rank the done sites, carry verdicts over, apply the budget, write chips; stage the vector outputs.
+
+    The caller stores ``sites`` into the GeoPackage (:data:`FINISHED` columns)
+    once every staged file is complete, then commits them.
+    """
+    review = config.review
+    stored = store.ranked_sites(order)
+    edits, given = verdict_edits(config.out, review.reviews, review_rows(stored, store.gpkg),
+                                 previous_state(config.out))
+    sites, kept = carry_over(stored, edits, every_row=True)
+    labelled = read_labels(review.labels) if review.labels else None
+    sites, threshold = apply_budget(review, config.scan.rule, sites, labelled, name=toml_key)
+    changes = store.changes()
+    chosen = sites[chosen_for_chips(sites, review.chips)]
+    made = write_batch_chips(config, chosen, changes, scenes, store, staging.path("chips"))
+    sites = with_chip_paths(sites, sites["site_id"].isin(made).to_numpy())
+    write_geojson(sites, staging.path("sites.geojson"))
+    write_geojson(changes, staging.path("changes.geojson"))
+    if len(kept) or (config.out / KEPT).exists():  # an old one must not outlive its verdicts
+        write_geojson(kept, staging.path(KEPT))
+    stage_styles(staging, STYLES)
+    return Finished(sites, threshold, {"verdicts": verdicts_of(sites), "given": given})
+
+
+def write_batch_chips(config: BatchConfig, chosen: gpd.GeoDataFrame, changes: gpd.GeoDataFrame,
+                      scenes: list[Scene], store: ResultStore, folder: Path) -> set[str]:
+    """The chips of the ``chosen`` sites, each from its own pair of scenes and change raster; the ids made.
+
+    Sites run in a few threads (opening the files is most of the time).  A
+    site whose scenes left the catalog, or whose files cannot be read any
+    more, gets no chips and a warning: its score stands.
+    """
+    folder.mkdir()
+    by_id = {scene.id: scene for scene in scenes}
+
+    def one(site: gpd.GeoDataFrame) -> str | None:
+        site_id = str(site["site_id"].iloc[0])
+        pair = (by_id.get(str(site["before_scene"].iloc[0])), by_id.get(str(site["after_scene"].iloc[0])))
+        if pair[0] is None or pair[1] is None:
+            log.warning("site %s: its scenes are no longer in %s; no chips", site_id, config.catalog)
+            return None
+        try:
+            dates = (pair[0].date_source(), pair[1].date_source())
+            names = match_bands(*dates)
+            write_part(site, changes[changes["site_id"] == site_id], dates, names, reference_grid(dates[0], names),
+                       config.out / store.raster_name(site_id), folder,
+                       pixel_threshold=config.scan.rule.pixel_threshold)
+        except (DetectorError, OSError) as exc:
+            log.warning("site %s: no chips (%s)", site_id, first_line(exc))
+            return None
+        return site_id
+
+    with quiet_nodata(), ThreadPoolExecutor(max_workers=CHIP_THREADS) as pool:
+        made = pool.map(one, [chosen.iloc[[i]] for i in range(len(chosen))])
+        return {site_id for site_id in made if site_id is not None}
+
+
+def finish_record(config: BatchConfig, threshold: dict[str, Any] | None) -> dict[str, Any]:
+    """What ``batch.json`` and the report say of the method, the model and the threshold."""
+    scan = config.scan
+    return {
+        "method": scan.method,
+        "fusion": METHODS[scan.method].rule,
+        "model": file_record(model_path(scan)) if scan.uses_model else None,
+        "threshold": threshold or {"value": scan.rule.threshold, "rule": scan.rule.describe(scan.rule.threshold),
+                                   "chosen_by": toml_key("threshold")},
+    }

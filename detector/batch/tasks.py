@@ -1,0 +1,156 @@
+"""One site of a batch, as a task that runs in a worker process: its candidate scenes, the pair it chooses,
+and its scores, computed with the same scan and results as ``detector run``.
+
+Tasks return plain data (:class:`detector.batch.store.Outcome`), never raise,
+so the results do not depend on where they ran.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import rasterio
+
+from detector.batch.catalog import Scene, site_cover
+from detector.batch.config import BatchConfig
+from detector.batch.pairing import Candidates, PairingRule, choose_pair, covering, in_windows, no_pair_reason, ordinal
+from detector.batch.store import Outcome
+from detector.errors import DetectorError, InputError, first_line
+from detector.imagery import match_bands, overlap_window, reference_grid
+from detector.memory import keep_freed_memory
+from detector.methods import load_model
+from detector.outputs import ScoreRaster
+from detector.results import results, with_chip_paths
+from detector.reviews import carry_over
+from detector.scan import score_zones
+from detector.tiling import intersect, union
+from detector.zones import plan_site_zones
+
+log = logging.getLogger(__name__)
+
+PAIR_FIELDS = ("before_scene", "after_scene", "before_cloud", "after_cloud", "before_valid", "after_valid",
+               "season_gap_days", "pairing")
+WORKER_CACHE_MB = 128  # GDAL's block cache in a worker process: many of them share the machine
+
+
+@dataclass(frozen=True, slots=True)
+class SiteTask:
+    """One site (a one-row EPSG:4326 frame: site_id, user columns, polygon) and its candidate scenes."""
+
+    site: gpd.GeoDataFrame
+    before: tuple[Scene, ...]
+    after: tuple[Scene, ...]
+    config: BatchConfig
+
+    @property
+    def site_id(self) -> str:
+        return str(self.site["site_id"].iloc[0])
+
+
+def plan_tasks(config: BatchConfig, sites: gpd.GeoDataFrame, scenes: list[Scene], *,
+               skip: set[str]) -> list[SiteTask]:
+    """One task per site not in ``skip``, with the scenes that cover it within each date window."""
+    days = np.array([ordinal(s.date) for s in scenes])
+    windows = {name: in_windows(days, getattr(config, name), tolerance_days=config.tolerance_days)
+               for name in ("before", "after")}
+    site_of, scene_of = covering(np.asarray(sites.geometry.values, dtype=object),
+                                 np.array([s.footprint for s in scenes], dtype=object))
+    starts = np.searchsorted(site_of, np.arange(len(sites) + 1))
+    tasks = []
+    for i, site_id in enumerate(sites["site_id"]):
+        if site_id in skip:
+            continue
+        found = scene_of[starts[i]:starts[i + 1]]
+        picks = {name: tuple(scenes[j] for j in found[inside[found]]) for name, inside in windows.items()}
+        tasks.append(SiteTask(sites.iloc[[i]], picks["before"], picks["after"], config))
+    return tasks
+
+
+def pairing_rule(config: BatchConfig) -> PairingRule:
+    return PairingRule(before=config.before, after=config.after, tolerance_days=config.tolerance_days,
+                       same_season=config.same_season, max_cloud=config.max_cloud, min_valid=config.min_valid)
+
+
+def worker_setup() -> None:
+    """In each worker process: glibc keeps freed memory for reuse (as the CLI does)."""
+    keep_freed_memory()
+
+
+def score_site(task: SiteTask) -> Outcome:
+    """Choose the site's scenes and score it; every failure is returned, never raised."""
+    tic = time.perf_counter()
+    try:
+        with rasterio.Env(GDAL_CACHEMAX=WORKER_CACHE_MB * 2**20):  # the scan's reader sets its own
+            return scored_site(task, tic)
+    except DetectorError as exc:
+        return Outcome(task.site_id, error=first_line(exc, limit=1000), seconds=time.perf_counter() - tic)
+    except Exception as exc:  # a bug at one site is reported, and the batch goes on
+        log.error("site %s: %s", task.site_id, traceback.format_exc())
+        return Outcome(task.site_id, error=f"internal error {type(exc).__name__}: {first_line(exc, limit=1000)}",
+                       seconds=time.perf_counter() - tic)
+
+
+def scored_site(task: SiteTask, tic: float) -> Outcome:
+    geom = task.site.geometry.iloc[0]
+    before, after = (candidates(scenes, geom) for scenes in (task.before, task.after))
+    rule = pairing_rule(task.config)
+    pair = choose_pair(before, after, rule)
+    if pair is None:
+        raise InputError(no_pair_reason(before, after, rule))
+    chosen = (task.before[pair.before], task.after[pair.after])
+    sites, changes, raster = score_pair(task, chosen)
+    facts = {"before_scene": chosen[0].id, "after_scene": chosen[1].id,
+             "before_cloud": _round(before.cloud[pair.before]), "after_cloud": _round(after.cloud[pair.after]),
+             "before_valid": _round(before.valid[pair.before]), "after_valid": _round(after.valid[pair.after]),
+             "season_gap_days": pair.season_gap_days, "pairing": pair.reason}
+    for name, value in facts.items():
+        sites[name] = value
+    return Outcome(task.site_id, sites=sites, changes=changes, raster=raster, before_scene=chosen[0].id,
+                   after_scene=chosen[1].id, seconds=time.perf_counter() - tic)
+
+
+def candidates(scenes: tuple[Scene, ...], site: Any) -> Candidates:
+    """The candidate table of one date: each scene's valid and cloud share of the site, read in a coarse window."""
+    shares = np.array([site_cover(s, site) for s in scenes], dtype=float).reshape(-1, 2)
+    return Candidates(tuple(s.id for s in scenes), np.array([ordinal(s.date) for s in scenes], dtype=np.int64),
+                      shares[:, 0], shares[:, 1])
+
+
+def score_pair(task: SiteTask, chosen: tuple[Scene, Scene]) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame, bytes]:
+    """Score one site on two scenes as ``detector run`` would; the row, its polygons and its change raster."""
+    scan = task.config.scan
+    before, after = (scene.date_source() for scene in chosen)
+    names = match_bands(before, after)
+    grid = reference_grid(before, names)
+    area = intersect(overlap_window(grid, after), overlap_window(grid, before))
+    if area is None:
+        raise InputError(f"{before.path} and {after.path} do not overlap over the site")
+    zones = plan_site_zones(task.site, scan, grid, area, source=task.site_id)
+    model = load_model(scan, names)
+    with tempfile.TemporaryDirectory(prefix="detector-site-") as tmp:
+        raster = ScoreRaster(Path(tmp) / "change.tif", crs=grid.crs, transform=grid.transform,
+                             area=union([u.core for b in zones.batches for u in b.units]))
+        try:
+            acc = score_zones(scan, (before, after), names, grid, zones, raster, None, model, workers=1)
+            raster.finish()
+        finally:
+            raster.discard()
+        data = (Path(tmp) / "change.tif").read_bytes()
+    scored, changes = results(scan, zones, acc, grid, (before, after))
+    sites, _ = carry_over(scored, None)
+    sites = with_chip_paths(sites, np.zeros(len(sites), bool))
+    sites["rank"] = pd.array([None] * len(sites), dtype="Int64")  # ranked over the whole batch when it ends
+    return sites, changes, data
+
+
+def _round(value: float) -> float:
+    return float(np.round(value, 4))  # NaN (unknown) stays NaN: a number column, NULL in the GeoPackage

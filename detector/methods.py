@@ -1,0 +1,91 @@
+"""The scoring methods, in one registry: what each scores with, which tiles the CNN runs on, how the two
+combine, what ``run.json`` records, and the model each one loads.
+
+``classical`` is the image-differencing score alone (:mod:`detector.change`)
+and never loads torch; ``cnn`` is the change CNN alone; ``fused`` combines
+both (:mod:`detector.fusion`).
+
+Array contract: ``classical, cnn : ndarray, shape (N, H, W), float32``, NaN = nodata.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from detector import fusion
+
+if TYPE_CHECKING:  # torch is imported only when a model is used
+    from detector.config import ScanOptions
+    from detector.weights import LoadedModel
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    """One way to score change.
+
+    ``cnn_tiles(classical, threshold)`` says which tiles (N,) the CNN runs on;
+    ``combine(classical, cnn, reach)`` makes the score from both; ``rule`` is
+    what ``run.json`` says of the combination (None: nothing is combined).
+    """
+
+    name: str
+    uses_model: bool
+    cnn_tiles: Callable[[np.ndarray, float], np.ndarray]
+    combine: Callable[[np.ndarray, np.ndarray, int], np.ndarray]
+    rule: str | None = None
+
+
+def _no_tiles(classical: np.ndarray, threshold: float) -> np.ndarray:
+    return np.zeros(len(classical), bool)
+
+
+def _every_tile(classical: np.ndarray, threshold: float) -> np.ndarray:
+    return np.ones(len(classical), bool)
+
+
+METHODS: dict[str, Method] = {
+    "classical": Method("classical", False, _no_tiles, lambda classical, cnn, reach: classical),
+    "cnn": Method("cnn", True, _every_tile, lambda classical, cnn, reach: cnn),
+    "fused": Method("fused", True, lambda classical, threshold: fusion.candidates(classical, threshold=threshold),
+                    lambda classical, cnn, reach: fusion.fuse(classical, cnn, reach=reach), fusion.RULE),
+}
+NAMES = tuple(METHODS)
+DEFAULT = "fused"
+
+
+def default_model_path() -> Path:
+    """The weights shipped in the package (trained by ``scripts/train_default.py``)."""
+    return Path(str(resources.files("detector") / "weights" / "default.pt"))
+
+
+def model_path(scan: ScanOptions) -> Path:
+    """``--model``, else the shipped weights."""
+    return Path(scan.model or default_model_path())
+
+
+def load_model(scan: ScanOptions, names: tuple[str, ...]) -> LoadedModel | None:
+    """The CNN of ``scan.model`` (default: the shipped weights), checked against the imagery; None when the
+    method uses no model."""
+    if not METHODS[scan.method].uses_model:
+        return None
+    path = model_path(scan)
+    stat = path.stat() if path.is_file() else None
+    model = _weights(str(path), stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0)
+    model.check_bands(names)
+    model.check_tile(scan.tile_px // scan.bin)
+    return model
+
+
+@functools.lru_cache(maxsize=2)
+def _weights(path: str, mtime_ns: int, size: int) -> LoadedModel:
+    """A model file read once per process (a batch worker scores many sites); a changed file is read again."""
+    from detector import weights
+
+    return weights.load(Path(path))

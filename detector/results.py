@@ -1,0 +1,177 @@
+"""The results that ``run`` and ``batch`` share: the site table, change polygons, flags and the reviewer's
+budget, the chip selection, carried-over verdicts, and the fields we own.
+
+Both orchestrators (:mod:`detector.pipeline`, :mod:`detector.batch.run`)
+call these on what the scan gathered; nothing here reads imagery or knows
+which of them called.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable
+from importlib import metadata, resources
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import rasterio
+import shapely
+
+from aoi.cells import pixel_size_m
+from detector.chips import chip_key
+from detector.config import ReviewOptions, ScanOptions
+from detector.errors import InputError
+from detector.imagery import DateSource, Grid
+from detector.options import flag
+from detector.outputs import Staging
+from detector.reviews import FIELDS as REVIEW_FIELDS
+from detector.reviews import labels, read_reviews
+from detector.scan import Accumulated
+from detector.scoring import ScoreRule, flags, site_table, threshold_for_max_flags, threshold_for_precision
+from detector.zones import Zones
+
+OUR_FIELDS = ("site_id", "score", "rank", "flagged", "changed_area_m2", "changed_fraction", "valid_fraction",
+              "status", "shift_px", "shift_dy_px", "shift_dx_px", "shift_peak", "shift_corrected", "before_source",
+              "after_source", "before_date", "after_date", "threshold", "method", *REVIEW_FIELDS,
+              "chip_before", "chip_after", "chip_change")
+KEPT = "reviews-kept.geojson"  # reviewed sites that a later run did not score
+STYLES = ("sites.qml", "changes.qml", "change.qml")  # made by scripts/make_styles.py
+
+
+def user_columns(sites: gpd.GeoDataFrame, more_fields: tuple[str, ...] = ()) -> list[str]:
+    """The columns that came with the user's sites: not ours (nor ``more_fields``), not the geometry."""
+    ours = {*OUR_FIELDS, *more_fields, sites.geometry.name}
+    return [c for c in sites.columns if c not in ours]
+
+def stage_styles(staging: Staging, names: tuple[str, ...]) -> None:
+    """The QGIS styles: QGIS loads a same-named .qml beside a layer on its own."""
+    for name in names:
+        staging.path(name).write_bytes((resources.files("detector") / "styles" / name).read_bytes())
+
+def chosen_for_chips(sites: gpd.GeoDataFrame, top: int) -> np.ndarray:
+    """Sites that get chips: every flagged one and the ``top`` best ranked, where there is data."""
+    ranked = pd.to_numeric(sites["rank"], errors="coerce").to_numpy(dtype=float)
+    return ((sites["flagged"].to_numpy() | (ranked <= top)) & (sites["status"] != "no_coverage").to_numpy())
+
+def with_chip_paths(sites: gpd.GeoDataFrame, chosen: np.ndarray) -> gpd.GeoDataFrame:
+    """``chip_before``, ``chip_after``, ``chip_change``: paths relative to ``--out``, None without chips."""
+    out = sites.copy()
+    keys = [chip_key(r, i) if pick else None for r, i, pick in zip(out["rank"], out["site_id"], chosen, strict=True)]
+    for kind in ("before", "after", "change"):
+        out[f"chip_{kind}"] = [f"chips/{k}_{kind}.png" if k else None for k in keys]
+    return out
+
+def earlier_reviews(out: Path, reviews: Path | None) -> gpd.GeoDataFrame | None:
+    """Verdicts to carry over: those in ``out`` (kept reviews, then its sites), then ``reviews``; later win."""
+    sources = [out / KEPT, out / "sites.geojson", reviews]
+    found = [read_reviews(path).to_crs(4326) for path in sources if path is not None and path.is_file()]
+    if reviews is not None and not reviews.is_file():
+        read_reviews(reviews)  # the one-line error for a missing file
+    if not found:
+        return None
+    return gpd.GeoDataFrame(pd.concat(found, ignore_index=True), crs=4326)
+
+
+def apply_budget(review: ReviewOptions, rule: ScoreRule, sites: gpd.GeoDataFrame, labelled: pd.Series | None, *,
+                 name: Callable[[str], str] = flag) -> tuple[gpd.GeoDataFrame, dict[str, Any]]:
+    """Raise the threshold for ``max_flags`` or ``target_precision`` (else ``rule.threshold``); flag the sites
+    again (:func:`detector.scoring.flags`), so flags an earlier budget set do not outlive it.
+
+    ``name`` names an option as the user gave it (``--max-flags``, ``[run] max_flags``).
+    Returns the sites and what ``run.json`` says of the threshold.
+    """
+    score = sites["score"].to_numpy(dtype=float)
+    note: dict[str, Any] = {"chosen_by": name("threshold")}
+    value = rule.threshold
+    if review.max_flags is not None:
+        eligible = flags(score, sites["status"].to_numpy(), -np.inf)  # every site the rule could flag
+        value = threshold_for_max_flags(score, eligible, review.max_flags, floor=rule.threshold)
+        note = {"chosen_by": f"{name('max_flags')} {review.max_flags}"}
+    elif review.target_precision is not None:
+        value, note = threshold_for_target(review, sites, labelled, name=name)
+    out = sites.copy()
+    out["flagged"] = flags(score, sites["status"].to_numpy(), value)
+    out["threshold"] = value
+    return out, {"value": value, "rule": rule.describe(value), **note}
+
+
+def threshold_for_target(review: ReviewOptions, sites: gpd.GeoDataFrame, labelled: pd.Series | None, *,
+                         name: Callable[[str], str]) -> tuple[float, dict[str, Any]]:
+    """The threshold of ``target_precision`` on the labelled sites (``labels``, else the carried verdicts)."""
+    source = str(review.labels) if labelled is not None else "the carried-over review_status"
+    if labelled is not None:
+        truth = sites["site_id"].astype(str).map(labelled).to_numpy(dtype=float)
+    else:
+        truth = labels(sites["review_status"])
+    target = float(review.target_precision or 1.0)
+    choice = threshold_for_precision(sites["score"].to_numpy(dtype=float), truth, target)
+    if choice is None:
+        raise InputError(f"no threshold reaches precision {target} on the {int(np.isfinite(truth).sum())} labelled "
+                         f"sites of {source}: lower {name('target_precision')} or label more sites")
+    value, precision, recall = choice
+    return value, {"chosen_by": f"{name('target_precision')} {target}", "labels": source,
+                   "labelled_sites": int(np.isfinite(truth).sum()),
+                   "precision": round(precision, 4), "recall": round(recall, 4)}
+
+
+def results(scan: ScanOptions, zones: Zones, acc: Accumulated, grid: Grid,
+            dates: tuple[DateSource, DateSource]) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
+    """The ranked sites and their change polygons, both in EPSG:4326."""
+    sites = site_results(scan, zones, acc, grid, *dates)
+    # polygons carry zone numbers: map them with the zones' order, not the ranked sites'
+    changes = change_frame(acc.polygons, zones.frame["site_id"].astype(str).to_numpy(), grid,
+                           min_area_m2=scan.min_area_m2)
+    return sites, changes
+
+def site_results(scan: ScanOptions, zones: Zones, acc: Accumulated, grid: Grid, before: DateSource,
+                 after: DateSource) -> gpd.GeoDataFrame:
+    """One row per zone: the user's columns, the scores, the provenance; EPSG:4326."""
+    frame = zones.frame
+    geoms = frame.geometry.values
+    centroids = gpd.GeoSeries(shapely.centroid(geoms), crs=grid.crs).to_crs(4326)
+    pixel_h, pixel_w = pixel_size_m(grid.crs, grid.transform, centroids.x.to_numpy(), centroids.y.to_numpy())
+    expected = shapely.area(geoms) / abs(grid.transform.determinant)
+    table = site_table(acc.hist, expected, np.asarray(pixel_h) * np.asarray(pixel_w), rule=scan.rule)
+    shift = np.round(acc.shift, 2)
+    table["shift_px"] = np.round(np.hypot(shift[:, 0], shift[:, 1]), 2)
+    table["shift_dy_px"], table["shift_dx_px"] = shift[:, 0], shift[:, 1]
+    table["shift_peak"] = np.round(acc.peak, 1)
+    table["shift_corrected"] = acc.applied
+    table["before_source"], table["after_source"] = str(before.path), str(after.path)
+    table["before_date"], table["after_date"] = before.date, after.date
+    table["threshold"] = scan.rule.threshold
+    table["method"] = scan.method
+    user = frame.drop(columns=[frame.geometry.name, "site_id"])
+    ours = {f.lower() for f in OUR_FIELDS}  # GeoPackage (SQLite) column names ignore case
+    user = user.rename(columns={c: f"user_{c}" for c in user.columns if str(c).lower() in ours})
+    out = pd.concat([frame[["site_id"]], table.set_index(frame.index), user], axis=1)
+    out = gpd.GeoDataFrame(out, geometry=frame.geometry.values, crs=grid.crs).to_crs(4326)
+    return out.sort_values("rank", na_position="last", kind="stable")
+
+def change_frame(polygons: list[tuple[int, float, Any]], site_ids: np.ndarray, grid: Grid, *,
+                 min_area_m2: float) -> gpd.GeoDataFrame:
+    """Change polygons with site id, area in m2 and mean score; small ones dropped."""
+    zone = np.array([p[0] for p in polygons], dtype=np.int64)
+    frame = gpd.GeoDataFrame({"site_id": site_ids[zone] if len(zone) else np.array([], dtype=object),
+                              "score": np.round([p[1] for p in polygons], 4)},
+                             geometry=[p[2] for p in polygons], crs=grid.crs)
+    if frame.empty:
+        frame["area_m2"] = np.zeros(0)
+        return frame.to_crs(4326)
+    metric = frame.to_crs(frame.estimate_utm_crs())
+    frame["area_m2"] = np.round(metric.area.to_numpy(), 1)
+    frame = frame[frame["area_m2"] >= min_area_m2]
+    return frame.sort_values(["site_id", "area_m2"], ascending=[True, False]).to_crs(4326)
+
+def versions() -> dict[str, str]:
+    """Versions of Python, GDAL and the packages that shape the numbers."""
+    found = {"python": platform.python_version(), "gdal": rasterio.__gdal_version__}
+    for name in ("numpy", "scipy", "rasterio", "geopandas", "shapely", "pyproj", "pyogrio", "scikit-image", "torch"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "absent"
+    return found

@@ -1,37 +1,69 @@
-"""How the classical evidence and the CNN make one change score.
+"""How the classical evidence and the CNN make one change score, and when the CNN is heard at all.
 
-``fused = sqrt(classical * cnn_near)``, per pixel: the geometric mean of the
-classical score (:func:`detector.change.change_score`) and ``cnn_near``, the
-CNN's highest change probability within ``SUPPORT_M`` (15 m) of the pixel.
-A pixel scores high only where both agree: the CNN says that construction
-is there or right beside it (it fires on buildings, not on the yards, walls
-and roads between them that belong to the same compound), the classical score
-says how far the change extends, with its own checks (change in noise units
-of the tile, greening suppressed, registration checked).  Both are in [0, 1],
-so the fused score is too, and the thresholds of
-:class:`detector.scoring.ScoreRule` keep their meaning.  The 15 m reach was
-chosen on the development data (the seven training cities and the Dabancheng
-sample), never on the held-out cities.
+**The rule.**  ``fused = max((classical * cnn_near) ** EXPONENT, FLOOR * classical)``
+per pixel, ``cnn_near`` the CNN's highest change probability within
+``SUPPORT_M`` (15 m) of the pixel.  The first term scores high where both
+agree: the CNN says that construction is there or right beside it (it fires
+on buildings, not on the yards, walls and roads between them that belong to
+the same compound), the classical score says how far the change extends,
+with its own checks (change in noise units of the tile, greening suppressed,
+registration checked).  The second term is the floor that no single voter
+can go under: where the CNN says nothing, strong classical evidence still
+scores ``FLOOR`` of itself (a classical 0.8 stays 0.64), so the CNN can lower
+a score but never veto it.  Both are in [0, 1], so the fused score is too.
+
+**No veto out of its domain.**  Where the CNN has never seen ground like
+the scene's (a desert, snow, an RGB frame of another sensor) its
+probabilities collapse towards 0 and a product of the two would veto every
+pixel the classical evidence finds.  So each scene is checked first: of the
+pixels the classical score counts as changed, the share where the CNN sees
+change too (``agreement``).  On the cities it was trained on the CNN agrees
+on a fair share of them; a collapsed CNN agrees on almost none.  Under
+``MIN_AGREEMENT`` the CNN abstains and the scene is scored by the classical
+evidence alone (:func:`domain_check`; ``run.json`` records the check and the
+rule that applied).  With fewer than ``MIN_CHANGED_PX`` classically changed
+pixels there is nothing to check against, and the rule stands.
+
+The constants were chosen on training folds only (``scripts/eval_oscd.py
+--folds``, out-of-fold predictions), never on a city scored with them; the
+README's model card gives the figures.
 
 The rule makes a cheap prefilter exact where it matters: the fused score is
-at most ``sqrt(classical)``, so where the classical score is under ``t ** 2``
-(``t`` the lower of the pixel and site thresholds) the fused score is under
-``t`` whatever the CNN says.  A tile with no pixel at ``t ** 2`` skips the
-CNN and its fused scores are 0: which pixels count as changed and which
-sites are flagged stay exactly as without the prefilter; scores under the
-thresholds (and so the order of unflagged sites) may be lower.
+at most ``max(classical ** EXPONENT, FLOOR * classical)``, so where the
+classical score is under ``t ** (1 / EXPONENT)`` (``t`` the lower of the
+pixel and site thresholds, and ``t ** (1 / EXPONENT) <= t / FLOOR``) the
+fused score is under ``t`` whatever the CNN says.  A tile with no such pixel
+skips the CNN and its fused scores are ``FLOOR * classical``: which pixels
+count as changed and which sites are flagged stay exactly as without the
+prefilter; scores under the thresholds may be lower.
 
 Array contract: ``classical, cnn : ndarray, shape (N, H, W), float32``, NaN = nodata.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy import ndimage
 
 SUPPORT_M = 15.0
-RULE = ("fused = sqrt(classical * cnn_near) per pixel, cnn_near = the CNN probability's maximum within 15 m; "
-        "CNN skipped (fused = 0) on tiles with no classical score >= min(pixel_threshold, threshold)**2")
+EXPONENT = 0.5
+FLOOR = 0.7
+MIN_AGREEMENT = 0.02
+MIN_CHANGED_PX = 200
+AGREES_AT = 0.5  # the CNN sees change at a pixel at this probability
+
+
+def rule_text(exponent: float = EXPONENT) -> str:
+    return (f"fused = max((classical * cnn_near) ** {exponent:g}, {FLOOR:g} * classical) per pixel, cnn_near = the "
+            f"CNN probability's maximum within {SUPPORT_M:g} m; CNN skipped (cnn_near = 0) on tiles with no "
+            f"classical score >= "
+            f"min(pixel_threshold, threshold) ** {1 / exponent:.3g}; classical alone where the CNN agrees on under "
+            f"{MIN_AGREEMENT:g} of the classically changed pixels (at least {MIN_CHANGED_PX} of them)")
+
+
+RULE = rule_text()
 
 
 def reach_px(pixel_m: float) -> int:
@@ -39,16 +71,44 @@ def reach_px(pixel_m: float) -> int:
     return int(SUPPORT_M // pixel_m)
 
 
+def near(cnn: np.ndarray, *, reach: int = 0) -> np.ndarray:
+    """The CNN's highest probability within ``reach`` pixels; NaN where the CNN is NaN."""
+    if reach <= 0:
+        return cnn
+    size = (1, 2 * reach + 1, 2 * reach + 1)
+    return np.where(np.isnan(cnn), np.nan, ndimage.maximum_filter(np.nan_to_num(cnn, nan=0.0), size=size))
+
+
 def fuse(classical: np.ndarray, cnn: np.ndarray, *, reach: int = 0) -> np.ndarray:
-    """Geometric mean of the classical score and the CNN's maximum within ``reach`` pixels; NaN where either is NaN."""
-    near = cnn
-    if reach > 0:
-        size = (1, 2 * reach + 1, 2 * reach + 1)
-        near = np.where(np.isnan(cnn), np.nan, ndimage.maximum_filter(np.nan_to_num(cnn, nan=0.0), size=size))
-    return np.sqrt(np.maximum(classical, 0) * np.maximum(near, 0)).astype(np.float32)
+    """``max((classical * cnn_near) ** EXPONENT, FLOOR * classical)``; NaN where either is NaN."""
+    product = np.maximum(classical, 0) * np.maximum(near(cnn, reach=reach), 0)
+    return np.maximum(product ** EXPONENT, FLOOR * classical).astype(np.float32)
 
 
 def candidates(classical: np.ndarray, *, threshold: float) -> np.ndarray:
     """Tiles where the fused score could reach ``threshold``: shape (N,), bool."""
     flat = np.nan_to_num(classical.reshape(len(classical), -1), nan=0.0)
-    return flat.max(axis=1) >= threshold ** 2
+    return flat.max(axis=1) >= threshold ** (1 / EXPONENT)
+
+
+def agreement_counts(classical: np.ndarray, cnn: np.ndarray, *, reach: int = 0,
+                     pixel_threshold: float) -> np.ndarray:
+    """Per tile, the pixels the classical score counts as changed and, of those, where the CNN near them sees
+    change: shape (N, 2), int64."""
+    changed = np.nan_to_num(classical, nan=0.0) >= pixel_threshold
+    agrees = np.nan_to_num(near(cnn, reach=reach), nan=0.0) >= AGREES_AT
+    return np.stack([changed.sum(axis=(1, 2)), (changed & agrees).sum(axis=(1, 2))], axis=1).astype(np.int64)
+
+
+def domain_check(counts: np.ndarray) -> dict[str, Any]:
+    """Whether the CNN is heard in a scene, from :func:`agreement_counts` summed over its tiles.
+
+    Returns what ``run.json`` records: ``in_domain``, ``agreement`` (None
+    when too few pixels changed to tell), the counts and the rule's limits.
+    """
+    changed, agreed = int(counts[0]), int(counts[1])
+    agreement = agreed / changed if changed else None
+    in_domain = changed < MIN_CHANGED_PX or (agreement or 0.0) >= MIN_AGREEMENT
+    return {"in_domain": in_domain, "agreement": None if agreement is None else round(agreement, 4),
+            "classical_changed_px": changed, "cnn_agreed_px": agreed, "min_agreement": MIN_AGREEMENT,
+            "min_changed_px": MIN_CHANGED_PX}

@@ -24,10 +24,10 @@ from rasterio.enums import ColorInterp, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
-from rasterio.windows import Window, from_bounds
+from rasterio.windows import Window
 
 from detector.errors import InputError, MissingFileError, first_line
-from detector.tiling import intersect
+from detector.tiling import bounds_window, intersect
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".img", ".vrt")
 SENTINEL2 = {
@@ -228,7 +228,7 @@ def overlap_window(grid: Grid, date: DateSource) -> Window:
     for file in date.files:
         g = grid_of(file)
         bounds = transform_bounds(g.crs, grid.crs, *g.bounds, densify_pts=21)
-        other = from_bounds(*bounds, transform=grid.transform).round_offsets().round_lengths()
+        other = bounds_window(bounds, grid.transform)
         window = intersect(window, other)
         if window is None:
             raise InputError(

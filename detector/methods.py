@@ -3,7 +3,8 @@ combine, what ``run.json`` records, and the model each one loads.
 
 ``classical`` is the image-differencing score alone (:mod:`detector.change`)
 and never loads torch; ``cnn`` is the change CNN alone; ``fused`` combines
-both (:mod:`detector.fusion`).
+both (:mod:`detector.fusion`), and falls back to ``classical`` in a scene
+where the CNN is out of its domain.
 
 Array contract: ``classical, cnn : ndarray, shape (N, H, W), float32``, NaN = nodata.
 """
@@ -32,7 +33,10 @@ class Method:
 
     ``cnn_tiles(classical, threshold)`` says which tiles (N,) the CNN runs on;
     ``combine(classical, cnn, reach)`` makes the score from both; ``rule`` is
-    what ``run.json`` says of the combination (None: nothing is combined).
+    what ``run.json`` says of the combination (None: nothing is combined);
+    ``falls_back_to`` is the method that scores a scene where the CNN is out
+    of its domain (:func:`detector.fusion.domain_check`; None: the CNN is
+    used wherever it is asked for).
     """
 
     name: str
@@ -40,6 +44,7 @@ class Method:
     cnn_tiles: Callable[[np.ndarray, float], np.ndarray]
     combine: Callable[[np.ndarray, np.ndarray, int], np.ndarray]
     rule: str | None = None
+    falls_back_to: str | None = None
 
 
 def _no_tiles(classical: np.ndarray, threshold: float) -> np.ndarray:
@@ -54,7 +59,8 @@ METHODS: dict[str, Method] = {
     "classical": Method("classical", False, _no_tiles, lambda classical, cnn, reach: classical),
     "cnn": Method("cnn", True, _every_tile, lambda classical, cnn, reach: cnn),
     "fused": Method("fused", True, lambda classical, threshold: fusion.candidates(classical, threshold=threshold),
-                    lambda classical, cnn, reach: fusion.fuse(classical, cnn, reach=reach), fusion.RULE),
+                    lambda classical, cnn, reach: fusion.fuse(classical, cnn, reach=reach), fusion.RULE,
+                    falls_back_to="classical"),
 }
 NAMES = tuple(METHODS)
 DEFAULT = "fused"

@@ -95,12 +95,12 @@ def flag(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
-def check(value_type: Any) -> None:
+def check(value: Any) -> None:
     """Check and convert every :func:`option` field of a frozen dataclass instance, in place."""
-    for field in dataclasses.fields(value_type):
+    for field in dataclasses.fields(value):
         spec = field.metadata.get("spec")
         if spec is not None:
-            object.__setattr__(value_type, field.name, checked(field.name, getattr(value_type, field.name), spec))
+            object.__setattr__(value, field.name, checked(field.name, getattr(value, field.name), spec))
 
 
 def checked(key: str, value: Any, spec: Spec) -> Any:

@@ -2,7 +2,7 @@
 
 The orchestrator of one run: it opens the dates, plans the zones, calls the
 scan and the shared results (:mod:`detector.results`) and stages the
-outputs; it owns no arithmetic, and nothing but the CLI imports it.
+outputs; it owns no arithmetic, and nothing in the package but the CLI imports it.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from detector.report import render
 from detector.results import (
     KEPT,
     STYLES,
+    applied_rule,
     apply_budget,
     chosen_for_chips,
     earlier_reviews,
@@ -38,7 +39,7 @@ from detector.results import (
     with_chip_paths,
 )
 from detector.reviews import carry_over, read_labels
-from detector.scan import Progress, score_zones
+from detector.scan import Progress, Scored, score_scene
 from detector.tiling import intersect, union
 from detector.zones import plan_zones
 
@@ -72,15 +73,16 @@ def run(config: RunConfig, *, progress: Progress | None = None, command: list[st
     with ThreadPoolExecutor(max_workers=2) as side, Staging(config.out) as staging:
         hashes = side.submit(input_records, config, before, after)
         tic = time.perf_counter()
-        raster = ScoreRaster(staging.path("change.tif"), crs=grid.crs, transform=grid.transform,
-                             area=union([u.core for b in zones.batches for u in b.units]))
+        scene = score_scene(scan, (before, after), names, grid, zones,
+                            lambda: ScoreRaster(staging.path("change.tif"), crs=grid.crs, transform=grid.transform,
+                                                area=union([u.core for b in zones.batches for u in b.units])),
+                            progress, model, workers=config.workers)
+        raster = scene.raster
         try:
-            acc = score_zones(scan, (before, after), names, grid, zones, raster, progress, model,
-                              workers=config.workers)
             clock["score_s"] = time.perf_counter() - tic
             tic = time.perf_counter()
             overviews = side.submit(timed, raster.finish)  # GDAL builds them while the vectors are written
-            scored, changes = results(scan, zones, acc, grid, (before, after))
+            scored, changes = results(scene.scan, zones, scene.acc, grid, (before, after))
             sites, kept = carry_over(scored, verdicts)
             sites, threshold = apply_budget(review, scan.rule, sites, labelled)
             sites = with_chip_paths(sites, chosen_for_chips(sites, review.chips))
@@ -98,7 +100,7 @@ def run(config: RunConfig, *, progress: Progress | None = None, command: list[st
             raster.discard()
         clock["total_s"] = time.perf_counter() - start
         record = run_record(config, hashes.result(), names, grid, area, sites, changes, clock, command, model,
-                            acc.cnn, threshold)
+                            scene, threshold)
         write_json(record, staging.path("run.json"))
         stage_styles(staging, STYLES)
         staging.path("report.html").write_text(render(sites, record, user_columns(sites)), encoding="utf-8")
@@ -137,7 +139,7 @@ def input_records(config: RunConfig, before: DateSource, after: DateSource) -> d
 
 def run_record(config: RunConfig, inputs: dict[str, Any], names: tuple[str, ...], grid: Grid, area: Window,
                sites: gpd.GeoDataFrame, changes: gpd.GeoDataFrame, clock: dict[str, float],
-               command: list[str] | None, model: LoadedModel | None, cnn_tiles: list[bool],
+               command: list[str] | None, model: LoadedModel | None, scene: Scored,
                threshold: dict[str, Any]) -> dict[str, Any]:
     """Everything needed to reproduce and defend the run."""
     return {
@@ -149,6 +151,7 @@ def run_record(config: RunConfig, inputs: dict[str, Any], names: tuple[str, ...]
         "threshold": threshold,
         "method": config.scan.method,
         "fusion": METHODS[config.scan.method].rule,
+        "fusion_applied": applied_rule(scene),
         "model": model.record() if model is not None else None,
         "bands": list(names),
         "grid": {"crs": grid.crs.to_string(), "transform": list(grid.transform)[:6],
@@ -156,7 +159,7 @@ def run_record(config: RunConfig, inputs: dict[str, Any], names: tuple[str, ...]
                  "analysed_window": [int(area.col_off), int(area.row_off), int(area.width), int(area.height)]},
         "counts": {"sites": len(sites), "flagged": int(sites["flagged"].sum()),
                    "no_coverage": int((sites["status"] == "no_coverage").sum()), "change_polygons": len(changes),
-                   "tiles": len(cnn_tiles), "cnn_tiles": int(sum(cnn_tiles))},
+                   "tiles": len(scene.acc.cnn), "cnn_tiles": int(sum(scene.acc.cnn))},
         "versions": versions(),
         "timings_s": {k: round(v, 3) for k, v in clock.items()},
     }

@@ -2,8 +2,9 @@
 budget, the chip selection, carried-over verdicts, and the fields we own.
 
 Both orchestrators (:mod:`detector.pipeline`, :mod:`detector.batch.run`)
-call these on what the scan gathered; nothing here reads imagery or knows
-which of them called.
+call these on what the scan gathered; nothing here reads imagery.  Options
+are named as the CLI names them unless the caller says otherwise
+(:func:`apply_budget`'s ``name``).
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from detector.chips import chip_key
 from detector.config import ReviewOptions, ScanOptions
 from detector.errors import InputError
 from detector.imagery import DateSource, Grid
+from detector.methods import METHODS
 from detector.options import flag
 from detector.outputs import Staging
 from detector.reviews import FIELDS as REVIEW_FIELDS
 from detector.reviews import labels, read_reviews
-from detector.scan import Accumulated
+from detector.scan import Accumulated, Scored
 from detector.scoring import ScoreRule, flags, site_table, threshold_for_max_flags, threshold_for_precision
 from detector.zones import Zones
 
@@ -46,15 +48,18 @@ def user_columns(sites: gpd.GeoDataFrame, more_fields: tuple[str, ...] = ()) -> 
     ours = {*OUR_FIELDS, *more_fields, sites.geometry.name}
     return [c for c in sites.columns if c not in ours]
 
+
 def stage_styles(staging: Staging, names: tuple[str, ...]) -> None:
     """The QGIS styles: QGIS loads a same-named .qml beside a layer on its own."""
     for name in names:
         staging.path(name).write_bytes((resources.files("detector") / "styles" / name).read_bytes())
 
+
 def chosen_for_chips(sites: gpd.GeoDataFrame, top: int) -> np.ndarray:
     """Sites that get chips: every flagged one and the ``top`` best ranked, where there is data."""
     ranked = pd.to_numeric(sites["rank"], errors="coerce").to_numpy(dtype=float)
     return ((sites["flagged"].to_numpy() | (ranked <= top)) & (sites["status"] != "no_coverage").to_numpy())
+
 
 def with_chip_paths(sites: gpd.GeoDataFrame, chosen: np.ndarray) -> gpd.GeoDataFrame:
     """``chip_before``, ``chip_after``, ``chip_change``: paths relative to ``--out``, None without chips."""
@@ -63,6 +68,24 @@ def with_chip_paths(sites: gpd.GeoDataFrame, chosen: np.ndarray) -> gpd.GeoDataF
     for kind in ("before", "after", "change"):
         out[f"chip_{kind}"] = [f"chips/{k}_{kind}.png" if k else None for k in keys]
     return out
+
+
+def applied_rule(scene: Scored) -> dict[str, Any] | None:
+    """What ``run.json`` says of how the scene was scored: the method that applied and the CNN's domain check
+    (:func:`detector.fusion.domain_check`); None for a method without a CNN."""
+    if scene.check is None:
+        return None
+    if scene.check["in_domain"]:
+        why = "the CNN agrees with the classical evidence often enough here"
+        if scene.check["agreement"] is None:
+            why = "too few classically changed pixels to check the CNN against"
+    else:
+        why = (f"the CNN agrees on {scene.check['agreement']:.1%} of the classically changed pixels, under "
+               f"{scene.check['min_agreement']:.0%}: out of its domain")
+        if METHODS[scene.scan.method].uses_model:
+            why += " (kept: the method was asked for)"
+    return {"rule": scene.scan.method, "why": why, **scene.check}
+
 
 def earlier_reviews(out: Path, reviews: Path | None) -> gpd.GeoDataFrame | None:
     """Verdicts to carry over: those in ``out`` (kept reviews, then its sites), then ``reviews``; later win."""
@@ -126,6 +149,7 @@ def results(scan: ScanOptions, zones: Zones, acc: Accumulated, grid: Grid,
                            min_area_m2=scan.min_area_m2)
     return sites, changes
 
+
 def site_results(scan: ScanOptions, zones: Zones, acc: Accumulated, grid: Grid, before: DateSource,
                  after: DateSource) -> gpd.GeoDataFrame:
     """One row per zone: the user's columns, the scores, the provenance; EPSG:4326."""
@@ -151,6 +175,7 @@ def site_results(scan: ScanOptions, zones: Zones, acc: Accumulated, grid: Grid, 
     out = gpd.GeoDataFrame(out, geometry=frame.geometry.values, crs=grid.crs).to_crs(4326)
     return out.sort_values("rank", na_position="last", kind="stable")
 
+
 def change_frame(polygons: list[tuple[int, float, Any]], site_ids: np.ndarray, grid: Grid, *,
                  min_area_m2: float) -> gpd.GeoDataFrame:
     """Change polygons with site id, area in m2 and mean score; small ones dropped."""
@@ -165,6 +190,7 @@ def change_frame(polygons: list[tuple[int, float, Any]], site_ids: np.ndarray, g
     frame["area_m2"] = np.round(metric.area.to_numpy(), 1)
     frame = frame[frame["area_m2"] >= min_area_m2]
     return frame.sort_values(["site_id", "area_m2"], ascending=[True, False]).to_crs(4326)
+
 
 def versions() -> dict[str, str]:
     """Versions of Python, GDAL and the packages that shape the numbers."""

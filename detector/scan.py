@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import threading
@@ -10,7 +11,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -35,6 +36,8 @@ from detector.zones import Zones, centre_lonlat
 if TYPE_CHECKING:  # torch is imported only when a model is used
     from detector.weights import LoadedModel
 
+log = logging.getLogger(__name__)
+
 # GDAL's block cache: about three rows of 512-px blocks of two 4-band uint16
 # Sentinel-2 tiles, so neighbouring tiles never decode a block twice.
 CACHE_MB = 300
@@ -53,6 +56,7 @@ class Accumulated:
     applied: np.ndarray  # (Z,)
     polygons: list[tuple[int, float, Any]]  # (zone, mean score, shapely geometry in grid CRS)
     cnn: list[bool]  # per tile scored: whether the CNN ran on it
+    agreement: np.ndarray  # (2,): classically changed pixels, and of those where the CNN agrees (fusion)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +71,7 @@ class UnitResult:
     polygons: list[tuple[int, float, Any]]  # (zone, mean score, geometry in the grid CRS)
     score: np.ndarray  # (H, W) over unit.core, NaN outside the zones
     cnn: bool  # the CNN ran on this tile
+    agreement: np.ndarray  # (2,) :func:`detector.fusion.agreement_counts` of the tile's read window
 
 
 class BatchScorer:
@@ -90,33 +95,39 @@ class BatchScorer:
                             self.names, pixel_m=self.pixel_m * factor,
                             max_shift_px=self.scan.max_shift_px / factor, min_peak=self.scan.min_peak,
                             params=self.scan.params)
-        score, cnn = self.method_score(tiles.score, first, tiles.after, pixel_m=self.pixel_m * factor)
+        score, cnn, agreement = self.method_score(tiles.score, first, tiles.after, pixel_m=self.pixel_m * factor)
         return [self.unit_result(unit, score[i], tiles.shift[i] * factor, float(tiles.peak[i]),
-                                 bool(tiles.applied[i]), bool(cnn[i]))
+                                 bool(tiles.applied[i]), bool(cnn[i]), agreement[i])
                 for i, unit in enumerate(batch.units)]
 
     def method_score(self, classical: np.ndarray, before: np.ndarray, after: np.ndarray, *,
-                     pixel_m: float) -> tuple[np.ndarray, np.ndarray]:
+                     pixel_m: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The score of ``scan.method`` from the classical score and the (registered) tiles.
 
         Shapes: classical (N, H, W); before, after (N, C, H, W).  Returns the
-        score (N, H, W) and which tiles the CNN ran on (N,).  See :mod:`detector.methods`.
+        score (N, H, W), which tiles the CNN ran on (N,) and each tile's
+        agreement counts (N, 2) for the domain check (zeros where no CNN
+        ran).  See :mod:`detector.methods` and :mod:`detector.fusion`.
         """
         method = METHODS[self.scan.method]
         rule = self.scan.rule
         pick = method.cnn_tiles(classical, min(rule.pixel_threshold, rule.threshold))
         cnn = np.zeros_like(classical)
+        agreement = np.zeros((len(classical), 2), np.int64)
+        reach = fusion.reach_px(pixel_m)
         if pick.any():
             if self.model is None:
                 raise ValueError(f"method {method.name} needs a model")
             from detector.model import adapt, predict
 
             cnn[pick] = predict(self.model.network, adapt(before[pick], after[pick], self.names))
+            agreement[pick] = fusion.agreement_counts(classical[pick], cnn[pick], reach=reach,
+                                                      pixel_threshold=rule.pixel_threshold)
         cnn[np.isnan(classical)] = np.nan
-        return method.combine(classical, cnn, fusion.reach_px(pixel_m)), pick
+        return method.combine(classical, cnn, reach), pick, agreement
 
     def unit_result(self, unit: Unit, tile_score: np.ndarray, shift: np.ndarray, peak: float,
-                    applied: bool, cnn: bool) -> UnitResult:
+                    applied: bool, cnn: bool, agreement: np.ndarray) -> UnitResult:
         r = int(unit.core.row_off - unit.read.row_off)
         c = int(unit.core.col_off - unit.read.col_off)
         full = unbin(tile_score, self.scan.bin, (int(unit.read.height), int(unit.read.width)))
@@ -127,7 +138,7 @@ class BatchScorer:
         polygons = change_polygons(score, labels, unit.zones, transform,
                                    pixel_threshold=self.scan.rule.pixel_threshold)
         return UnitResult(unit, hist, shift, peak, applied, polygons,
-                          np.where(labels > 0, score, np.float32(np.nan)), cnn)
+                          np.where(labels > 0, score, np.float32(np.nan)), cnn, agreement)
 
 
 def read_in_background(dates: tuple[DateSource, DateSource], names: tuple[str, ...], grid: Grid,
@@ -207,7 +218,7 @@ def score_zones(scan: ScanOptions, dates: tuple[DateSource, DateSource], names: 
     the results."""
     count = len(zones.frame)
     acc = Accumulated(np.zeros((count, BINS + 1), np.int64), np.full((count, 2), np.nan),
-                      np.full(count, np.nan), np.zeros(count, bool), [], [])
+                      np.full(count, np.nan), np.zeros(count, bool), [], [], np.zeros(2, np.int64))
     scorer = BatchScorer(scan, names, grid, zones, model)
     workers = workers or os.cpu_count() or 1
     done = 0
@@ -222,6 +233,7 @@ def score_zones(scan: ScanOptions, dates: tuple[DateSource, DateSource], names: 
             acc.applied[picks] = result.applied
             acc.polygons.extend(result.polygons)
             acc.cnn.append(result.cnn)
+            acc.agreement[:] += result.agreement
             raster.write(result.score, result.unit.core, merge=not zones.cell_mode)
         done += 1
         if progress is not None:
@@ -237,6 +249,50 @@ def score_zones(scan: ScanOptions, dates: tuple[DateSource, DateSource], names: 
         while pending:
             gather(pending.popleft().result())
     return acc
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """A scene scored: what was gathered, the options that applied (``classical`` where the CNN abstained),
+    and the domain check of :func:`detector.fusion.domain_check` (None for a method without a CNN)."""
+
+    acc: Accumulated
+    scan: ScanOptions
+    check: dict[str, Any] | None
+    raster: ScoreRaster
+
+
+def score_scene(scan: ScanOptions, dates: tuple[DateSource, DateSource], names: tuple[str, ...], grid: Grid,
+                zones: Zones, new_raster: Callable[[], ScoreRaster], progress: Progress | None,
+                model: LoadedModel | None = None, *, workers: int = 0) -> Scored:
+    """Score a scene with ``scan.method``; where the CNN is out of its domain and the method has a fall-back
+    (:mod:`detector.methods`), score it again with that, into a new raster.  The caller discards
+    ``Scored.raster`` when it is done with it."""
+    method = METHODS[scan.method]
+    raster = new_raster()
+    try:
+        acc = score_zones(scan, dates, names, grid, zones, raster, progress, model, workers=workers)
+    except BaseException:
+        raster.discard()
+        raise
+    check = fusion.domain_check(acc.agreement) if method.uses_model else None
+    if check is None or check["in_domain"]:
+        return Scored(acc, scan, check, raster)
+    log.warning("the CNN agrees on %.1f%% of the %d classically changed pixels (under %.0f%%): it looks out of "
+                "its domain here; %s", 100 * (check["agreement"] or 0), check["classical_changed_px"],
+                100 * check["min_agreement"], f"scoring with {method.falls_back_to} alone" if method.falls_back_to
+                else "its scores may miss change (--method fused falls back to classical)")
+    if method.falls_back_to is None:
+        return Scored(acc, scan, check, raster)
+    raster.discard()
+    fallback = replace(scan, method=method.falls_back_to, model=None)
+    raster = new_raster()
+    try:
+        again = score_zones(fallback, dates, names, grid, zones, raster, progress, None, workers=workers)
+    except BaseException:
+        raster.discard()
+        raise
+    return Scored(replace(again, cnn=acc.cnn), fallback, check, raster)
 
 
 @contextmanager

@@ -23,8 +23,8 @@ BINS = 200
 class ScoreRule:
     """How a site's score and flag are derived from its pixels.
 
-    ``score`` is the ``quantile`` of the site's valid pixel scores (0.9: a
-    change over at least a tenth of the site drives the score); a pixel is
+    ``score`` is the ``quantile`` of the site's valid pixel scores (0.95: a
+    change over at least a twentieth of the site drives the score); a pixel is
     *changed* at ``pixel_threshold``; a site is flagged when its score is at or
     above ``threshold`` and at least ``min_valid`` of it has data in both dates.
     """

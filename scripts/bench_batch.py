@@ -32,6 +32,8 @@ import rasterio.warp
 from rasterio.transform import from_origin
 from scipy import ndimage
 
+from detector.methods import DEFAULT, NAMES
+
 ROOT = Path(__file__).resolve().parents[1]
 ASPI = ROOT / ".." / "shared" / "data" / "xinjiang-aspi-facilities" / "facilities_v1.geojson"
 SIZE, PIXEL = 160, 10.0
@@ -117,7 +119,7 @@ def measure(command: list[str]) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("/tmp/detector-bench-batch"))
-    parser.add_argument("--method", default="fused")
+    parser.add_argument("--method", default=DEFAULT, choices=NAMES)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     if not (args.data / "sites.geojson").exists():

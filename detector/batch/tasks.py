@@ -8,6 +8,7 @@ so the results do not depend on where they ran.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import time
 import traceback
@@ -31,7 +32,7 @@ from detector.methods import load_model
 from detector.outputs import ScoreRaster
 from detector.results import results, with_chip_paths
 from detector.reviews import carry_over
-from detector.scan import score_zones
+from detector.scan import score_scene
 from detector.tiling import intersect, union
 from detector.zones import plan_site_zones
 
@@ -89,7 +90,8 @@ def score_site(task: SiteTask) -> Outcome:
     """Choose the site's scenes and score it; every failure is returned, never raised."""
     tic = time.perf_counter()
     try:
-        with rasterio.Env(GDAL_CACHEMAX=WORKER_CACHE_MB * 2**20):  # the scan's reader sets its own
+        cache = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": WORKER_CACHE_MB * 2**20}  # a user's wins
+        with rasterio.Env(**cache):  # the scan's reader sets its own
             return scored_site(task, tic)
     except DetectorError as exc:
         return Outcome(task.site_id, error=first_line(exc, limit=1000), seconds=time.perf_counter() - tic)
@@ -137,15 +139,16 @@ def score_pair(task: SiteTask, chosen: tuple[Scene, Scene]) -> tuple[gpd.GeoData
     zones = plan_site_zones(task.site, scan, grid, area, source=task.site_id)
     model = load_model(scan, names)
     with tempfile.TemporaryDirectory(prefix="detector-site-") as tmp:
-        raster = ScoreRaster(Path(tmp) / "change.tif", crs=grid.crs, transform=grid.transform,
-                             area=union([u.core for b in zones.batches for u in b.units]))
+        scene = score_scene(scan, (before, after), names, grid, zones,
+                            lambda: ScoreRaster(Path(tmp) / "change.tif", crs=grid.crs, transform=grid.transform,
+                                                area=union([u.core for b in zones.batches for u in b.units])),
+                            None, model, workers=1)
         try:
-            acc = score_zones(scan, (before, after), names, grid, zones, raster, None, model, workers=1)
-            raster.finish()
+            scene.raster.finish()
         finally:
-            raster.discard()
+            scene.raster.discard()
         data = (Path(tmp) / "change.tif").read_bytes()
-    scored, changes = results(scan, zones, acc, grid, (before, after))
+    scored, changes = results(scene.scan, zones, scene.acc, grid, (before, after))
     sites, _ = carry_over(scored, None)
     sites = with_chip_paths(sites, np.zeros(len(sites), bool))
     sites["rank"] = pd.array([None] * len(sites), dtype="Int64")  # ranked over the whole batch when it ends

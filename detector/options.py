@@ -45,7 +45,7 @@ class Spec:
             what = NUMBER_KINDS[self.kind]
             bounds = [f"{'>=' if self.low_closed else '>'} {self.low:g}"] if self.low > -math.inf else []
             bounds += [f"<= {self.high:g}"] if self.high < math.inf else []
-            return f"{what} {' and '.join(bounds)}".strip()
+            return f"{'a finite number' if self.kind is float else what} {' and '.join(bounds)}".strip()
         return {str: "a text", Path: "a file path", bool: "true or false", list: "a list"}[self.kind]
 
 
@@ -108,9 +108,9 @@ def checked(key: str, value: Any, spec: Spec) -> Any:
     if value is None and spec.optional:
         return None
     found = converted(value, spec.kind)
-    low_ok = found is not None and spec.kind in NUMBER_KINDS and (
-        found >= spec.low if spec.low_closed else found > spec.low)
-    inside = found is not None and (spec.kind not in NUMBER_KINDS or (low_ok and found <= spec.high))
+    number = found is not None and spec.kind in NUMBER_KINDS
+    low_ok = number and math.isfinite(found) and (found >= spec.low if spec.low_closed else found > spec.low)
+    inside = found is not None and (not number or (low_ok and found <= spec.high))
     if not inside or (spec.choices and found not in spec.choices):
         raise OptionError((key,), "{} is " + literal(f"{value!r}: give {spec.expected()}"))
     return found

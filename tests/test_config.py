@@ -19,15 +19,18 @@ from detector.scoring import ScoreRule
     (lambda: ScanOptions(method="best"), "--method is 'best': give one of classical, cnn, fused"),
     (lambda: ScanOptions(method="classical", model=Path("m.pt")), "--model m.pt is not used by --method classical"),
     (lambda: ScanOptions(max_shift_px=-1), "--max-shift-px is -1"),
-    (lambda: ScoreRule(threshold=1.5), "--threshold is 1.5: give a number > 0 and <= 1"),
+    (lambda: ScoreRule(threshold=1.5), "--threshold is 1.5: give a finite number > 0 and <= 1"),
     (lambda: ScoreRule(pixel_threshold="0.5"), "--pixel-threshold is '0.5'"),
-    (lambda: SiteOptions(buffer_m=0), "--buffer-m is 0: give a number > 0"),
+    (lambda: SiteOptions(buffer_m=0), "--buffer-m is 0: give a finite number > 0"),
+    (lambda: SiteOptions(buffer_m=float("inf")), "--buffer-m is inf: give a finite number > 0"),
+    (lambda: ScanOptions(min_area_m2=float("nan")), "--min-area-m2 is nan"),
     (lambda: SiteOptions(id_col=3), "--id-col is 3: give a text"),
     (lambda: ReviewOptions(chips=-1), "--chips is -1: give a whole number >= 0"),
     (lambda: ReviewOptions(max_flags=1, target_precision=0.9), "--max-flags and --target-precision both set"),
     (lambda: ReviewOptions(target_precision=0), "--target-precision is 0"),
     (lambda: RunConfig(before=Path("a"), after=Path("b"), out=Path("c"), workers=-1), "--workers is -1"),
     (lambda: RunConfig(before=Path("a"), after=Path("b"), out=Path("c"), cell_m="big"), "--cell-m is 'big'"),
+    (lambda: RunConfig(before=Path("a"), after=Path("b"), out=Path("c"), cell_m=float("inf")), "--cell-m is inf"),
 ])
 def test_a_bad_value_is_refused_with_its_flag_and_what_to_give(make: object, message: str) -> None:
     with pytest.raises(OptionError) as caught:

@@ -329,13 +329,13 @@ BASE = ("[sites]\npaths=['s.geojson']\n[imagery]\ncatalog='c'\n[dates]\nbefore=[
     *[(BASE + f"[run]\n{line}\n", message) for line, message in (
         ("bin = 2.5", "[run] bin is 2.5: give a whole number"),
         ("tile_px = 300.7", "[run] tile_px is 300.7: give a whole number"),
-        ("threshold = 2", "[run] threshold is 2: give a number > 0 and <= 1"),
+        ("threshold = 2", "[run] threshold is 2: give a finite number > 0 and <= 1"),
         ("chips = -1", "[run] chips is -1"),
         ("max_flags = 2\ntarget_precision = 0.9", "[run] max_flags and [run] target_precision both set"),
         ("method = 'classical'\nmodel = 'batch.toml'", "[run] model"),
         ("id_col = 3", "[run] id_col is 3: give a text"))],
     (BASE.replace("[output]", "[output]\n").replace("dir='o'", "dir=1"), "[output] dir is 1: give a text"),
-    (BASE.replace("catalog='c'", "catalog='c'\nmax_cloud=true"), "[imagery] max_cloud is True: give a number"),
+    (BASE.replace("catalog='c'", "catalog='c'\nmax_cloud=true"), "[imagery] max_cloud is True: give a finite number"),
     (BASE.replace("after=", "tolerance_days=1.5\nafter="), "[dates] tolerance_days is 1.5: give a whole number"),
     ("[sites\n", "is not valid TOML"),
 ])

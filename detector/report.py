@@ -51,6 +51,8 @@ def _provenance(record: dict[str, Any]) -> str:
         "before": f"{inputs.get('before', {}).get('path')} ({inputs.get('before', {}).get('date')})",
         "after": f"{inputs.get('after', {}).get('path')} ({inputs.get('after', {}).get('date')})",
         "method": f"{record.get('method')}; {record.get('fusion') or ''}",
+        **({"applied": f"{applied.get('rule')}: {applied.get('why')}"} if (applied := record.get("fusion_applied"))
+           else {}),
         "model": f"{model.get('path')} sha256 {model.get('sha256')}" if model else "none",
         "threshold": f"{record.get('threshold', {}).get('value')}: {record.get('threshold', {}).get('rule')} "
                      f"(chosen by {record.get('threshold', {}).get('chosen_by')})",

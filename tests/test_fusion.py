@@ -108,6 +108,8 @@ def test_a_silent_cnn_falls_back_to_the_classical_evidence_and_says_so(scene, tm
     assert record["fusion_applied"]["rule"] == "classical" and not record["fusion_applied"]["in_domain"]
     assert record["fusion_applied"]["agreement"] == 0.0 and record["method"] == "fused"
     assert (sites["method"] == "classical").all()
+    assert "classical: the CNN agrees on 0.0% of the classically changed pixels" in (
+        tmp_path / "silent" / "report.html").read_text(encoding="utf-8")
     assert sites["flagged"].equals(runs["classical"][1]["flagged"])  # the classical evidence is not vetoed
     assert sites["flagged"].any()
     fused_record, fused_sites = runs["fused"]

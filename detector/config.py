@@ -12,6 +12,7 @@ key, and the CLI or the batch file name it as their users wrote it.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -115,11 +116,26 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         check(self)
+        for key in ("before_date", "after_date"):
+            object.__setattr__(self, key, iso_date(key, getattr(self, key)))
+        if self.before_date and self.after_date and self.before_date >= self.after_date:
+            raise OptionError(("before_date", "after_date"), "{} " + self.before_date + " is not before {} " +
+                              self.after_date + ": swap them (the before date comes first)")
 
     def to_json(self) -> dict[str, Any]:
         """Every parameter, as plain JSON values, in one flat table (``run.json`` ``parameters``)."""
         own = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("site", "scan", "review")}
         return plain({**own, **as_table(self.site), **as_table(self.scan), **as_table(self.review)})
+
+
+def iso_date(key: str, text: str | None) -> str | None:
+    """``text`` as an ISO date (``YYYY-MM-DD``), or :class:`OptionError` naming ``key``."""
+    if text is None:
+        return None
+    try:
+        return dt.date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise OptionError((key,), "{} is " + literal(repr(text)) + ": give a real date as YYYY-MM-DD") from None
 
 
 def as_table(value: Any) -> dict[str, Any]:

@@ -59,6 +59,7 @@ def run(config: RunConfig, *, progress: Progress | None = None, command: list[st
     check_out(config.out, overwrite=config.overwrite)
     before = open_date(config.before, date=config.before_date)
     after = open_date(config.after, date=config.after_date)
+    check_order(config, before, after)
     names = match_bands(before, after)
     grid = reference_grid(before, names)
     area = intersect(overlap_window(grid, after), overlap_window(grid, before))
@@ -106,6 +107,13 @@ def run(config: RunConfig, *, progress: Progress | None = None, command: list[st
         staging.path("report.html").write_text(render(sites, record, user_columns(sites)), encoding="utf-8")
         staging.commit()
     return record
+
+
+def check_order(config: RunConfig, before: DateSource, after: DateSource) -> None:
+    """Refuse a before date that is not before the after date: the change would be read backwards."""
+    if before.date and after.date and before.date >= after.date:
+        raise InputError(f"--before {config.before} is dated {before.date}, not before --after {config.after} "
+                         f"({after.date}): swap them, or correct --before-date / --after-date")
 
 
 def write_site_chips(config: RunConfig, sites: gpd.GeoDataFrame, changes: gpd.GeoDataFrame,

@@ -161,10 +161,15 @@ BAD = {
                                  (t / "e.geojson", (t / "e.geojson").write_text(
                                      '{"type":"FeatureCollection","features":[]}'))[0]],
     "no common band": lambda s, t: ["--before", s.before, "--after", other_bands(s, t)],
+    "dates reversed": lambda s, t: ["--before", s.after, "--after", s.before],
+    "date not real": lambda s, t: ["--before", s.before, "--after", s.after, "--before-date", "2017-02-30"],
+    "date in words": lambda s, t: ["--before", s.before, "--after", s.after, "--after-date", "last march"],
 }
 NAMES = {"missing file": "nope.tif", "not a raster": "sites.geojson", "not a vector": "before_2017-03-02.tif",
          "no crs": "nocrs.tif", "damaged tif": "damaged.tif", "sites outside": "far.csv", "dates apart": "far.tif",
-         "csv without coordinates": "nocoords.csv", "empty sites": "e.geojson", "no common band": "swir_only"}
+         "csv without coordinates": "nocoords.csv", "empty sites": "e.geojson", "no common band": "swir_only",
+         "dates reversed": "dated 2018-", "date not real": "--before-date is '2017-02-30'",
+         "date in words": "--after-date is 'last march': give a real date as YYYY-MM-DD"}
 
 
 @pytest.mark.parametrize("case", list(BAD))

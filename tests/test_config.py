@@ -29,6 +29,10 @@ from detector.scoring import ScoreRule
     (lambda: ReviewOptions(max_flags=1, target_precision=0.9), "--max-flags and --target-precision both set"),
     (lambda: ReviewOptions(target_precision=0), "--target-precision is 0"),
     (lambda: RunConfig(before=Path("a"), after=Path("b"), out=Path("c"), workers=-1), "--workers is -1"),
+    (lambda: RunConfig(before=Path("a"), after=Path("b"), out=Path("c"), before_date="2018-99-99"),
+     "--before-date is '2018-99-99': give a real date"),
+    (lambda: RunConfig(before=Path("a"), after=Path("b"), out=Path("c"), before_date="2018-06-01",
+                       after_date="2017-06-01"), "--before-date 2018-06-01 is not before --after-date 2017-06-01"),
     (lambda: RunConfig(before=Path("a"), after=Path("b"), out=Path("c"), cell_m="big"), "--cell-m is 'big'"),
     (lambda: RunConfig(before=Path("a"), after=Path("b"), out=Path("c"), cell_m=float("inf")), "--cell-m is inf"),
 ])

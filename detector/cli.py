@@ -19,12 +19,23 @@ if TYPE_CHECKING:
     from detector.batch.run import BatchStatus
 
 
+def command(commands: argparse._SubParsersAction, name: str, *, help: str) -> argparse.ArgumentParser:
+    """A subcommand that takes ``-q`` after its name too (unset there, the one before it stands)."""
+    quiet = argparse.ArgumentParser(add_help=False)
+    quiet.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="only errors on stderr")
+    return commands.add_parser(name, parents=[quiet], help=help)
+
+
+DESCRIPTION = ("Find new construction and expansion at candidate sites (or in a grid of cells) between two dates of "
+               "satellite imagery, with the evidence to defend each flag.")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="detector", description=__doc__)
+    parser = argparse.ArgumentParser(prog="detector", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"detector {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="score sites (or cells) for change between two dates")
+    run = command(commands, "run", help="score sites (or cells) for change between two dates")
     run.add_argument("--before", required=True, type=Path, help="before date: raster file or folder of band files")
     run.add_argument("--after", required=True, type=Path, help="after date: raster file or folder of band files")
     run.add_argument("--out", required=True, type=Path, help="output folder")
@@ -64,12 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_batch_commands(commands: argparse._SubParsersAction) -> None:
-    batch = commands.add_parser("batch", help="score many sites over a catalog of scenes; resumes where it stopped")
+    batch = command(commands, "batch", help="score many sites over a catalog of scenes; resumes where it stopped")
     batch.add_argument("config", type=Path, help="batch configuration (TOML; see README)")
     batch.add_argument("--workers", type=int, default=0, help="local worker processes (default: one per core)")
     batch.add_argument("--dask", metavar="ADDRESS",
                        help="run the site tasks on Dask: a scheduler tcp://HOST:8786, or local:N for a LocalCluster")
-    fetch = commands.add_parser("fetch", help="download the windows around a batch's sites from a STAC API")
+    fetch = command(commands, "fetch", help="download the windows around a batch's sites from a STAC API")
     fetch.add_argument("config", type=Path, help="batch configuration: its sites, dates and catalog folder")
     fetch.add_argument("--stac", required=True, help="STAC API or static catalog address (http(s) or a local file)")
     fetch.add_argument("--collections", nargs="+", help="STAC collections to search, e.g. sentinel-2-l2a")
@@ -79,7 +90,7 @@ def add_batch_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def add_training_commands(commands: argparse._SubParsersAction) -> None:
-    train = commands.add_parser("train", help="train the change CNN on labelled tiles")
+    train = command(commands, "train", help="train the change CNN on labelled tiles")
     train.add_argument("--data", nargs="+", type=Path, default=[],
                        help="folders: A/ B/ label/ pairs, OSCD cities, or reviewed `detector run` outputs")
     train.add_argument("--reviews", nargs="+", type=Path, default=[],
@@ -98,7 +109,7 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--seed", type=int, default=0, help="random seed (0)")
     train.add_argument("--architecture", default="ef-fpn-s", help="network (ef-fpn-s)")
     train.add_argument("--init", type=Path, help="start from this model file (fine-tuning)")
-    evaluate = commands.add_parser("evaluate", help="pixel metrics and a precision-recall curve of a model")
+    evaluate = command(commands, "evaluate", help="pixel metrics and a precision-recall curve of a model")
     evaluate.add_argument("--data", required=True, nargs="+", type=Path, help="labelled folders, as for train")
     evaluate.add_argument("--model", type=Path, help="model file (default: the shipped weights)")
     evaluate.add_argument("--out", required=True, type=Path, help="folder for metrics.json and pr_curve.png")
@@ -182,8 +193,7 @@ def detect_command(args: argparse.Namespace, argv: list[str]) -> int:
                              target_precision=args.target_precision, chips=args.chips),
     )
     record = run(config, progress=None if args.quiet else _progress, command=["detector", *argv])
-    if not args.quiet:
-        sys.stderr.write("\n")
+    _end_status(args)
     counts = record["counts"]
     print(f"{counts['sites']} {'cells' if record['mode'] == 'cells' else 'sites'} scored, "
           f"{counts['flagged']} flagged, {counts['no_coverage']} without coverage, "
@@ -201,8 +211,7 @@ def batch_command(args: argparse.Namespace, argv: list[str]) -> int:
     config = read_batch_config(args.config)
     record = run_batch(config, workers=args.workers, dask=args.dask,
                        progress=None if args.quiet else _batch_progress)
-    if not args.quiet:
-        sys.stderr.write("\n")
+    _end_status(args)
     counts = record["counts"]
     print(f"{counts['sites']} sites: {counts['done']} done, {counts['failed']} failed, {counts['flagged']} flagged; "
           f"results in {config.out / 'sites.gpkg'}")
@@ -224,25 +233,45 @@ def fetch_command(args: argparse.Namespace, argv: list[str]) -> int:
     config = read_batch_config(args.config)
     counts = fetch(config, args.stac, collections=args.collections, bands=tuple(args.bands or DEFAULT_BANDS),
                    margin_m=args.margin_m, progress=None if args.quiet else _fetch_progress)
-    if not args.quiet:
-        sys.stderr.write("\n")
+    _end_status(args)
     print(f"{counts['items']} items over the sites; {counts['windows']} windows: {counts['written']} written, "
           f"{counts['kept']} already there; catalog {config.catalog}")
     return 0
 
 
-def _fetch_progress(written: int, total: int) -> None:
-    sys.stderr.write(f"\r\x1b[Kwindows {written}/{total}")
+def _status(key: str, text: str, done: int, total: int) -> None:
+    """A progress line: rewritten in place on a terminal; elsewhere (a log, a pipe) a plain line at each tenth."""
+    if sys.stderr.isatty():
+        sys.stderr.write(f"{CLEAR_LINE}{text}")
+    else:
+        tenth = 10 * done // max(total, 1)
+        if _LAST_TENTH.get(key) == tenth:
+            return
+        _LAST_TENTH[key] = tenth
+        sys.stderr.write(f"{text}\n")
     sys.stderr.flush()
+
+
+_LAST_TENTH: dict[str, int] = {}
+CLEAR_LINE = "\r\x1b[K"
+
+
+def _end_status(args: argparse.Namespace) -> None:
+    """Close the progress line a terminal shows (plain lines need nothing)."""
+    if not args.quiet and sys.stderr.isatty():
+        sys.stderr.write("\n")
+
+
+def _fetch_progress(written: int, total: int) -> None:
+    _status("fetch", f"windows {written}/{total}", written, total)
 
 
 def _batch_progress(status: BatchStatus) -> None:
     if status.error:
-        sys.stderr.write(f"\r\x1b[Ksite {status.site_id} failed: {status.error}\n")
+        sys.stderr.write(f"{CLEAR_LINE if sys.stderr.isatty() else ''}site {status.site_id} failed: {status.error}\n")
     eta = "" if status.eta_s is None else f", ETA {_duration(status.eta_s)}"
-    sys.stderr.write(f"\r\x1b[Ksites {status.done + status.failed}/{status.total} ({status.failed} failed), "
-                     f"{status.rate:.2f} sites/s{eta}   ")
-    sys.stderr.flush()
+    _status("batch", f"sites {status.done + status.failed}/{status.total} ({status.failed} failed), "
+                     f"{status.rate:.2f} sites/s{eta}", status.ran, status.to_run)
 
 
 def _duration(seconds: float) -> str:
@@ -260,8 +289,7 @@ def _epoch_line(epoch: int, row: dict) -> None:
 def _progress(done: int, total: int) -> None:
     width = 30
     filled = width * done // max(total, 1)
-    sys.stderr.write(f"\rscoring [{'#' * filled}{'.' * (width - filled)}] {done}/{total} batches")
-    sys.stderr.flush()
+    _status("scan", f"scoring [{'#' * filled}{'.' * (width - filled)}] {done}/{total} batches", done, total)
 
 
 if __name__ == "__main__":

@@ -233,3 +233,21 @@ def test_the_sample_change_raster_has_overviews(tmp_path: Path) -> None:
                    "--out", out) == 0
     with rasterio.open(out / "change.tif") as src:
         assert src.overviews(1) and src.block_shapes[0] == (512, 512)
+
+
+def test_quiet_after_the_command_and_plain_progress_lines_off_a_terminal(scene: Scene, tmp_path: Path,
+                                                                          capsys) -> None:
+    args = ["run", "--before", str(scene.before), "--after", str(scene.after), "--cell-m", "300"]
+    assert main([*args, "--out", str(tmp_path / "q"), "-q"]) == 0
+    assert capsys.readouterr().err == ""
+    assert main([*args, "--out", str(tmp_path / "p"), "--tile-px", "64", "--bin", "1"]) == 0
+    err = capsys.readouterr().err  # captured: not a terminal
+    lines = [line for line in err.splitlines() if line.startswith("scoring")]
+    assert "\r" not in err and "\x1b" not in err and 2 <= len(lines) <= 11 and lines[-1].endswith("batches")
+
+
+def test_the_help_says_what_the_tool_does(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "new construction" in out and "only module" not in out

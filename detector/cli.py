@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("pyogrio").setLevel(logging.WARNING)
+    logging.getLogger("rasterio").setLevel(logging.WARNING)  # GDAL's own messages: our one line says it
     # distributed sets its loggers' levels from dask's configuration when it is imported (later, for --dask)
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error" if args.quiet else "warning")
     logging.getLogger("urllib3").setLevel(logging.ERROR)  # its retries end in our one-line error

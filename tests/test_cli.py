@@ -194,12 +194,14 @@ def test_bad_input_creates_no_output_folder(case: str, scene: Scene, tmp_path: P
     assert not (tmp_path / "new").exists()
 
 
-@pytest.mark.parametrize("make,expected", [(lambda t: t / "missing.tif", "missing.tif does not exist"),
-                                           (no_crs_tif, "nocrs.tif has no coordinate reference system")])
+@pytest.mark.parametrize("make,expected", [(lambda t, s: t / "missing.tif", "missing.tif does not exist"),
+                                           (lambda t, s: no_crs_tif(t), "nocrs.tif has no coordinate reference system"),
+                                           (lambda t, s: damaged_tif(s, t), "damaged.tif")])
 def test_the_console_script_exits_2_with_one_line(make, expected: str, scene: Scene, tmp_path: Path) -> None:
+    """At the default verbosity too: GDAL's own messages about a damaged file stay off stderr."""
     exe = Path(sys.executable).with_name("detector")
     command = [str(exe)] if exe.exists() else [sys.executable, "-m", "detector.cli"]
-    proc = subprocess.run([*command, "run", "--before", str(make(tmp_path)), "--after",
+    proc = subprocess.run([*command, "run", "--before", str(make(tmp_path, scene)), "--after",
                            str(scene.after), "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr

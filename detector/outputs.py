@@ -4,7 +4,9 @@ the GeoJSON writer and the change raster."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 
 import geopandas as gpd
@@ -21,8 +23,12 @@ from detector.files import TMP_GLOB, remove, temporary_name
 RECORDS = ("run.json", "batch.json")  # written last: a record beside the results says they are complete
 
 
-def check_out(out: Path, *, overwrite: bool) -> None:
-    """Refuse an ``out`` that is a file, or that holds results while ``overwrite`` is off.
+CHIP_NAME = re.compile(r"\d{4}_[0-9a-f]{8}_(before|after|change)\.png")  # chips.chip_key + kind
+
+
+def check_out(out: Path, *, overwrite: bool, ours: tuple[str, ...] = ()) -> None:
+    """Refuse an ``out`` that is a file, that holds results while ``overwrite`` is off, or that holds files
+    we did not write (``ours``: the names a result folder holds; ``chips/`` holds our chips only).
 
     Touches nothing, so it can run before the inputs are checked.
     """
@@ -30,6 +36,34 @@ def check_out(out: Path, *, overwrite: bool) -> None:
         raise OutputExistsError(f"{out} is a file: give a folder for --out")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise OutputExistsError(f"{out} already exists and is not empty: pass --overwrite or choose another --out")
+    foreign = foreign_files(out, ours) if out.is_dir() else []
+    if foreign:
+        raise OutputExistsError(f"{out} holds files detector did not write ({', '.join(foreign[:3])}"
+                                f"{' …' if len(foreign) > 3 else ''}): --overwrite replaces only our results; "
+                                "move them, or choose another --out")
+
+
+def foreign_files(out: Path, ours: tuple[str, ...]) -> list[str]:
+    """The files in ``out`` that are not ours: unknown names, other files in ``chips/``, a ``run.json`` or
+    ``batch.json`` that is not our record."""
+    found = []
+    for path in sorted(out.iterdir()):
+        if path.match(TMP_GLOB):
+            continue
+        if path.name not in ours:
+            found.append(path.name)
+        elif path.name == "chips" and path.is_dir():
+            found += [f"chips/{c.name}" for c in sorted(path.iterdir()) if not CHIP_NAME.fullmatch(c.name)]
+        elif path.name in RECORDS and not _our_record(path):
+            found.append(path.name)
+    return found
+
+
+def _our_record(path: Path) -> bool:
+    try:
+        return "detector_version" in json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 class Staging:

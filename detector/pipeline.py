@@ -27,6 +27,7 @@ from detector.outputs import ScoreRaster, Staging, check_out, write_geojson
 from detector.report import render
 from detector.results import (
     KEPT,
+    RUN_OUTPUTS,
     STYLES,
     applied_rule,
     apply_budget,
@@ -56,7 +57,7 @@ def run(config: RunConfig, *, progress: Progress | None = None, command: list[st
     """
     clock: dict[str, float] = {}
     start = time.perf_counter()
-    check_out(config.out, overwrite=config.overwrite)
+    check_out(config.out, overwrite=config.overwrite, ours=RUN_OUTPUTS)
     before = open_date(config.before, date=config.before_date)
     after = open_date(config.after, date=config.after_date)
     check_order(config, before, after)

@@ -253,3 +253,22 @@ def test_the_help_says_what_the_tool_does(capsys) -> None:
         main(["--help"])
     out = capsys.readouterr().out
     assert "new construction" in out and "only module" not in out
+
+
+def test_overwrite_refuses_a_folder_holding_files_we_did_not_write(scene: Scene, tmp_path: Path, capsys) -> None:
+    args = ["-q", "run", "--before", scene.before, "--after", scene.after, "--sites", scene.sites, "--overwrite"]
+    site_run = tmp_path / "ours"
+    assert run_cli(*args, "--out", site_run) == 0
+    assert run_cli(*args, "--out", site_run) == 0  # our own results: replaced
+    mine = site_run / "chips" / "mychip.png"
+    mine.write_bytes(b"a reviewer's own picture")
+    before = sorted(p.name for p in site_run.iterdir())
+    assert run_cli(*args, "--out", site_run) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "chips/mychip.png" in err[0] and "did not write" in err[0]
+    assert mine.read_bytes() == b"a reviewer's own picture" and sorted(p.name for p in site_run.iterdir()) == before
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "run.json").write_text('{"my": "notes"}', encoding="utf-8")
+    assert run_cli(*args, "--out", theirs) == 2
+    assert (theirs / "run.json").read_text(encoding="utf-8") == '{"my": "notes"}'

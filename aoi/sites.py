@@ -67,6 +67,7 @@ def read_site_files(paths: list[Path], *, buffer_m: float = 500.0, id_col: str |
     for frame in frames:
         frame["site_id"] = frame["site_id"].astype(str)
     sites = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=4326)
+    sites = sites.rename(columns=case_clashes(list(sites.columns), paths))
     repeated = sites["site_id"][sites["site_id"].duplicated()].unique()
     if len(repeated):
         raise InputError(f"site ids repeat across {[str(p) for p in paths]}: {list(repeated[:5])}; "
@@ -189,6 +190,28 @@ def site_ids(frame: gpd.GeoDataFrame, path: Path, id_col: str | None) -> list[st
         if col is not None and frame[col].notna().all() and not frame[col].astype(str).duplicated().any():
             return frame[col].astype(str).tolist()
     return geometry_ids(frame.geometry.values)
+
+
+def case_clashes(columns: list[str], paths: list[Path]) -> dict[str, str]:
+    """New names for columns that differ from an earlier one only in case (``Name`` and ``name`` of two
+    files): GeoPackage and SQLite field names ignore case.  Said in a warning."""
+    taken = {str(c).lower() for c in columns}
+    seen: set[str] = set()
+    renamed = {}
+    for column in columns:
+        low = str(column).lower()
+        if low not in seen:
+            seen.add(low)
+            continue
+        k = 2
+        while f"{low}_{k}" in taken:
+            k += 1
+        renamed[column] = f"{column}_{k}"
+        taken.add(f"{low}_{k}")
+    if renamed:
+        log.warning("columns of %s that differ only in case are renamed (GeoPackage ignores case): %s",
+                    ", ".join(p.name for p in paths), ", ".join(f"{a} -> {b}" for a, b in renamed.items()))
+    return renamed
 
 
 def geometry_ids(geoms: np.ndarray) -> list[str]:

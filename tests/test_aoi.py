@@ -108,3 +108,18 @@ def test_missing_empty_and_unreadable_site_files(tmp_path: Path) -> None:
     junk.write_bytes(b"this is not a geopackage")
     with pytest.raises(InputError, match=r"junk\.gpkg is not a vector file"):
         read_sites(junk)
+
+
+def test_columns_of_two_files_that_differ_only_in_case_are_renamed(tmp_path) -> None:
+    import json
+
+    from aoi import read_site_files
+
+    for name, column in (("a.geojson", "Name"), ("b.geojson", "name")):
+        (tmp_path / name).write_text(json.dumps({"type": "FeatureCollection", "features": [
+            {"type": "Feature", "properties": {column: f"{name} site", "name_2": "taken"},
+             "geometry": {"type": "Point", "coordinates": [88.0 + len(name), 43.0]}}]}))
+    sites = read_site_files([tmp_path / "a.geojson", tmp_path / "b.geojson"])
+    assert {"Name", "name_3", "name_2"} <= set(sites.columns)
+    assert len({c.lower() for c in sites.columns}) == len(sites.columns)
+    assert sites["name_3"].tolist()[1] == "b.geojson site"

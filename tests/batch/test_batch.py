@@ -387,3 +387,30 @@ dir = "results"
     for kind in ("before", "after", "change"):  # chips of the real frames, and the page that shows them
         assert (tmp_path / "results" / first[f"chip_{kind}"]).stat().st_size > 1000
     assert "Dabancheng Facility #1" in (tmp_path / "results" / "report.html").read_text()
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED / "xinjiang-osm-camps").exists(), reason="needs ../shared/data")
+def test_two_real_site_lists_whose_columns_differ_only_in_case(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """ASPI's list (``Name``) with the OSM camp outlines (``name``): GeoPackage field names ignore case."""
+    config = tmp_path / "batch.toml"
+    config.write_text(f"""
+[sites]
+paths = ["{SHARED / 'xinjiang-aspi-facilities' / 'facilities_v1.geojson'}",
+         "{SHARED / 'xinjiang-osm-camps' / 'reeducation_camps_osm.geojson'}"]
+[imagery]
+catalog = "{SHARED / 'dabancheng-sentinel2' / 'registered'}"
+[dates]
+before = ["2017-01-01", "2017-06-30"]
+after = ["2018-07-01", "2018-12-31"]
+[output]
+dir = "results"
+""")
+    for _ in range(2):  # and again: the rerun proceeds too
+        assert main(["batch", str(config), "--workers", "2"]) == 1
+        assert "Traceback" not in capsys.readouterr().err
+    stored = pyogrio.read_dataframe(tmp_path / "results" / "sites.gpkg", layer="sites")
+    assert {"Name", "name_2"} <= set(stored.columns)
+    assert {"Dabancheng Facility #1", "Dabancheng Facility #2"} <= set(stored["site_id"])

@@ -37,13 +37,14 @@ def held_out(cities: list[str]) -> list[str]:
 
 
 def recipe(data: tuple[Path, ...], out: Path, *, seed: int = 0, epochs: int = 40, max_minutes: float = 30.0,
-           architecture: str = "ef-fpn-s", name: str = "default", notes: dict | None = None) -> Any:
+           architecture: str = "ef-fpn-s", name: str = "default", notes: dict | None = None,
+           augment: str = "standard") -> Any:
     """The training recipe of the shipped weights, for any set of cities (``scripts/eval_oscd.py --folds``
     trains each fold's model with it)."""
     from training.train import TrainConfig
 
     return TrainConfig(data=data, out=out, epochs=epochs, seed=seed, patience=40, architecture=architecture,
-                       max_minutes=max_minutes, name=name, notes=notes or {})
+                       max_minutes=max_minutes, name=name, notes=notes or {}, augment=augment)
 
 
 def train_with_progress(config: Any) -> dict:
@@ -72,6 +73,8 @@ def main() -> int:
     parser.add_argument("--max-minutes", type=float, default=30.0)
     parser.add_argument("--architecture", default="ef-fpn-s")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the same weights on any machine)")
+    parser.add_argument("--augment", default="standard", choices=("standard", "strong"),
+                        help="augmentation (standard: the shipped weights')")
     parser.add_argument("--cities", help="comma-separated cities to train on (default: the seven of the shipped "
                                          "weights; scripts/eval_oscd.py --folds trains each fold's model with this)")
     args = parser.parse_args()
@@ -90,7 +93,7 @@ def main() -> int:
              "licences": "OSCD change maps CC BY-NC-SA 4.0 (images: modified Copernicus Sentinel data); "
                          "the weights are trained on them: use them under the same terms"}
     config = recipe(tuple(oscd / c for c in chosen), args.out, seed=args.seed, epochs=args.epochs,
-                    max_minutes=args.max_minutes, architecture=args.architecture, notes=notes)
+                    max_minutes=args.max_minutes, architecture=args.architecture, notes=notes, augment=args.augment)
     train_with_progress(config)
     return 0
 

@@ -26,10 +26,15 @@ from detector.model import MODEL_BANDS
 OPTIONAL = [i for i, b in enumerate(MODEL_BANDS) if b not in ("blue", "green", "red")]
 
 
+STRENGTHS = ("standard", "strong")
+
+
 def augment_batch(inputs: np.ndarray, target: np.ndarray, rng: np.random.Generator, *, band_drop: float = 0.5,
                   max_shift: float = 0.5, gain: float = 0.15, offset: float = 0.15, noise: float = 0.05,
-                  zoom: float = 2.0, zoom_share: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
-    """An augmented copy of a batch; see the module docstring."""
+                  zoom: float = 2.0, zoom_share: float = 0.3, strength: str = "standard") -> tuple[np.ndarray,
+                                                                                                 np.ndarray]:
+    """An augmented copy of a batch; see the module docstring.  ``strength`` "strong" also distorts both
+    dates' radiometry (:func:`radiometry`), for ground unlike the training cities'."""
     bands = inputs.shape[1] // 2
     xs, ys = [], []
     for x, y in zip(inputs, target, strict=True):
@@ -53,12 +58,33 @@ def augment_batch(inputs: np.ndarray, target: np.ndarray, rng: np.random.Generat
         if max_shift and rng.random() < 0.5:
             dy, dx = rng.uniform(-max_shift, max_shift, 2)
             x[bands:] = ndimage.shift(after, (0, dy, dx), order=1, mode="nearest")
+        if strength == "strong":
+            x = radiometry(x, bands, rng)
         if rng.random() < band_drop:
             x[OPTIONAL] = 0.0
             x[[bands + i for i in OPTIONAL]] = 0.0
         xs.append(x)
         ys.append(np.array(y, dtype=np.float32))
     return np.stack(xs), np.stack(ys)
+
+
+def radiometry(x: np.ndarray, bands: int, rng: np.random.Generator) -> np.ndarray:
+    """Each date on its own: a monotone contrast curve per band (``sign(v) |v| ** gamma``, gamma in 0.6..1.6:
+    a brighter or flatter ground than the training cities'), a gain and offset per band, and in a third of
+    the tiles a blur of up to one pixel (haze, another sensor's resolution).  Zeros (missing bands, nodata)
+    stay zero."""
+    out = x.copy()
+    for date in (slice(0, bands), slice(bands, 2 * bands)):
+        v = out[date]
+        zero = v == 0
+        gamma = rng.uniform(0.6, 1.6, (bands, 1, 1)).astype(np.float32)
+        v = np.sign(v) * np.abs(v) ** gamma
+        v = v * rng.uniform(0.7, 1.3, (bands, 1, 1)).astype(np.float32) + rng.normal(0, 0.2, (bands, 1, 1))
+        if rng.random() < 1 / 3:
+            v = ndimage.gaussian_filter(v, (0, *(2 * [float(rng.uniform(0.3, 1.0))])))
+        v[zero] = 0.0
+        out[date] = v
+    return out.astype(np.float32)
 
 
 def _zoom(x: np.ndarray, y: np.ndarray, factor: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -30,7 +30,7 @@ from torch.nn import functional
 from detector import weights
 from detector.errors import InputError
 from detector.model import ARCHITECTURES, MODEL_BANDS, build, parameter_count, predict
-from training.augment import augment_batch
+from training.augment import STRENGTHS, augment_batch
 from training.datasets import Tiles, cut_tiles, groups, load_scenes, split
 from training.evaluation import pixel_metrics
 
@@ -58,9 +58,12 @@ class TrainConfig:
     seed: int = 0
     init: Path | None = None
     name: str = "change-cnn"
+    augment: str = "standard"  # or "strong": training.augment.radiometry too
     notes: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.augment not in STRENGTHS:
+            raise InputError(f"augment is {self.augment!r}: choose one of {', '.join(STRENGTHS)}")
         if self.architecture not in ARCHITECTURES:
             raise InputError(f"--architecture {self.architecture!r} is unknown: choose one of {sorted(ARCHITECTURES)}")
         if self.tile_px % 8 or self.tile_px < 32:
@@ -172,7 +175,7 @@ def run_epoch(network: torch.nn.Module, optimizer: torch.optim.Optimizer, schedu
     losses = []
     for _ in range(config.steps_per_epoch):
         pick = rng.choice(train_idx, size=min(config.batch, len(train_idx)), replace=len(train_idx) < config.batch)
-        x, y = augment_batch(tiles.inputs[pick], tiles.target[pick], rng)
+        x, y = augment_batch(tiles.inputs[pick], tiles.target[pick], rng, strength=config.augment)
         logits = network(torch.from_numpy(x).contiguous(memory_format=torch.channels_last))
         loss = loss_fn(logits, torch.from_numpy(y), torch.from_numpy(tiles.weak[pick]))
         optimizer.zero_grad(set_to_none=True)

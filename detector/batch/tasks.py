@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -82,8 +83,17 @@ def pairing_rule(config: BatchConfig) -> PairingRule:
 
 
 def worker_setup() -> None:
-    """In each worker process: glibc keeps freed memory for reuse (as the CLI does)."""
+    """In each worker process: glibc keeps freed memory for reuse (as the CLI does), and the worker ends when
+    the batch that started it dies (``kill -9`` included), instead of living on with no parent."""
     keep_freed_memory()
+    parent = os.getppid()
+    threading.Thread(target=_end_with_parent, args=(parent,), name="detector-parent-watch", daemon=True).start()
+
+
+def _end_with_parent(parent: int, *, every_s: float = 0.5) -> None:
+    while os.getppid() == parent:
+        time.sleep(every_s)
+    os._exit(1)  # reparented: the batch is gone, nobody will read this worker's results
 
 
 def score_site(task: SiteTask) -> Outcome:

@@ -14,6 +14,7 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import psutil
 import pyogrio
 import pytest
 import rasterio
@@ -240,17 +241,22 @@ def test_kill_9_at_any_moment_then_resume_loses_and_repeats_nothing(tmp_path: Pa
     command = [sys.executable, "-m", "detector.cli", "-q", "batch", str(config), "--workers", "1"]
     manifest = config.parent / "results" / "manifest.csv"
     kills = 0
+    orphans = []
     for wait_lines in (3, 7, 11):
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
         while process.poll() is None and time.monotonic() < deadline:
             if manifest.exists() and len(manifest.read_text().splitlines()) > wait_lines:
+                children = psutil.Process(process.pid).children(recursive=True)  # workers, resource tracker
                 os.kill(process.pid, signal.SIGKILL)
                 kills += 1
+                _, alive = psutil.wait_procs(children, timeout=10)
+                orphans += [p.pid for p in alive]
                 break
             time.sleep(0.02)
         process.wait()
     assert kills == 3
+    assert not orphans, f"processes of the killed batch still alive: {orphans}"
     assert subprocess.run(command, timeout=300).returncode == 1  # "far away" fails; everything else is done
     killed, whole = sites_of(config.parent / "results"), sites_of(reference.parent / "results")
     assert killed["site_id"].is_unique and len(killed) == 4 * 4 + ALL_SITES - 1

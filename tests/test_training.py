@@ -243,3 +243,21 @@ def test_fine_tuning_keeps_the_architecture_of_the_model_it_starts_from(pairs: P
                         epochs=1, steps_per_epoch=1)
     assert train(tuned)["architecture"] == "ef-fpn-m"
     assert weights.load(tmp_path / "tuned.pt").card["architecture"] == "ef-fpn-m"
+
+
+def test_a_run_made_in_another_folder_is_read_by_its_absolute_paths(scene: Scene, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    work = tmp_path / "work"
+    work.mkdir()
+    for path in (scene.before, scene.after, scene.sites):
+        shutil.copy(path, work / path.name)
+    monkeypatch.chdir(work)  # relative paths, as a user types them
+    assert main(["-q", "run", "--sites", scene.sites.name, "--before", scene.before.name, "--after",
+                 scene.after.name, "--out", "run", "--buffer-m", "250", "--method", "classical"]) == 0
+    sites = gpd.read_file(work / "run" / "sites.geojson")
+    sites["review_status"] = sites["site_id"].map({"compound": "confirmed", "quiet": "rejected"}).fillna("")
+    sites.to_file(work / "run" / "sites.geojson", driver="GeoJSON")
+    monkeypatch.chdir(tmp_path)  # elsewhere
+    assert {s.name.split("/")[-1] for s in load_scenes(work / "run")} == {"compound", "quiet"}

@@ -25,6 +25,7 @@ Array contract of a :class:`Scene` and of the tiles: ``before, after`` float32
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -155,6 +156,18 @@ def load_oscd_city(city: Path) -> list[Scene]:
     return [Scene(city.name, b, a, target, names)]
 
 
+def recorded_path(entry: dict) -> Path:
+    """An input of ``run.json`` as a path that opens from here: as given if it does, else from the absolute
+    paths of its files (a run made in another working directory records ``path`` relative to it)."""
+    path = Path(entry["path"])
+    files = [Path(f["path"]) for f in entry.get("files") or []]
+    if path.exists() or not files:
+        return path
+    if len(files) == 1 and files[0].name == path.name:
+        return files[0]
+    return Path(os.path.commonpath([str(f.parent) for f in files]))
+
+
 def load_reviewed(folder: Path, *, sites_file: Path | None = None, margin_px: int = 16) -> list[Scene]:
     """Reviewed sites of a ``detector run`` output: one weakly labelled scene per site.
 
@@ -166,8 +179,8 @@ def load_reviewed(folder: Path, *, sites_file: Path | None = None, margin_px: in
     labels = site_labels(sites, sites_file)
     try:
         inputs = json.loads((folder / "run.json").read_text())["inputs"]
-        before = open_date(inputs["before"]["path"], date=inputs["before"].get("date"))
-        after = open_date(inputs["after"]["path"], date=inputs["after"].get("date"))
+        before = open_date(recorded_path(inputs["before"]), date=inputs["before"].get("date"))
+        after = open_date(recorded_path(inputs["after"]), date=inputs["after"].get("date"))
     except (json.JSONDecodeError, KeyError, TypeError):
         raise InputError(f"{folder / 'run.json'} is not a run record of `detector run` (no inputs.before/after "
                          "path): give the folder `detector run` wrote") from None

@@ -109,6 +109,8 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--seed", type=int, default=0, help="random seed (0)")
     train.add_argument("--architecture", default="ef-fpn-s", help="network (ef-fpn-s)")
     train.add_argument("--init", type=Path, help="start from this model file (fine-tuning)")
+    train.add_argument("--keep-worse", action="store_true",
+                       help="write the model even if it validates worse than the one it started from")
     evaluate = command(commands, "evaluate", help="pixel metrics and a precision-recall curve of a model")
     evaluate.add_argument("--data", required=True, nargs="+", type=Path, help="labelled folders, as for train")
     evaluate.add_argument("--model", type=Path, help="model file (default: the shipped weights)")
@@ -156,7 +158,7 @@ def train_command(args: argparse.Namespace, argv: list[str]) -> int:
                          tile_px=args.tile_px,
                          batch=args.batch, epochs=args.epochs, steps_per_epoch=args.steps, lr=args.lr,
                          val_fraction=args.val_fraction, patience=args.patience, max_minutes=args.max_minutes,
-                         seed=args.seed, init=init, notes={"command": ["detector", *argv]})
+                         seed=args.seed, init=init, keep_worse=args.keep_worse, notes={"command": ["detector", *argv]})
     card = train(config, progress=None if args.quiet else _epoch_line)
     best = card["metrics"]["validation"]
     print(f"best epoch {best['epoch']}: validation P {best['precision']:.3f} R {best['recall']:.3f} "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import geopandas as gpd
@@ -240,7 +241,7 @@ def test_fine_tuning_keeps_the_architecture_of_the_model_it_starts_from(pairs: P
                         epochs=1, steps_per_epoch=1)
     train(first)
     tuned = TrainConfig(data=(pairs,), out=tmp_path / "tuned.pt", init=tmp_path / "m.pt", tile_px=32, batch=4,
-                        epochs=1, steps_per_epoch=1)
+                        epochs=1, steps_per_epoch=1, keep_worse=True)
     assert train(tuned)["architecture"] == "ef-fpn-m"
     assert weights.load(tmp_path / "tuned.pt").card["architecture"] == "ef-fpn-m"
 
@@ -261,3 +262,17 @@ def test_a_run_made_in_another_folder_is_read_by_its_absolute_paths(scene: Scene
     sites.to_file(work / "run" / "sites.geojson", driver="GeoJSON")
     monkeypatch.chdir(tmp_path)  # elsewhere
     assert {s.name.split("/")[-1] for s in load_scenes(work / "run")} == {"compound", "quiet"}
+
+
+@pytest.mark.slow
+def test_a_fine_tuned_model_worse_than_its_start_is_not_written_unless_asked(pairs: Path, tmp_path: Path) -> None:
+    good = TrainConfig(data=(pairs,), out=tmp_path / "good.pt", tile_px=32, batch=4, epochs=4, steps_per_epoch=6)
+    start_ap = train(good)["metrics"]["validation"]["ap"]
+    ruined = TrainConfig(data=(pairs,), out=tmp_path / "ruined.pt", init=tmp_path / "good.pt", tile_px=32, batch=4,
+                         epochs=1, steps_per_epoch=3, lr=5.0)  # a learning rate that wrecks it
+    with pytest.raises(InputError, match="under the .* it started from: nothing written"):
+        train(ruined)
+    assert not (tmp_path / "ruined.pt").exists()
+    card = train(replace(ruined, keep_worse=True))
+    assert card["metrics"]["starting_model"]["ap"] == pytest.approx(start_ap, abs=1e-3)
+    assert card["metrics"]["validation"]["ap"] < start_ap and (tmp_path / "ruined.pt").exists()

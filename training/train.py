@@ -59,6 +59,7 @@ class TrainConfig:
     init: Path | None = None
     name: str = "change-cnn"
     augment: str = "standard"  # or "strong": training.augment.radiometry too
+    keep_worse: bool = False  # write a model that validates worse than its --init
     notes: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -121,13 +122,35 @@ def train(config: TrainConfig, *, progress: Progress | None = None) -> dict[str,
     if len(val_idx) == 0:
         log.warning("no block held out for validation (every folder has fewer than 3 blocks): "
                     "early stopping and the card's metrics use the training tiles")
+    measurable = warn_if_unmeasurable(tiles, val_idx if len(val_idx) else train_idx)
     network, architecture = start_network(config)
+    baseline = validate(network, tiles, val_idx if len(val_idx) else train_idx) if config.init else None
     best, best_state, history, stopped = fit(network, tiles, train_idx, val_idx, config, rng, start, progress)
+    if baseline is not None and measurable and best["ap"] < baseline["ap"] and not config.keep_worse:
+        raise InputError(f"the trained model scores validation AP {best['ap']:.3f}, under the {baseline['ap']:.3f} of "
+                         f"{config.init} it started from: nothing written; train longer, add reviews, or pass "
+                         "--keep-worse to write it anyway")
     network.load_state_dict(best_state)
     card = model_card(config, architecture, tiles, train_idx, val_idx, network, best, history, stopped,
                       minutes=(time.perf_counter() - start) / 60)
+    card["metrics"]["starting_model"] = baseline and {k: _round(v) for k, v in baseline.items()}
+    card["metrics"]["measurable"] = measurable
     weights.save(network, card, config.out)
     return card
+
+
+MIN_VALIDATION_CHANGED_PX = 200  # fewer changed pixels held out, and an AP says little
+
+
+def warn_if_unmeasurable(tiles: Tiles, idx: np.ndarray) -> bool:
+    """Whether the validation tiles hold enough known change to measure a model by; a warning if not."""
+    changed = int(np.nansum(tiles.target[idx] >= 0.5))
+    if changed >= MIN_VALIDATION_CHANGED_PX:
+        return True
+    log.warning("the validation tiles hold %d changed pixels (fewer than %d): too few to measure the model; "
+                "its validation metrics, and any comparison with a starting model, mean little",
+                changed, MIN_VALIDATION_CHANGED_PX)
+    return False
 
 
 def start_network(config: TrainConfig) -> tuple[torch.nn.Module, str]:

@@ -270,7 +270,7 @@ def test_a_fine_tuned_model_worse_than_its_start_is_not_written_unless_asked(pai
     start_ap = train(good)["metrics"]["validation"]["ap"]
     ruined = TrainConfig(data=(pairs,), out=tmp_path / "ruined.pt", init=tmp_path / "good.pt", tile_px=32, batch=4,
                          epochs=1, steps_per_epoch=3, lr=5.0)  # a learning rate that wrecks it
-    with pytest.raises(InputError, match="under the .* it started from: nothing written"):
+    with pytest.raises(InputError, match=r"under the .* it started from: nothing written"):
         train(ruined)
     assert not (tmp_path / "ruined.pt").exists()
     card = train(replace(ruined, keep_worse=True))

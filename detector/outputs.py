@@ -4,6 +4,7 @@ the GeoJSON writer and the change raster."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
@@ -110,6 +111,80 @@ class Staging:
     def __exit__(self, *exc: object) -> None:
         for tmp in list(self.pending.values()) + list(self.out.glob(f".*.{os.getpid()}.tmp*")):
             remove(tmp)
+
+
+class NewFolder:
+    """A result folder written whole beside ``out`` and put in its place at once on :meth:`commit`.
+
+    Files go into ``.<out>.<pid>.new`` next to ``out``; ``commit`` syncs them
+    to disk and exchanges the two folders in one atomic rename (Linux
+    ``renameat2(RENAME_EXCHANGE)``), then removes the old results.  Killed at
+    any moment, ``out`` is wholly the old results or wholly the new, and the
+    next run removes what the killed one left beside it.  The new folder
+    carries every verdict over before anything old is removed.  Where the
+    exchange is not available, two renames leave ``out`` missing for an
+    instant (the old results then lie in ``.<out>.<pid>.old``).
+    """
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for stale in [*out.parent.glob(f".{out.name}.*.new"), *out.parent.glob(f".{out.name}.*.old")]:
+            remove(stale)  # left by a run that was killed
+        self.work = out.parent / f".{out.name}.{os.getpid()}.new"
+        self.work.mkdir()
+
+    def path(self, name: str) -> Path:
+        return self.work / name
+
+    def commit(self) -> None:
+        _sync_tree(self.work)
+        if self.out.exists():
+            _exchange(self.work, self.out)
+            remove(self.work)  # the old results, now that the new ones are in place
+        else:
+            os.replace(self.work, self.out)
+        _sync_dir(self.out.parent)
+
+    def __enter__(self) -> NewFolder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        remove(self.work)
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Swap two folders in one rename where the kernel can, else in two."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        at_cwd, exchange = -100, 2  # AT_FDCWD, RENAME_EXCHANGE
+        if libc.renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), exchange) == 0:
+            return
+    except (OSError, AttributeError):
+        pass
+    old = b.with_name(b.name.join((".", f".{os.getpid()}.old")))
+    os.replace(b, old)
+    os.replace(a, b)
+    os.replace(old, a)
+
+
+def _sync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+    _sync_dir(folder)
+
+
+def _sync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+Staged = Staging | NewFolder  # what stages a result's files: ``path(name)``
 
 
 def write_geojson(frame: gpd.GeoDataFrame, path: Path) -> None:

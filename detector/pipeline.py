@@ -23,7 +23,7 @@ from detector.errors import InputError
 from detector.files import file_record, write_json
 from detector.imagery import DateSource, Grid, match_bands, open_date, overlap_window, reference_grid
 from detector.methods import METHODS, load_model
-from detector.outputs import ScoreRaster, Staging, check_out, write_geojson
+from detector.outputs import NewFolder, ScoreRaster, check_out, write_geojson
 from detector.report import render
 from detector.results import (
     KEPT,
@@ -72,7 +72,7 @@ def run(config: RunConfig, *, progress: Progress | None = None, command: list[st
     verdicts = earlier_reviews(config.out, review.reviews)
     labelled = read_labels(review.labels) if review.labels else None
     clock["plan_s"] = time.perf_counter() - start
-    with ThreadPoolExecutor(max_workers=2) as side, Staging(config.out) as staging:
+    with ThreadPoolExecutor(max_workers=2) as side, NewFolder(config.out) as staging:
         hashes = side.submit(input_records, config, before, after)
         tic = time.perf_counter()
         scene = score_scene(scan, (before, after), names, grid, zones,
@@ -119,7 +119,7 @@ def check_order(config: RunConfig, before: DateSource, after: DateSource) -> Non
 
 def write_site_chips(config: RunConfig, sites: gpd.GeoDataFrame, changes: gpd.GeoDataFrame,
                      dates: tuple[DateSource, DateSource], names: tuple[str, ...], grid: Grid, change_tif: Path,
-                     staging: Staging) -> None:
+                     staging: NewFolder) -> None:
     """The chips of the sites that have chip paths, into a staged ``chips`` folder."""
     chosen = sites[sites["chip_before"].notna()]
     folder = staging.path("chips")

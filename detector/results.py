@@ -28,7 +28,7 @@ from detector.errors import InputError
 from detector.imagery import DateSource, Grid
 from detector.methods import METHODS
 from detector.options import flag
-from detector.outputs import Staging
+from detector.outputs import Staged
 from detector.reviews import FIELDS as REVIEW_FIELDS
 from detector.reviews import labels, read_reviews
 from detector.scan import Accumulated, Scored
@@ -50,7 +50,7 @@ def user_columns(sites: gpd.GeoDataFrame, more_fields: tuple[str, ...] = ()) -> 
     return [c for c in sites.columns if c not in ours]
 
 
-def stage_styles(staging: Staging, names: tuple[str, ...]) -> None:
+def stage_styles(staging: Staged, names: tuple[str, ...]) -> None:
     """The QGIS styles: QGIS loads a same-named .qml beside a layer on its own."""
     for name in names:
         staging.path(name).write_bytes((resources.files("detector") / "styles" / name).read_bytes())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import geopandas as gpd
@@ -272,3 +273,65 @@ def test_overwrite_refuses_a_folder_holding_files_we_did_not_write(scene: Scene,
     (theirs / "run.json").write_text('{"my": "notes"}', encoding="utf-8")
     assert run_cli(*args, "--out", theirs) == 2
     assert (theirs / "run.json").read_text(encoding="utf-8") == '{"my": "notes"}'
+
+
+def result_state(out: Path) -> tuple[float, str]:
+    """The threshold a result folder was made with, checked whole: run.json, sites.geojson and every chip and
+    file a result holds agree; and the compound's verdict."""
+    record = json.loads((out / "run.json").read_text())
+    sites = gpd.read_file(out / "sites.geojson").set_index("site_id")
+    assert {"changes.geojson", "change.tif", "report.html", "sites.qml"} <= {p.name for p in out.iterdir()}
+    assert set(sites["threshold"]) == {record["threshold"]["value"]}
+    for path in sites["chip_before"].dropna():
+        assert (out / path).is_file()
+    return record["threshold"]["value"], sites.loc["compound", "review_status"]
+
+
+KILL_AT_STEP = """
+import os, signal, sys
+import detector.outputs as outputs
+step, calls = int(sys.argv[1]), [0]
+def killed_before(f):
+    def g(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return f(*args, **kwargs)
+    return g
+os.replace = killed_before(os.replace)  # every rename of the run, the swap's among them
+outputs._exchange = killed_before(outputs._exchange)
+outputs.remove = killed_before(outputs.remove)
+from detector.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.slow
+def test_a_run_killed_at_each_step_of_the_swap_leaves_old_or_new_results_whole_and_no_verdict_lost(
+        scene: Scene, tmp_path: Path) -> None:
+    """A real ``detector run --overwrite``, killed with SIGKILL before each rename, exchange or removal."""
+    out = tmp_path / "out"
+    args = ["-q", "run", "--before", str(scene.before), "--after", str(scene.after), "--sites", str(scene.sites),
+            "--out", str(out), "--overwrite", "--method", "classical"]
+    assert main([*args, "--threshold", "0.5"]) == 0
+    sites = gpd.read_file(out / "sites.geojson")
+    sites.loc[sites["site_id"] == "compound", "review_status"] = "confirmed"
+    sites.to_file(out / "sites.geojson", driver="GeoJSON")
+    current, swapped = 0.5, 0
+    for step in range(1, 30):
+        threshold = round(0.5 + step / 100, 2)
+        proc = subprocess.run([sys.executable, "-c", KILL_AT_STEP, str(step), *args, "--threshold", str(threshold)])
+        found, verdict = result_state(out)
+        assert verdict == "confirmed", step
+        if proc.returncode == 0:  # past the last step: the run completed
+            assert found == threshold
+            break
+        assert proc.returncode == -9 and found in (current, threshold), (step, found, current)
+        swapped += found == threshold  # killed after the swap: the new results are in place, whole
+        current = found
+    else:
+        pytest.fail("the run never completed")
+    assert swapped > 0 and step > 2
+    assert main([*args, "--threshold", "0.9"]) == 0
+    assert result_state(out) == (0.9, "confirmed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing a killed run left beside it

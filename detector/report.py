@@ -8,6 +8,7 @@ chips beside it by relative path.
 from __future__ import annotations
 
 import html
+import re
 from typing import Any
 
 import geopandas as gpd
@@ -66,12 +67,12 @@ def _row(site: pd.Series, user_columns: list[str]) -> str:
     chips = [site.get(f"chip_{kind}") for kind in ("before", "after", "change")]
     cells = "".join(f'<td><img src="{_e(c)}" alt="{kind}" loading="lazy"></td>' if isinstance(c, str) and c else
                     "<td></td>" for c, kind in zip(chips, ("before", "after", "change"), strict=True))
-    attrs = "".join(f"<dt>{_e(c)}</dt><dd>{_e(site.get(c))}</dd>" for c in user_columns if _filled(site.get(c)))
-    scores = "".join(f"<dt>{_e(c)}</dt><dd>{_e(site.get(c))}</dd>" for c in SHOWN if c in site.index)
+    attrs = "".join(f"<dt>{_t(c)}</dt><dd>{_t(site.get(c))}</dd>" for c in user_columns if _filled(site.get(c)))
+    scores = "".join(f"<dt>{_e(c)}</dt><dd>{_t(site.get(c))}</dd>" for c in SHOWN if c in site.index)
     dates = f"{_e(site.get('before_date'))} → {_e(site.get('after_date'))}"
     rank = site.get("rank")
     return (f'<tr class="{"flagged" if bool(site.get("flagged")) else ""}"><td>{_e(rank if _filled(rank) else "-")}'
-            f"</td><td><b>{_e(site.get('site_id'))}</b><br>{dates}<dl class=\"attrs\">{attrs}</dl></td>"
+            f"</td><td><b>{_t(site.get('site_id'))}</b><br>{dates}<dl class=\"attrs\">{attrs}</dl></td>"
             f"{cells}<td><dl>{scores}</dl></td></tr>")
 
 
@@ -79,5 +80,16 @@ def _filled(value: object) -> bool:
     return value is not None and not (isinstance(value, float) and value != value) and value is not pd.NA
 
 
+# Unicode's bidirectional controls: in a site name they would make the page show another name
+BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
 def _e(value: object) -> str:
-    return html.escape("" if value is None or value is pd.NA else str(value), quote=True)
+    """Text escaped for HTML, its bidirectional controls shown as visible code points (``[U+202E]``)."""
+    text = "" if value is None or value is pd.NA else str(value)
+    return html.escape(BIDI.sub(lambda m: f"[U+{ord(m.group()):04X}]", text), quote=True)
+
+
+def _t(value: object) -> str:
+    """User text as element content: :func:`_e`, isolated in ``<bdi>`` so it cannot reorder what is around it."""
+    return f"<bdi>{_e(value)}</bdi>"

@@ -117,3 +117,14 @@ def test_change_polygons_of_cells_lie_in_their_cell(scene: Scene, tmp_path: Path
     assert len(changes) >= 3
     for site_id, geometry in zip(changes["site_id"], changes.geometry, strict=True):
         assert cells.loc[site_id].geometry.intersection(geometry).area > 0.99 * geometry.area
+
+
+def test_bidirectional_controls_in_user_text_are_shown_and_isolated(reviewed_run: Path) -> None:
+    from detector.report import render
+
+    sites = gpd.read_file(reviewed_run / "sites.geojson")
+    sites.loc[sites["site_id"] == "compound", "label"] = "\u202eevil\u202c.exe"
+    record = json.loads((reviewed_run / "run.json").read_text(encoding="utf-8"))
+    page = render(sites, record, ["label"])
+    assert "\u202e" not in page and "\u202c" not in page
+    assert "<bdi>[U+202E]evil[U+202C].exe</bdi>" in page

@@ -9,6 +9,7 @@ are named as the CLI names them unless the caller says otherwise
 
 from __future__ import annotations
 
+import logging
 import platform
 from collections.abc import Callable
 from importlib import metadata, resources
@@ -34,6 +35,8 @@ from detector.reviews import labels, read_reviews
 from detector.scan import Accumulated, Scored
 from detector.scoring import ScoreRule, flags, site_table, threshold_for_max_flags, threshold_for_precision
 from detector.zones import Zones
+
+log = logging.getLogger(__name__)
 
 OUR_FIELDS = ("site_id", "score", "rank", "flagged", "changed_area_m2", "changed_fraction", "valid_fraction",
               "status", "shift_px", "shift_dy_px", "shift_dx_px", "shift_peak", "shift_corrected", "before_source",
@@ -136,9 +139,25 @@ def threshold_for_target(review: ReviewOptions, sites: gpd.GeoDataFrame, labelle
         raise InputError(f"no threshold reaches precision {target} on the {int(np.isfinite(truth).sum())} labelled "
                          f"sites of {source}: lower {name('target_precision')} or label more sites")
     value, precision, recall = choice
-    return value, {"chosen_by": f"{name('target_precision')} {target}", "labels": source,
-                   "labelled_sites": int(np.isfinite(truth).sum()),
-                   "precision": round(precision, 4), "recall": round(recall, 4)}
+    note = {"chosen_by": f"{name('target_precision')} {target}", "labels": source,
+            "labelled_sites": int(np.isfinite(truth).sum()), "precision": round(precision, 4),
+            "recall": round(recall, 4)}
+    return value, {**note, **few_labels(truth, source)}
+
+
+MIN_LABELS, MIN_POSITIVE_LABELS = 20, 5  # under these a precision on the labels says little
+
+
+def few_labels(truth: np.ndarray, source: str) -> dict[str, str]:
+    """A warning (and what ``run.json`` says) where too few sites are labelled for their precision to mean
+    much: under :data:`MIN_LABELS` labelled sites or :data:`MIN_POSITIVE_LABELS` changed ones."""
+    known = truth[np.isfinite(truth)]
+    if len(known) >= MIN_LABELS and known.sum() >= MIN_POSITIVE_LABELS:
+        return {}
+    text = (f"only {len(known)} labelled sites ({int(known.sum())} changed) in {source}: a precision measured on "
+            f"so few means little (at least {MIN_LABELS}, {MIN_POSITIVE_LABELS} changed, are wanted)")
+    log.warning("%s", text)
+    return {"warning": text}
 
 
 def results(scan: ScanOptions, zones: Zones, acc: Accumulated, grid: Grid,

@@ -108,6 +108,7 @@ def test_max_flags_and_target_precision_set_the_threshold(scene: Scene, tmp_path
     record = json.loads((tmp_path / "p" / "run.json").read_text())["threshold"]
     flagged = gpd.read_file(tmp_path / "p" / "sites.geojson").query("flagged")["site_id"].tolist()
     assert flagged == ["compound"] and record["precision"] == 1.0 and record["labelled_sites"] == 3
+    assert "only 3 labelled sites (1 changed)" in record["warning"]  # and said on stderr
     assert run(scene, tmp_path / "both", "--max-flags", "1", "--target-precision", "0.9") == 2
     assert "give one" in capsys.readouterr().err
 

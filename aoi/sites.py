@@ -54,7 +54,12 @@ def read_sites(
     frame = _repair(frame, path)
     frame = frame.to_crs(4326)
     frame = frame.set_geometry(buffer_sites(frame.geometry.values, buffer_m=buffer_m))
-    ids = site_ids(frame, path, id_col)
+    ids, source = site_ids(frame, path, id_col)
+    log.info("%s: site ids from %s", path.name, source)
+    if "site_id" in frame.columns and source != "column 'site_id'":  # the user's own column, not the ids: kept
+        frame = frame.rename(columns={"site_id": "user_site_id"})
+        log.warning("%s: its site_id column is not unique, so the ids come from %s; it is kept as user_site_id",
+                    path.name, source)
     frame = frame.drop(columns=[c for c in frame.columns if c == "site_id"])
     frame.insert(0, "site_id", ids)
     return frame.reset_index(drop=True)
@@ -175,21 +180,22 @@ def utm_epsg(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
     return np.where(np.asarray(lat) >= 0, 32600, 32700) + zone
 
 
-def site_ids(frame: gpd.GeoDataFrame, path: Path, id_col: str | None) -> list[str]:
-    """A stable, unique string id per site: an id or name column, else a geometry hash."""
+def site_ids(frame: gpd.GeoDataFrame, path: Path, id_col: str | None) -> tuple[list[str], str]:
+    """A stable, unique string id per site (an id or name column, else a geometry hash) and, in words, where
+    the ids came from."""
     if id_col is not None:
         if id_col not in frame.columns:
             raise InputError(f"{path} has no column {id_col!r}: found {list(frame.columns)}")
         values = frame[id_col]
         if values.isna().any() or values.astype(str).duplicated().any():
             raise InputError(f"{path} column {id_col!r} has empty or repeated values: give a unique id column")
-        return values.astype(str).tolist()
+        return values.astype(str).tolist(), f"column {id_col!r}"
     lower = {str(c).lower(): c for c in frame.columns if c != frame.geometry.name}
     for name in ID_NAMES:
         col = lower.get(name)
         if col is not None and frame[col].notna().all() and not frame[col].astype(str).duplicated().any():
-            return frame[col].astype(str).tolist()
-    return geometry_ids(frame.geometry.values)
+            return frame[col].astype(str).tolist(), f"column {col!r}"
+    return geometry_ids(frame.geometry.values), "a hash of each geometry (no unique id column)"
 
 
 def case_clashes(columns: list[str], paths: list[Path]) -> dict[str, str]:

@@ -123,3 +123,17 @@ def test_columns_of_two_files_that_differ_only_in_case_are_renamed(tmp_path) -> 
     assert {"Name", "name_3", "name_2"} <= set(sites.columns)
     assert len({c.lower() for c in sites.columns}) == len(sites.columns)
     assert sites["name_3"].tolist()[1] == "b.geojson site"
+
+
+def test_a_site_id_column_that_cannot_be_the_ids_is_kept_and_the_id_source_said(tmp_path, caplog) -> None:
+    import json
+    import logging
+
+    path = tmp_path / "s.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"site_id": "same", "name": name},
+         "geometry": {"type": "Point", "coordinates": [88.0 + k, 43.0]}} for k, name in enumerate(("a", "b"))]}))
+    with caplog.at_level(logging.INFO):
+        sites = read_sites(path)
+    assert sites["site_id"].tolist() == ["a", "b"] and sites["user_site_id"].tolist() == ["same", "same"]
+    assert "site ids from column 'name'" in caplog.text and "kept as user_site_id" in caplog.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -17,6 +18,8 @@ from detector.config import RunConfig, ScanOptions
 from detector.errors import InputError
 from detector.imagery import Grid
 from detector.tiling import Batch, pixel_windows, plan_cells, plan_sites
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +64,7 @@ def plan_zones(config: RunConfig, grid: Grid, area: Window) -> Zones:
 def plan_site_zones(sites: gpd.GeoDataFrame, scan: ScanOptions, grid: Grid, area: Window, *, source: str) -> Zones:
     """Sites (``site_id``, user columns, polygons) placed on the grid, with their batches of tiles."""
     frame = sites.to_crs(grid.crs)
+    warn_under_a_pixel(frame, grid, source)
     rows, cols = pixel_extents(frame.geometry.values, grid)
     windows = pixel_windows(rows, cols, area)
     if all(w is None for w in windows):
@@ -70,6 +74,26 @@ def plan_site_zones(sites: gpd.GeoDataFrame, scan: ScanOptions, grid: Grid, area
         )
     batches = plan_sites(windows, margin=scan.margin_px, height=grid.height, width=grid.width)
     return Zones(frame, batches)
+
+
+MIN_CELL_PX = 3  # a cell of fewer pixels a side measures nothing: its score is one pixel's noise
+
+
+def warn_under_a_pixel(frame: gpd.GeoDataFrame, grid: Grid, source: str) -> None:
+    """Say so where sites are smaller than one pixel of the imagery: they get no pixel and no coverage."""
+    pixel_m2 = abs(grid.transform.determinant)
+    if grid.crs.is_geographic:
+        metric = frame.to_crs(frame.estimate_utm_crs())
+        lon, lat = centre_lonlat(grid, Window(0, 0, grid.width, grid.height))
+        h, w = pixel_size_m(grid.crs, grid.transform, lon, lat)
+        areas, pixel_m2 = metric.area.to_numpy(), float(h) * float(w)
+    else:
+        areas = frame.area.to_numpy()
+    small = int((areas < pixel_m2).sum())
+    if small:
+        log.warning("%d of the %d sites of %s are smaller than one pixel of the imagery (%.0f m2): they will show "
+                    "no coverage; give them a larger --buffer-m (at least %.0f m)", small, len(frame), source,
+                    pixel_m2, np.sqrt(pixel_m2))
 
 
 def pixel_extents(geoms: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
@@ -84,7 +108,12 @@ def pixel_extents(geoms: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndarray
 def plan_cell_zones(cell_m: float, scan: ScanOptions, grid: Grid, area: Window) -> Zones:
     """Square cells of ``cell_m`` metres over ``area``, with their batches of tiles."""
     lon, lat = centre_lonlat(grid, area)
-    cell_h, cell_w = cell_pixels(cell_m, pixel_size_m(grid.crs, grid.transform, lon, lat))
+    pixel = pixel_size_m(grid.crs, grid.transform, lon, lat)
+    coarsest = max(float(pixel[0]), float(pixel[1]))
+    if cell_m < coarsest * MIN_CELL_PX:
+        raise InputError(f"--cell-m {cell_m:g} is under {MIN_CELL_PX} pixels of the imagery ({coarsest:.1f} m each): "
+                         f"give --cell-m {coarsest * MIN_CELL_PX:.0f} or more")
+    cell_h, cell_w = cell_pixels(cell_m, pixel)
     cells, batches = plan_cells(area, cell_h=cell_h, cell_w=cell_w, tile_px=scan.tile_px,
                                 margin=scan.margin_px, height=grid.height, width=grid.width)
     n_cols = -(-int(area.width) // cell_w)

@@ -164,12 +164,14 @@ BAD = {
     "dates reversed": lambda s, t: ["--before", s.after, "--after", s.before],
     "date not real": lambda s, t: ["--before", s.before, "--after", s.after, "--before-date", "2017-02-30"],
     "date in words": lambda s, t: ["--before", s.before, "--after", s.after, "--after-date", "last march"],
+    "cells under a pixel": lambda s, t: ["--before", s.before, "--after", s.after, "--cell-m", "1"],
 }
 NAMES = {"missing file": "nope.tif", "not a raster": "sites.geojson", "not a vector": "before_2017-03-02.tif",
          "no crs": "nocrs.tif", "damaged tif": "damaged.tif", "sites outside": "far.csv", "dates apart": "far.tif",
          "csv without coordinates": "nocoords.csv", "empty sites": "e.geojson", "no common band": "swir_only",
          "dates reversed": "dated 2018-", "date not real": "--before-date is '2017-02-30'",
-         "date in words": "--after-date is 'last march': give a real date as YYYY-MM-DD"}
+         "date in words": "--after-date is 'last march': give a real date as YYYY-MM-DD",
+         "cells under a pixel": "--cell-m 1 is under 3 pixels of the imagery (10.0 m each)"}
 
 
 @pytest.mark.parametrize("case", list(BAD))
@@ -334,3 +336,12 @@ def test_a_run_killed_at_each_step_of_the_swap_leaves_old_or_new_results_whole_a
     assert main([*args, "--threshold", "0.9"]) == 0
     assert result_state(out) == (0.9, "confirmed")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing a killed run left beside it
+
+
+def test_sites_smaller_than_a_pixel_are_said(scene: Scene, tmp_path: Path, caplog) -> None:
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        assert run_cli("-q", "run", "--before", scene.before, "--after", scene.after, "--sites", scene.sites,
+                       "--out", tmp_path / "o", "--buffer-m", "1", "--method", "classical") == 0
+    assert "smaller than one pixel of the imagery (100 m2)" in caplog.text

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from detector import __version__
-from detector.errors import DetectorError
+from detector.errors import DetectorError, first_line
 from detector.memory import keep_freed_memory
 from detector.methods import DEFAULT as DEFAULT_METHOD
 from detector.methods import NAMES as METHOD_NAMES
@@ -136,6 +136,13 @@ def main(argv: list[str] | None = None) -> int:
     except DetectorError as exc:
         print(f"detector: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the file system said no: a read-only or missing folder, a full disk
+        print(f"detector: error: {first_line(exc, limit=300)}: check that the output folder can be written and "
+              "the inputs read", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("detector: interrupted; results already complete are kept", file=sys.stderr)
+        return 130
 
 
 def run_command(args: argparse.Namespace, argv: list[str]) -> int:

@@ -345,3 +345,11 @@ def test_sites_smaller_than_a_pixel_are_said(scene: Scene, tmp_path: Path, caplo
         assert run_cli("-q", "run", "--before", scene.before, "--after", scene.after, "--sites", scene.sites,
                        "--out", tmp_path / "o", "--buffer-m", "1", "--method", "classical") == 0
     assert "smaller than one pixel of the imagery (100 m2)" in caplog.text
+
+
+def test_an_output_folder_under_a_file_is_one_line(scene: Scene, tmp_path: Path, capsys) -> None:
+    (tmp_path / "afile.txt").write_text("mine")
+    assert run_cli("-q", "run", "--before", scene.before, "--after", scene.after, "--out",
+                   tmp_path / "afile.txt" / "sub", "--method", "classical") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "afile.txt" in err[0] and (tmp_path / "afile.txt").read_text() == "mine"

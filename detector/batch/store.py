@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import pyogrio
 
-from detector.errors import InputError
+from detector.errors import InputError, first_line
 from detector.files import TMP_GLOB, atomic, remove
 from detector.scoring import rank
 
@@ -138,14 +138,18 @@ class ResultStore:
         if not self.gpkg.exists():
             return
         done = sorted(self.done)  # a GeoPackage appears whole (see _create): only rows can be left over
-        with sqlite3.connect(self.gpkg) as db:
-            db.execute("CREATE TEMP TABLE done (site_id TEXT PRIMARY KEY)")
-            db.executemany("INSERT INTO done VALUES (?)", [(s,) for s in done])
-            tables = {r[0] for r in db.execute("SELECT table_name FROM gpkg_contents")}
-            for layer in LAYERS:
-                if layer in tables:
-                    db.execute(f"DELETE FROM {layer} WHERE site_id NOT IN (SELECT site_id FROM done)")
-        db.close()
+        try:
+            with sqlite3.connect(self.gpkg) as db:
+                db.execute("CREATE TEMP TABLE done (site_id TEXT PRIMARY KEY)")
+                db.executemany("INSERT INTO done VALUES (?)", [(s,) for s in done])
+                tables = {r[0] for r in db.execute("SELECT table_name FROM gpkg_contents")}
+                for layer in LAYERS:
+                    if layer in tables:
+                        db.execute(f"DELETE FROM {layer} WHERE site_id NOT IN (SELECT site_id FROM done)")
+            db.close()
+        except sqlite3.DatabaseError as exc:
+            raise InputError(f"{self.gpkg} is not the GeoPackage of a batch ({first_line(exc)}): move it away, "
+                             "or give another [output] dir") from None
 
     def ranked_sites(self, order: list[str]) -> gpd.GeoDataFrame:
         """Every done site, ranked by score, then changed area, then ``order`` (the sites' input order)."""

@@ -420,3 +420,12 @@ dir = "results"
     stored = pyogrio.read_dataframe(tmp_path / "results" / "sites.gpkg", layer="sites")
     assert {"Name", "name_2"} <= set(stored.columns)
     assert {"Dabancheng Facility #1", "Dabancheng Facility #2"} <= set(stored["site_id"])
+
+
+def test_a_sites_gpkg_that_is_not_ours_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = make_catalog(tmp_path / "b", grid=1)
+    (config.parent / "results").mkdir()
+    (config.parent / "results" / "sites.gpkg").write_text("not a database")
+    assert batch(config, "--workers", "1") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sites.gpkg is not the GeoPackage of a batch" in err[0]

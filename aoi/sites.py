@@ -115,10 +115,11 @@ def _read_csv(path: Path, lon_col: str | None, lat_col: str | None) -> gpd.GeoDa
     bad = np.flatnonzero(~np.isfinite(x) | ~np.isfinite(y) | (np.abs(x) > 180) | (np.abs(y) > 90))
     if bad.size:
         row = int(bad[0]) + 2  # 1-based, after the header line
-        raise InputError(
-            f"{path} line {row} has no valid coordinates ({lon}={table[lon].iloc[bad[0]]!r}, "
-            f"{lat}={table[lat].iloc[bad[0]]!r}): give decimal degrees"
-        )
+        given_x, given_y = table[lon].iloc[bad[0]], table[lat].iloc[bad[0]]
+        swapped = np.abs(y[bad[0]]) > 90 and np.abs(x[bad[0]]) <= 90
+        hint = (f"are {lon} and {lat} swapped? name them so, or pass --lon-col/--lat-col" if swapped else
+                "give decimal degrees")
+        raise InputError(f"{path} line {row} has no valid coordinates ({lon}={given_x}, {lat}={given_y}): {hint}")
     return gpd.GeoDataFrame(table, geometry=gpd.points_from_xy(x, y), crs=4326)
 
 

@@ -79,6 +79,8 @@ def load(path: Path, *, for_training: bool = False) -> LoadedModel:
     inference), or as trained (``for_training``, to fine-tune).
     """
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"model file {path} is a folder: give a file written by `detector train`")
     if not path.is_file():
         raise MissingFileError(f"model file {path} does not exist: give a file written by `detector train`")
     data = path.read_bytes()

@@ -137,3 +137,14 @@ def test_a_site_id_column_that_cannot_be_the_ids_is_kept_and_the_id_source_said(
         sites = read_sites(path)
     assert sites["site_id"].tolist() == ["a", "b"] and sites["user_site_id"].tolist() == ["same", "same"]
     assert "site ids from column 'name'" in caplog.text and "kept as user_site_id" in caplog.text
+
+
+def test_a_csv_with_latitude_over_90_asks_whether_the_columns_are_swapped(tmp_path) -> None:
+    path = tmp_path / "swapped.csv"
+    path.write_text("lon,lat\n43.38,100.29\n", encoding="utf-8")  # a site east of 90 E, columns swapped
+    with pytest.raises(InputError, match=r"line 2 has no valid coordinates \(lon=43.38, lat=100.29\)") as caught:
+        read_sites(path)
+    assert "swapped" in str(caught.value) and "np.float64" not in str(caught.value)
+    path.write_text("lon,lat\n200.5,43.38\n", encoding="utf-8")
+    with pytest.raises(InputError, match="give decimal degrees"):
+        read_sites(path)

@@ -156,3 +156,9 @@ def test_a_model_with_the_classical_method_is_refused(scene, tmp_path: Path, cap
     code = main(["-q", "run", "--before", str(scene.before), "--after", str(scene.after), "--out",
                  str(tmp_path / "out"), "--method", "classical", "--model", str(default_model_path())])
     assert code == 2 and "--model" in capsys.readouterr().err
+
+
+def test_a_folder_given_as_model_is_named_a_folder(scene, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["-q", "run", "--before", str(scene.before), "--after", str(scene.after), "--out",
+                 str(tmp_path / "out"), "--model", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err

@@ -14,14 +14,15 @@ from typing import Any
 import geopandas as gpd
 import pandas as pd
 
-SHOWN = ("score", "flagged", "changed_area_m2", "valid_fraction", "status", "shift_px", "shift_corrected",
+SHOWN = ("score", "flagged", "changed_area_m2", "valid_fraction", "status", "shift_px", "shift_peak", "shift_corrected",
          "before_scene", "after_scene", "pairing", "review_status", "reviewer", "notes")  # scenes: batch only
 STYLE = """body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;width:100%}
 td,th{border-bottom:1px solid #ddd;padding:6px;vertical-align:top;text-align:left}
 th{background:#f4f4f4;position:sticky;top:0}tr.flagged td:first-child{border-left:4px solid #d33}
 img{width:220px;height:auto;image-rendering:pixelated;margin-right:4px}dl{margin:0}dt{font-weight:600}
-.attrs{font-size:12px;color:#555;max-width:22em;overflow-wrap:anywhere}code{font-size:12px}"""
+.attrs{font-size:12px;color:#555;max-width:22em;overflow-wrap:anywhere}code{font-size:12px}
+summary{font-size:12px;color:#555;cursor:pointer}"""
 
 
 def render(sites: gpd.GeoDataFrame, record: dict[str, Any], user_columns: list[str]) -> str:
@@ -67,13 +68,24 @@ def _row(site: pd.Series, user_columns: list[str]) -> str:
     chips = [site.get(f"chip_{kind}") for kind in ("before", "after", "change")]
     cells = "".join(f'<td><img src="{_e(c)}" alt="{kind}" loading="lazy"></td>' if isinstance(c, str) and c else
                     "<td></td>" for c, kind in zip(chips, ("before", "after", "change"), strict=True))
-    attrs = "".join(f"<dt>{_t(c)}</dt><dd>{_t(site.get(c))}</dd>" for c in user_columns if _filled(site.get(c)))
+    filled = [c for c in user_columns if _filled(site.get(c))]
+    attrs = "".join(f"<dt>{_t(c)}</dt><dd>{_t(site.get(c))}</dd>" for c in filled)
+    folded = f"<details><summary>{len(filled)} attributes</summary><dl class=\"attrs\">{attrs}</dl></details>"
     scores = "".join(f"<dt>{_e(c)}</dt><dd>{_t(site.get(c))}</dd>" for c in SHOWN if c in site.index)
     dates = f"{_e(site.get('before_date'))} → {_e(site.get('after_date'))}"
     rank = site.get("rank")
     return (f'<tr class="{"flagged" if bool(site.get("flagged")) else ""}"><td>{_e(rank if _filled(rank) else "-")}'
-            f"</td><td><b>{_t(site.get('site_id'))}</b><br>{dates}<dl class=\"attrs\">{attrs}</dl></td>"
-            f"{cells}<td><dl>{scores}</dl></td></tr>")
+            f"</td><td><b>{_t(site.get('site_id'))}</b><br>{dates}<br><small>{_e(_where(site))}</small>"
+            f"{folded if filled else ''}</td>{cells}<td><dl>{scores}</dl></td></tr>")
+
+
+def _where(site: pd.Series) -> str:
+    """The site's centre as latitude, longitude (to paste into a map), from its outline."""
+    geometry = site.get("geometry")
+    if geometry is None or getattr(geometry, "is_empty", True):
+        return ""
+    centre = geometry.centroid
+    return f"{centre.y:.5f}, {centre.x:.5f}"
 
 
 def _filled(value: object) -> bool:

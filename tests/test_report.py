@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import tempfile
@@ -72,6 +73,8 @@ def test_report_escapes_user_input_and_keeps_non_ascii_names(reviewed_run: Path)
     assert "http://" not in page and "https://" not in page  # works offline
     chips = gpd.read_file(reviewed_run / "sites.geojson")["chip_before"].notna().sum()
     assert page.count("<tr class=") == chips and "further sites" in page
+    assert page.count("attributes</summary>") == chips and "shift_peak" in page  # attributes folded, chips first
+    assert re.search(r"<small>\d+\.\d{5}, \d+\.\d{5}</small>", page)  # where each site is, to paste into a map
 
 
 def test_change_polygons_lie_in_the_site_they_name(reviewed_run: Path) -> None:

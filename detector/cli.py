@@ -131,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error" if args.quiet else "warning")
     logging.getLogger("urllib3").setLevel(logging.ERROR)  # its retries end in our one-line error
     logging.captureWarnings(True)
+    _LAST_TENTH.clear()  # progress state is per command, also when main() runs twice in one process
+    _FAILURES_SEEN[0] = 0
     try:
         return run_command(args, argv if argv is not None else sys.argv[1:])
     except DetectorError as exc:
@@ -276,9 +278,17 @@ def _fetch_progress(written: int, total: int) -> None:
     _status("fetch", f"windows {written}/{total}", written, total)
 
 
+FAILURES_SHOWN = 5  # failed sites named as they fail; the rest are counted, and summed up by reason at the end
+_FAILURES_SEEN = [0]
+
+
 def _batch_progress(status: BatchStatus) -> None:
     if status.error:
-        sys.stderr.write(f"{CLEAR_LINE if sys.stderr.isatty() else ''}site {status.site_id} failed: {status.error}\n")
+        _FAILURES_SEEN[0] += 1
+    if status.error and _FAILURES_SEEN[0] <= FAILURES_SHOWN:
+        more = " (further failures are summed up at the end)" if _FAILURES_SEEN[0] == FAILURES_SHOWN else ""
+        sys.stderr.write(f"{CLEAR_LINE if sys.stderr.isatty() else ''}site {status.site_id} failed: {status.error}"
+                         f"{more}\n")
     eta = "" if status.eta_s is None else f", ETA {_duration(status.eta_s)}"
     _status("batch", f"sites {status.done + status.failed}/{status.total} ({status.failed} failed), "
                      f"{status.rate:.2f} sites/s{eta}", status.ran, status.to_run)

@@ -429,3 +429,24 @@ def test_a_sites_gpkg_that_is_not_ours_is_one_line(tmp_path: Path, capsys: pytes
     assert batch(config, "--workers", "1") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "sites.gpkg is not the GeoPackage of a batch" in err[0]
+
+
+@pytest.mark.real_data
+@pytest.mark.skipif(not (SHARED / "xinjiang-aspi-facilities").exists(), reason="needs ../shared/data")
+def test_hundreds_of_failed_sites_are_summed_up_not_listed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "batch.toml"
+    config.write_text(f"""
+[sites]
+paths = ["{SHARED / 'xinjiang-aspi-facilities' / 'facilities_v1.geojson'}"]
+[imagery]
+catalog = "{SHARED / 'dabancheng-sentinel2' / 'registered'}"
+[dates]
+before = ["2017-01-01", "2017-06-30"]
+after = ["2018-07-01", "2018-12-31"]
+[output]
+dir = "results"
+""")
+    assert main(["batch", str(config), "--workers", "2"]) == 1  # with progress, as a user runs it
+    captured = capsys.readouterr()
+    assert captured.err.count("failed: ") <= 5 and "summed up at the end" in captured.err
+    assert "378 failed (" in captured.out and captured.out.count("\n") < 10

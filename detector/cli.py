@@ -6,8 +6,11 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from rasterio.errors import NotGeoreferencedWarning
 
 from detector import __version__
 from detector.errors import DetectorError, first_line
@@ -131,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error" if args.quiet else "warning")
     logging.getLogger("urllib3").setLevel(logging.ERROR)  # its retries end in our one-line error
     logging.captureWarnings(True)
+    # rasterio's own in-memory rasters (rasterize) have no georeferencing by design; the warning it raises
+    # there says nothing about the user's files (imagery checks those) and shows or not by thread timing
+    warnings.filterwarnings("ignore", category=NotGeoreferencedWarning, module=r"rasterio\.features")
     _LAST_TENTH.clear()  # progress state is per command, also when main() runs twice in one process
     _FAILURES_SEEN[0] = 0
     try:

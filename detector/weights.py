@@ -104,9 +104,8 @@ def _read(data: bytes, path: Path) -> dict[str, Any]:
             warnings.simplefilter("ignore", UserWarning)  # "pickle protocol 4" notices on foreign files
             blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception:
-        raise InputError(f"{path} is refused: it is not a weights-only {FORMAT} file (a pickle of other "
-                         "objects, which could run code, is never unpickled): give a file written by `detector train`"
-                         ) from None
+        raise InputError(f"{path} is refused: it is not a model file of ours (torch cannot read it as plain "
+                         "weights; nothing in it was run): give a file written by `detector train`") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise InputError(f"{path} is not a {FORMAT} file (a torch file of another kind): "
                          "give a file written by `detector train`")

@@ -276,3 +276,13 @@ def test_a_fine_tuned_model_worse_than_its_start_is_not_written_unless_asked(pai
     card = train(replace(ruined, keep_worse=True))
     assert card["metrics"]["starting_model"]["ap"] == pytest.approx(start_ap, abs=1e-3)
     assert card["metrics"]["validation"]["ap"] < start_ap and (tmp_path / "ruined.pt").exists()
+
+
+def test_training_on_an_unreviewed_run_says_no_site_was_reviewed(scene: Scene, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "run"
+    assert main(["-q", "run", "--sites", str(scene.sites), "--before", str(scene.before), "--after",
+                 str(scene.after), "--out", str(out), "--method", "classical"]) == 0
+    assert main(["-q", "train", "--reviews", str(out / "sites.geojson"), "--out", str(tmp_path / "m.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no confirmed or rejected site" in err[0]

@@ -177,6 +177,9 @@ def load_reviewed(folder: Path, *, sites_file: Path | None = None, margin_px: in
     sites_file = sites_file or folder / "sites.geojson"
     sites = gpd.read_file(sites_file)
     labels = site_labels(sites, sites_file)
+    if not np.isfinite(labels).any():
+        raise InputError(f"{sites_file} has no confirmed or rejected site: review some first (review_status "
+                         "confirmed or rejected, or a label column), then train on it")
     try:
         inputs = json.loads((folder / "run.json").read_text())["inputs"]
         before = open_date(recorded_path(inputs["before"]), date=inputs["before"].get("date"))

@@ -26,6 +26,8 @@ def command(commands: argparse._SubParsersAction, name: str, *, help: str) -> ar
     """A subcommand that takes ``-q`` after its name too (unset there, the one before it stands)."""
     quiet = argparse.ArgumentParser(add_help=False)
     quiet.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="only errors on stderr")
+    quiet.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="GDAL's own messages too")
     return commands.add_parser(name, parents=[quiet], help=help)
 
 
@@ -37,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="detector", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"detector {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
+    parser.add_argument("-v", "--verbose", action="store_true", help="GDAL's own messages too")
     commands = parser.add_subparsers(dest="command", required=True)
     run = command(commands, "run", help="score sites (or cells) for change between two dates")
     run.add_argument("--before", required=True, type=Path, help="before date: raster file or folder of band files")
@@ -129,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.ERROR if args.quiet else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("pyogrio").setLevel(logging.WARNING)
-    logging.getLogger("rasterio").setLevel(logging.WARNING)  # GDAL's own messages: our one line says it
+    # GDAL's own messages: our one line says what went wrong; -v shows them
+    logging.getLogger("rasterio").setLevel(logging.INFO if args.verbose and not args.quiet else logging.WARNING)
     # distributed sets its loggers' levels from dask's configuration when it is imported (later, for --dask)
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error" if args.quiet else "warning")
     logging.getLogger("urllib3").setLevel(logging.ERROR)  # its retries end in our one-line error

@@ -208,6 +208,10 @@ def test_the_console_script_exits_2_with_one_line(make, expected: str, scene: Sc
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
     assert expected in proc.stderr
+    if "damaged" in expected:  # -v, before or after the command, shows GDAL's own messages too
+        verbose = subprocess.run([*command, "run", "-v", "--before", str(make(tmp_path, scene)), "--after",
+                                  str(scene.after), "--out", str(tmp_path / "o")], capture_output=True, text=True)
+        assert verbose.returncode == 2 and "GDAL signalled an error" in verbose.stderr
 
 
 def test_overlapping_sites_csv_input_and_clashing_attributes(scene: Scene, tmp_path: Path) -> None:

@@ -85,7 +85,7 @@ def search(config: BatchConfig, sites: gpd.GeoDataFrame, stac: str, collections:
             warnings.simplefilter("ignore")  # a static catalog has no conformance classes: that is expected
             client = Client.open(stac)
     except (APIError, OSError, ValueError) as exc:
-        raise InputError(f"could not open the STAC catalog {stac} ({first_line(exc)}): check the address") from None
+        raise InputError(f"could not open the STAC catalog {stac}: {why_not(exc)}") from None
     for window in (config.before, config.after):
         start, end = widen(window, config.tolerance_days)
         for bbox in group_bounds(sites):
@@ -95,6 +95,19 @@ def search(config: BatchConfig, sites: gpd.GeoDataFrame, stac: str, collections:
                     kept = tuple(b for b in scene.bands if b.name in bands)
                     if any(b.name not in MASKS for b in kept):
                         yield Scene(scene.id, scene.source, scene.date, scene.footprint, kept, scene.cloud_cover)
+
+
+UNREACHABLE = ("Failed to establish a new connection", "Failed to resolve", "Name or service not known",
+               "Connection refused", "Max retries exceeded", "timed out", "Network is unreachable")
+
+
+def why_not(exc: BaseException) -> str:
+    """Why a catalog could not be opened, in words: an unreachable host said as such, else the error's text."""
+    text = str(exc)
+    if any(sign in text for sign in UNREACHABLE):
+        return ("the network or the host cannot be reached from here (no connection); check the address, or fetch "
+                "where the network is open and copy the catalog folder over")
+    return f"{first_line(exc, limit=300)}; check the address"
 
 
 def items(client: Any, collections: list[str] | None, bbox: tuple[float, ...], start: dt.date,

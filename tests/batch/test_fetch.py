@@ -102,3 +102,4 @@ def test_fetch_from_an_unreachable_catalog_is_one_line(tmp_path: Path, capsys: p
     assert main(["fetch", str(config), "--stac", "http://127.0.0.1:9/catalog.json"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "could not open the STAC catalog http://127.0.0.1:9" in err
+    assert "cannot be reached from here" in err and "HTTPConnection(host=" not in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import geopandas as gpd
@@ -357,3 +358,24 @@ def test_an_output_folder_under_a_file_is_one_line(scene: Scene, tmp_path: Path,
                    tmp_path / "afile.txt" / "sub", "--method", "classical") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "afile.txt" in err[0] and (tmp_path / "afile.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_ctrl_c_is_one_line_and_exit_130(scene: Scene, tmp_path: Path) -> None:
+    """Interrupted while torch loads, while it scores, while it writes: one line, exit 130, nothing else."""
+    import signal
+
+    codes = []
+    for k, delay in enumerate((1.2, 1.7, 2.2)):
+        process = subprocess.Popen([sys.executable, "-m", "detector.cli", "run", "--before", str(scene.before),
+                                    "--after", str(scene.after), "--out", str(tmp_path / str(k)), "--cell-m", "300"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(delay)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+        codes.append(process.returncode)
+        assert process.returncode in (0, 130), (delay, process.returncode, err)
+        if process.returncode == 130:
+            assert "Traceback" not in err and "INFO torch" not in err, err
+            assert err.strip().splitlines()[-1] == "detector: interrupted; results already complete are kept"
+    assert 130 in codes

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import tempfile
 import threading
 import time
@@ -86,6 +87,7 @@ def worker_setup() -> None:
     """In each worker process: glibc keeps freed memory for reuse (as the CLI does), and the worker ends when
     the batch that started it dies (``kill -9`` included), instead of living on with no parent."""
     keep_freed_memory()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the batch's to handle: one line, not one per worker
     parent = os.getppid()
     threading.Thread(target=_end_with_parent, args=(parent,), name="detector-parent-watch", daemon=True).start()
 

@@ -286,3 +286,17 @@ def test_training_on_an_unreviewed_run_says_no_site_was_reviewed(scene: Scene, t
     assert main(["-q", "train", "--reviews", str(out / "sites.geojson"), "--out", str(tmp_path / "m.pt")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "has no confirmed or rejected site" in err[0]
+
+
+def test_strong_radiometry_distorts_the_dates_and_keeps_missing_bands_zero() -> None:
+    from training.augment import radiometry
+
+    rng = np.random.default_rng(1)
+    x = np.sort(rng.normal(size=(12, 8, 8)).astype(np.float32).ravel()).reshape(12, 8, 8)
+    x[3:6] = 0.0  # NIR and SWIR missing
+    out = radiometry(x, 6, rng)
+    assert out.shape == x.shape and out.dtype == np.float32 and np.all(out[3:6] == 0)
+    assert not np.allclose(out, x)
+    plain, _ = augment_batch(x[None], np.zeros((1, 8, 8), np.float32), np.random.default_rng(2))
+    strong, _ = augment_batch(x[None], np.zeros((1, 8, 8), np.float32), np.random.default_rng(2), strength="strong")
+    assert not np.allclose(plain, strong)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -269,12 +270,8 @@ def score_scene(scan: ScanOptions, dates: tuple[DateSource, DateSource], names: 
     (:mod:`detector.methods`), score it again with that, into a new raster.  The caller discards
     ``Scored.raster`` when it is done with it."""
     method = METHODS[scan.method]
-    raster = new_raster()
-    try:
-        acc = score_zones(scan, dates, names, grid, zones, raster, progress, model, workers=workers)
-    except BaseException:
-        raster.discard()
-        raise
+    run = functools.partial(_scan_into, new_raster, dates, names, grid, zones, progress, workers=workers)
+    acc, raster = run(scan, model)
     check = fusion.domain_check(acc.agreement) if method.uses_model else None
     if check is None or check["in_domain"]:
         return Scored(acc, scan, check, raster)
@@ -286,13 +283,20 @@ def score_scene(scan: ScanOptions, dates: tuple[DateSource, DateSource], names: 
         return Scored(acc, scan, check, raster)
     raster.discard()
     fallback = replace(scan, method=method.falls_back_to, model=None)
+    again, raster = run(fallback, None)
+    return Scored(replace(again, cnn=acc.cnn), fallback, check, raster)
+
+
+def _scan_into(new_raster: Callable[[], ScoreRaster], dates: tuple[DateSource, DateSource], names: tuple[str, ...],
+               grid: Grid, zones: Zones, progress: Progress | None, scan: ScanOptions, model: LoadedModel | None, *,
+               workers: int) -> tuple[Accumulated, ScoreRaster]:
+    """:func:`score_zones` into a new raster, discarded if the scan fails."""
     raster = new_raster()
     try:
-        again = score_zones(fallback, dates, names, grid, zones, raster, progress, None, workers=workers)
+        return score_zones(scan, dates, names, grid, zones, raster, progress, model, workers=workers), raster
     except BaseException:
         raster.discard()
         raise
-    return Scored(replace(again, cnn=acc.cnn), fallback, check, raster)
 
 
 @contextmanager

@@ -365,13 +365,12 @@ def test_resuming_with_another_configuration_is_refused(small: Path, tmp_path: P
     assert (small.parent / "results" / "manifest.csv").read_bytes() == before
 
 
-@pytest.mark.real_data
-@pytest.mark.skipif(not (SHARED / "xinjiang-aspi-facilities").exists(), reason="needs ../shared/data")
-def test_aspi_sites_over_the_real_dabancheng_catalog(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = tmp_path / "batch.toml"
+def aspi_batch(folder: Path, *site_files: Path) -> Path:
+    """A batch of real site lists over the registered Dabancheng frames, 2017 H1 against 2018 H2."""
+    config = folder / "batch.toml"
     config.write_text(f"""
 [sites]
-paths = ["{SHARED / 'xinjiang-aspi-facilities' / 'facilities_v1.geojson'}"]
+paths = {json.dumps([str(p) for p in site_files])}
 [imagery]
 catalog = "{SHARED / 'dabancheng-sentinel2' / 'registered'}"
 [dates]
@@ -380,6 +379,13 @@ after = ["2018-07-01", "2018-12-31"]
 [output]
 dir = "results"
 """)
+    return config
+
+
+@pytest.mark.real_data
+@pytest.mark.skipif(not (SHARED / "xinjiang-aspi-facilities").exists(), reason="needs ../shared/data")
+def test_aspi_sites_over_the_real_dabancheng_catalog(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = aspi_batch(tmp_path, SHARED / "xinjiang-aspi-facilities" / "facilities_v1.geojson")
     assert main(["batch", str(config), "--workers", "2"]) == 1
     out = capsys.readouterr()
     assert "380 sites: 2 done, 378 failed, 1 flagged" in out.out
@@ -401,19 +407,8 @@ dir = "results"
 def test_two_real_site_lists_whose_columns_differ_only_in_case(tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     """ASPI's list (``Name``) with the OSM camp outlines (``name``): GeoPackage field names ignore case."""
-    config = tmp_path / "batch.toml"
-    config.write_text(f"""
-[sites]
-paths = ["{SHARED / 'xinjiang-aspi-facilities' / 'facilities_v1.geojson'}",
-         "{SHARED / 'xinjiang-osm-camps' / 'reeducation_camps_osm.geojson'}"]
-[imagery]
-catalog = "{SHARED / 'dabancheng-sentinel2' / 'registered'}"
-[dates]
-before = ["2017-01-01", "2017-06-30"]
-after = ["2018-07-01", "2018-12-31"]
-[output]
-dir = "results"
-""")
+    config = aspi_batch(tmp_path, SHARED / "xinjiang-aspi-facilities" / "facilities_v1.geojson",
+                        SHARED / "xinjiang-osm-camps" / "reeducation_camps_osm.geojson")
     for _ in range(2):  # and again: the rerun proceeds too
         assert main(["batch", str(config), "--workers", "2"]) == 1
         assert "Traceback" not in capsys.readouterr().err
@@ -434,18 +429,7 @@ def test_a_sites_gpkg_that_is_not_ours_is_one_line(tmp_path: Path, capsys: pytes
 @pytest.mark.real_data
 @pytest.mark.skipif(not (SHARED / "xinjiang-aspi-facilities").exists(), reason="needs ../shared/data")
 def test_hundreds_of_failed_sites_are_summed_up_not_listed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = tmp_path / "batch.toml"
-    config.write_text(f"""
-[sites]
-paths = ["{SHARED / 'xinjiang-aspi-facilities' / 'facilities_v1.geojson'}"]
-[imagery]
-catalog = "{SHARED / 'dabancheng-sentinel2' / 'registered'}"
-[dates]
-before = ["2017-01-01", "2017-06-30"]
-after = ["2018-07-01", "2018-12-31"]
-[output]
-dir = "results"
-""")
+    config = aspi_batch(tmp_path, SHARED / "xinjiang-aspi-facilities" / "facilities_v1.geojson")
     assert main(["batch", str(config), "--workers", "2"]) == 1  # with progress, as a user runs it
     captured = capsys.readouterr()
     assert captured.err.count("failed: ") <= 5 and "summed up at the end" in captured.err

@@ -32,7 +32,8 @@ class Method:
     """One way to score change.
 
     ``cnn_tiles(classical, threshold)`` says which tiles (N,) the CNN runs on;
-    ``combine(classical, cnn, reach)`` makes the score from both; ``rule`` is
+    ``combine(classical, cnn, cnn_near)`` makes the score from both (``cnn_near``:
+    :func:`detector.fusion.near` of the CNN, computed once by the caller); ``rule`` is
     what ``run.json`` says of the combination (None: nothing is combined);
     ``falls_back_to`` is the method that scores a scene where the CNN is out
     of its domain (:func:`detector.fusion.domain_check`; None: the CNN is
@@ -42,7 +43,7 @@ class Method:
     name: str
     uses_model: bool
     cnn_tiles: Callable[[np.ndarray, float], np.ndarray]
-    combine: Callable[[np.ndarray, np.ndarray, int], np.ndarray]
+    combine: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
     rule: str | None = None
     falls_back_to: str | None = None
 
@@ -56,10 +57,10 @@ def _every_tile(classical: np.ndarray, threshold: float) -> np.ndarray:
 
 
 METHODS: dict[str, Method] = {
-    "classical": Method("classical", False, _no_tiles, lambda classical, cnn, reach: classical),
-    "cnn": Method("cnn", True, _every_tile, lambda classical, cnn, reach: cnn),
+    "classical": Method("classical", False, _no_tiles, lambda classical, cnn, cnn_near: classical),
+    "cnn": Method("cnn", True, _every_tile, lambda classical, cnn, cnn_near: cnn),
     "fused": Method("fused", True, lambda classical, threshold: fusion.candidates(classical, threshold=threshold),
-                    lambda classical, cnn, reach: fusion.fuse(classical, cnn, reach=reach), fusion.RULE,
+                    lambda classical, cnn, cnn_near: fusion.fuse(classical, cnn_near), fusion.RULE,
                     falls_back_to="classical"),
 }
 NAMES = tuple(METHODS)

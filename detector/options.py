@@ -24,7 +24,7 @@ from typing import Any
 
 from detector.errors import InputError
 
-NUMBER_KINDS: dict[type, str] = {int: "a whole number", float: "a number"}
+NUMBER_KINDS: dict[type, str] = {int: "a whole number", float: "a finite number"}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -42,10 +42,9 @@ class Spec:
         if self.choices:
             return f"one of {', '.join(self.choices)}"
         if self.kind in NUMBER_KINDS:
-            what = NUMBER_KINDS[self.kind]
             bounds = [f"{'>=' if self.low_closed else '>'} {self.low:g}"] if self.low > -math.inf else []
             bounds += [f"<= {self.high:g}"] if self.high < math.inf else []
-            return f"{'a finite number' if self.kind is float else what} {' and '.join(bounds)}".strip()
+            return f"{NUMBER_KINDS[self.kind]} {' and '.join(bounds)}".strip()
         return {str: "a text", Path: "a file path", bool: "true or false", list: "a list"}[self.kind]
 
 

@@ -79,10 +79,10 @@ def applied_rule(scene: Scored) -> dict[str, Any] | None:
     (:func:`detector.fusion.domain_check`); None for a method without a CNN."""
     if scene.check is None:
         return None
-    if scene.check["in_domain"]:
+    if scene.check["agreement"] is None:
+        why = "too few classically changed pixels to check the CNN against"
+    elif scene.check["in_domain"]:
         why = "the CNN agrees with the classical evidence often enough here"
-        if scene.check["agreement"] is None:
-            why = "too few classically changed pixels to check the CNN against"
     else:
         why = (f"the CNN agrees on {scene.check['agreement']:.1%} of the classically changed pixels, under "
                f"{scene.check['min_agreement']:.0%}: out of its domain")

@@ -115,17 +115,18 @@ class BatchScorer:
         pick = method.cnn_tiles(classical, min(rule.pixel_threshold, rule.threshold))
         cnn = np.zeros_like(classical)
         agreement = np.zeros((len(classical), 2), np.int64)
-        reach = fusion.reach_px(pixel_m)
         if pick.any():
             if self.model is None:
                 raise ValueError(f"method {method.name} needs a model")
             from detector.model import adapt, predict
 
             cnn[pick] = predict(self.model.network, adapt(before[pick], after[pick], self.names))
-            agreement[pick] = fusion.agreement_counts(classical[pick], cnn[pick], reach=reach,
-                                                      pixel_threshold=rule.pixel_threshold)
         cnn[np.isnan(classical)] = np.nan
-        return method.combine(classical, cnn, reach), pick, agreement
+        near = fusion.near(cnn, reach=fusion.reach_px(pixel_m)) if pick.any() else cnn  # once, for both uses
+        if pick.any():
+            agreement[pick] = fusion.agreement_counts(classical[pick], near[pick],
+                                                      pixel_threshold=rule.pixel_threshold)
+        return method.combine(classical, cnn, near), pick, agreement
 
     def unit_result(self, unit: Unit, tile_score: np.ndarray, shift: np.ndarray, peak: float,
                     applied: bool, cnn: bool, agreement: np.ndarray) -> UnitResult:

@@ -42,6 +42,7 @@ from rasterio import features
 
 from detector.methods import METHODS, NAMES
 from detector.tiling import bounds_window
+from training.evaluation import Counts
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -81,8 +82,9 @@ def run_city(city: Path, out: Path, method: str, model: Path | None, cell_m: flo
     return json.loads((out / "run.json").read_text())
 
 
-def on_truth_grid(city: Path, out: Path) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """The run's change raster on the change map's grid (NaN where not analysed), the map, and cell labels."""
+def on_truth_grid(city: Path, out: Path, sites: Any) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """The run's change raster on the change map's grid (NaN where not analysed), the map, and the labels of
+    the run's cells (``sites``, in order) on that grid."""
     with rasterio.open(city / "imgs_1" / "B02.tif") as ref:
         transform, shape = ref.transform, ref.shape
     cm = city / "cm" / f"{city.name}-cm.tif"
@@ -93,23 +95,14 @@ def on_truth_grid(city: Path, out: Path) -> tuple[np.ndarray, np.ndarray | None,
             shape = truth.shape
     with rasterio.open(out / "change.tif") as src:
         window = bounds_window(src.bounds, transform)
-        score = src.read(1)
+        score, crs = src.read(1), src.crs
     full = np.full(shape, np.nan, dtype=np.float32)
     r, c = int(window.row_off), int(window.col_off)
     h, w = min(score.shape[0], shape[0] - r), min(score.shape[1], shape[1] - c)
     full[r:r + h, c:c + w] = score[:h, :w]
-    cells = _cell_labels(out, transform, shape)
-    return full, truth, cells
-
-
-def _cell_labels(out: Path, transform: Any, shape: tuple[int, int]) -> np.ndarray:
-    import geopandas as gpd
-
-    sites = gpd.read_file(out / "sites.geojson")
-    with rasterio.open(out / "change.tif") as src:
-        crs = src.crs
     shapes = [(g, i + 1) for i, g in enumerate(sites.to_crs(crs).geometry)]
-    return features.rasterize(shapes, out_shape=shape, transform=transform, fill=0, dtype="int32")
+    cells = features.rasterize(shapes, out_shape=shape, transform=transform, fill=0, dtype="int32")
+    return full, truth, cells
 
 
 def city_numbers(score: np.ndarray, truth: np.ndarray, cells: np.ndarray, sites_score: np.ndarray, *,
@@ -124,19 +117,22 @@ def city_numbers(score: np.ndarray, truth: np.ndarray, cells: np.ndarray, sites_
     per_cell = np.bincount(cells[keep & truth].ravel(), minlength=len(sites_score) + 1)[1:]
     cell_truth = per_cell >= cell_min_px
     return {"tp": tp, "fp": fp, "fn": fn, **rates(tp, fp, fn), "ap": average_precision(s, t),
-            "cell_ap": average_precision(sites_score, cell_truth), "changed_share": float(t.mean()),
-            "chance": float(t.mean()), "analysed": float(keep.mean()),
+            "cell_ap": average_precision(sites_score, cell_truth), "chance": float(t.mean()),
+            "analysed": float(keep.mean()),
             "cells": len(sites_score), "changed_cells": int(cell_truth.sum())}
 
 
 def city_ap(city: Path, out: Path, *, method: str = "fused", model: Path | None = None, cell_m: float = 500.0,
             cell_min_m2: float = 500.0) -> dict[str, Any]:
     """Run one labelled city as a user would and measure it (see :func:`city_numbers`)."""
+    import geopandas as gpd
+
     record = run_city(city, out, method, model, cell_m)
-    score, truth, cells = on_truth_grid(city, out)
+    sites = gpd.read_file(out / "sites.geojson")
+    score, truth, cells = on_truth_grid(city, out, sites)
     if truth is None:
         raise SystemExit(f"{city} has no change map (cm/{city.name}-cm.tif)")
-    found = city_numbers(score, truth, cells, site_scores(out),
+    found = city_numbers(score, truth, cells, sites["score"].to_numpy(dtype=float),
                          pixel_threshold=float(record["parameters"]["rule"]["pixel_threshold"]),
                          cell_min_px=int(np.ceil(cell_min_m2 / 100)))
     return {**found, "rule": (record.get("fusion_applied") or {}).get("rule", method),
@@ -144,16 +140,8 @@ def city_ap(city: Path, out: Path, *, method: str = "fused", model: Path | None 
 
 
 def rates(tp: int, fp: int, fn: int) -> dict[str, float]:
-    p = tp / (tp + fp) if tp + fp else 0.0
-    r = tp / (tp + fn) if tp + fn else 0.0
-    return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0,
-            "iou": tp / (tp + fp + fn) if tp + fp + fn else 0.0}
-
-
-def site_scores(out: Path) -> np.ndarray:
-    import geopandas as gpd
-
-    return gpd.read_file(out / "sites.geojson")["score"].to_numpy(dtype=float)
+    """Precision, recall, F1 and IoU of pooled counts (true negatives play no part)."""
+    return Counts(tp, fp, fn, 0).metrics()
 
 
 def labelled(args: argparse.Namespace, methods: list[str]) -> dict[str, Any]:
@@ -172,7 +160,7 @@ def labelled(args: argparse.Namespace, methods: list[str]) -> dict[str, Any]:
                             cell_m=args.cell_m, cell_min_m2=args.cell_min_m2)
             results[method][city.name] = found
             print(f"{city.name:<12} {method:<10} {found['precision']:6.3f} {found['recall']:6.3f} {found['f1']:6.3f} "
-                  f"{found['iou']:6.3f} {found['ap']:6.3f} {found['cell_ap']:7.3f} {found['changed_share']:7.3f}  "
+                  f"{found['iou']:6.3f} {found['ap']:6.3f} {found['cell_ap']:7.3f} {found['chance']:7.3f}  "
                   f"{found['rule']}", flush=True)
     summary = {}
     for method in methods:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from rasterio.errors import NotGeoreferencedWarning
 
 from detector import __version__
+from detector.bands import PRESETS
 from detector.errors import DetectorError, first_line
 from detector.memory import keep_freed_memory
 from detector.methods import DEFAULT as DEFAULT_METHOD
@@ -38,6 +39,17 @@ DESCRIPTION = ("Find new construction and expansion at candidate sites (or in a 
                "satellite imagery, with the evidence to defend each flag.")
 
 
+def add_imagery_options(parser: argparse.ArgumentParser) -> None:
+    """``--bands`` (or per date) and the cloud mask files."""
+    presets = ", ".join(PRESETS)
+    parser.add_argument("--bands", help="the bands of a multi-band file, in file order (blue,green,red,nir; - to "
+                                        f"leave one out) or a preset: {presets}; for both dates")
+    parser.add_argument("--before-bands", help="--bands for the before date only")
+    parser.add_argument("--after-bands", help="--bands for the after date only")
+    parser.add_argument("--before-mask", type=Path, help="cloud mask of the before date: non-zero = obscured")
+    parser.add_argument("--after-mask", type=Path, help="cloud mask of the after date: non-zero = obscured")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="detector", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"detector {__version__}")
@@ -60,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--lat-col", help="CSV latitude column")
     run.add_argument("--before-date", help="acquisition date of --before, YYYY-MM-DD")
     run.add_argument("--after-date", help="acquisition date of --after, YYYY-MM-DD")
+    add_imagery_options(run)
     run.add_argument("--tile-px", type=int, default=512, help="tile size in pixels (512)")
     run.add_argument("--max-shift-px", type=float, default=8.0, help="largest misregistration corrected (8)")
     run.add_argument("--bin", type=int, default=2,
@@ -210,6 +223,8 @@ def detect_command(args: argparse.Namespace, argv: list[str]) -> int:
     config = RunConfig(
         before=args.before, after=args.after, out=args.out, sites=args.sites, cell_m=args.cell_m,
         overwrite=args.overwrite, before_date=args.before_date, after_date=args.after_date, workers=args.workers,
+        before_bands=args.before_bands or args.bands, after_bands=args.after_bands or args.bands,
+        before_mask=args.before_mask, after_mask=args.after_mask,
         site=SiteOptions(buffer_m=args.buffer_m, id_col=args.id_col, lon_col=args.lon_col, lat_col=args.lat_col),
         scan=ScanOptions(tile_px=args.tile_px, max_shift_px=args.max_shift_px, min_area_m2=args.min_area_m2,
                          bin=args.bin, method=args.method, model=args.model,
@@ -221,7 +236,7 @@ def detect_command(args: argparse.Namespace, argv: list[str]) -> int:
     _end_status(args)
     counts = record["counts"]
     print(f"{counts['sites']} {'cells' if record['mode'] == 'cells' else 'sites'} scored, "
-          f"{counts['flagged']} flagged, {counts['no_coverage']} without coverage, "
+          f"{counts['flagged']} flagged, {counts['no_coverage']} without coverage, {counts['cloudy']} under cloud, "
           f"{counts['change_polygons']} change polygons; results in {args.out}")
     return 0
 

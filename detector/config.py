@@ -98,7 +98,9 @@ class RunConfig:
 
     ``sites`` None means cell mode: the overlap of the two dates is cut into
     squares of ``cell_m`` metres and every cell is scored.  ``workers`` is
-    the number of scoring threads (0: one per core).
+    the number of scoring threads (0: one per core).  ``before_bands`` and
+    ``after_bands`` name the bands of a multi-band file (:mod:`detector.bands`);
+    ``before_mask`` and ``after_mask`` are mask files (non-zero = obscured).
     """
 
     before: Path = option(REQUIRED, Path)
@@ -109,6 +111,10 @@ class RunConfig:
     overwrite: bool = option(False, bool)
     before_date: str | None = option(None, str)
     after_date: str | None = option(None, str)
+    before_bands: str | None = option(None, str)
+    after_bands: str | None = option(None, str)
+    before_mask: Path | None = option(None, Path)
+    after_mask: Path | None = option(None, Path)
     workers: int = option(0, int, low=0, low_closed=True)
     site: SiteOptions = field(default_factory=SiteOptions)
     scan: ScanOptions = field(default_factory=ScanOptions)

@@ -26,6 +26,8 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
+from detector import bands as band_specs
+from detector import masks
 from detector.errors import InputError, MissingFileError, first_line
 from detector.tiling import bounds_window, intersect
 
@@ -38,22 +40,21 @@ SENTINEL2 = {
 LANDSAT_OLI = {"B1": "coastal", "B2": "blue", "B3": "green", "B4": "red", "B5": "nir",
                "B6": "swir16", "B7": "swir22", "B8": "pan", "B9": "cirrus"}
 LANDSAT_TM = {"B1": "blue", "B2": "green", "B3": "red", "B4": "nir", "B5": "swir16", "B7": "swir22"}
-COMMON = {"blue", "green", "red", "nir", "nir08", "swir16", "swir22", "coastal", "rededge1",
-          "rededge2", "rededge3", "pan", "swir1", "swir2"}
-ALIASES = {"swir1": "swir16", "swir2": "swir22", "r": "red", "g": "green", "b": "blue",
-           "cloud_mask": "cloud", "cloudmask": "cloud", "clouds": "cloud", "mask": "cloud"}
-MASKS = ("scl", "cloud")  # Sentinel-2 scene classification; any cloud mask (non-zero = cloud): never scored
+MASKS = masks.KINDS  # mask bands: never scored, they say which pixels are obscured or hold no data
 COLOR = {ColorInterp.red: "red", ColorInterp.green: "green", ColorInterp.blue: "blue"}
 DATE_IN_NAME = re.compile(r"(?<!\d)((?:19|20)\d{2})-?(0[1-9]|1[0-2])-?(0[1-9]|[12]\d|3[01])(?!\d)")
 
 
 @dataclass(frozen=True, slots=True)
 class Band:
-    """One band of a date: the file (a path, or an http(s) URL of a COG), its 1-based index, its canonical name."""
+    """One band of a date: the file (a path, or an http(s) URL of a COG), its 1-based index, its canonical name,
+    and the linear map from its stored values to physical ones (``value * scale + offset``)."""
 
     path: Path | str
     index: int
     name: str
+    scale: float = 1.0
+    offset: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,20 +89,47 @@ class DateSource:
     def files(self) -> tuple[Path | str, ...]:
         return tuple(dict.fromkeys(b.path for b in self.bands))
 
+    @property
+    def mask(self) -> Band | None:
+        """The date's mask band (:mod:`detector.masks`), if it has one."""
+        return next((b for b in self.bands if b.name in MASKS), None)
 
-def open_date(path: str | Path, *, date: str | None = None) -> DateSource:
+    def mapping(self) -> list[dict[str, object]]:
+        """Which band of which file got which name, for ``run.json``."""
+        return [{"file": str(b.path), "index": b.index, "name": b.name,
+                 **({"scale": b.scale, "offset": b.offset} if (b.scale, b.offset) != (1.0, 0.0) else {})}
+                for b in self.bands]
+
+
+def open_date(path: str | Path, *, date: str | None = None, bands: str | None = None, mask: Path | None = None,
+              keys: tuple[str, str] = ("--bands", "--mask")) -> DateSource:
     """Describe a date given as a multi-band file or a folder of band files.
 
-    Checks that every file opens, has a CRS and can be decoded at its first and
-    last block, so a damaged download fails before any work starts.
+    ``bands`` names the bands of a multi-band file (:func:`detector.bands.band_names`);
+    ``mask`` is a mask file (non-zero = obscured) that replaces any mask band
+    of the date.  ``keys`` name the two options in errors.  Checks that every
+    file opens, has a CRS and can be decoded at its first and last block, so
+    a damaged download fails before any work starts.
     """
     path = Path(path)
     if not path.exists():
         raise MissingFileError(f"{path} does not exist: give a raster file or a folder of band files")
-    bands = folder_bands(path) if path.is_dir() else file_bands(path)
-    for file in dict.fromkeys(b.path for b in bands):
+    if bands is not None and path.is_dir():
+        raise InputError(f"{keys[0]} names the bands of one multi-band file, and {path} is a folder: name its band "
+                         f"files by band (B02.tif, red.tif) or drop {keys[0]}")
+    found = folder_bands(path) if path.is_dir() else file_bands(path, spec=bands, key=keys[0])
+    if mask is not None:
+        found = with_mask(found, mask, key=keys[1])
+    for file in dict.fromkeys(b.path for b in found):
         check_readable(file)
-    return DateSource(path=path, bands=bands, date=date or date_of(path, Path(bands[0].path)))
+    return DateSource(path=path, bands=found, date=date or date_of(path, Path(found[0].path)))
+
+
+def with_mask(found: tuple[Band, ...], mask: Path, *, key: str) -> tuple[Band, ...]:
+    """The bands with ``mask`` (a one-band file, non-zero = obscured) as their only mask band."""
+    if not mask.is_file():
+        raise MissingFileError(f"{key} {mask} does not exist: give a raster whose non-zero pixels are cloud")
+    return (*(b for b in found if b.name not in MASKS), Band(mask, 1, "cloud"))
 
 
 def folder_bands(folder: Path) -> tuple[Band, ...]:
@@ -121,11 +149,12 @@ def folder_bands(folder: Path) -> tuple[Band, ...]:
 
 def band_name_from_file(stem: str) -> str | None:
     """Canonical band name from a file name stem, or None if it names no band."""
-    low = stem.lower()
-    if low in COMMON or low in ALIASES or low in MASKS:
-        return ALIASES.get(low, low)
-    if re.search(r"(?:^|_)SCL(?:_|$)", stem, flags=re.IGNORECASE):
-        return "scl"
+    low = band_specs.ALIASES.get(stem.lower(), stem.lower())
+    if low in band_specs.KNOWN:
+        return low
+    for kind in ("SCL", "QA_PIXEL"):
+        if re.search(rf"(?:^|_){kind}(?:_\d+m)?$", stem, flags=re.IGNORECASE):
+            return kind.lower()
     match = re.search(r"(?:^|_)B(\d{1,2}|8A)(?:_|$)", stem, flags=re.IGNORECASE)
     if match is None:
         return None
@@ -137,23 +166,29 @@ def band_name_from_file(stem: str) -> str | None:
     return LANDSAT_OLI.get(f"B{int(code)}") if code.isdigit() else None
 
 
-def file_bands(path: Path) -> tuple[Band, ...]:
+def file_bands(path: Path, *, spec: str | None = None, key: str = "--bands") -> tuple[Band, ...]:
+    """The bands of a multi-band file: named by ``spec`` (``--bands``) if given, else by the file itself."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             src = rasterio.open(path)
         with src:
-            names = dataset_band_names(src.descriptions, src.colorinterp, src.count)
+            count, scales, offsets = src.count, src.scales, src.offsets
+            names = (band_specs.band_names(spec, count, file=path, key=key) if spec is not None else
+                     dataset_band_names(src.descriptions, src.colorinterp, count))
     except RasterioError as exc:
         raise InputError(f"{path} is not a raster GDAL can read ({exc}): give a GeoTIFF") from None
-    return tuple(Band(path, i + 1, n) for i, n in enumerate(names))
+    if all(n.startswith("band") for n in names) and count >= 4 and spec is None:
+        raise InputError(f"{path} has {count} bands without names: {band_specs.HINT}".replace("--bands", key))
+    return tuple(Band(path, i + 1, n, float(scales[i]), float(offsets[i])) for i, n in enumerate(names))
 
 
 def dataset_band_names(descriptions: tuple, colorinterp: tuple, count: int) -> tuple[str, ...]:
     """Band names of a multi-band file from descriptions, colour interpretation or count.
 
     A plain 3-band file is read as red, green, blue.  Unknown bands are named
-    ``band1``, ``band2``... so they still match between dates by position.
+    ``band1``, ``band2``... so they still match between dates by position
+    (:func:`file_bands` refuses four or more of them: it never guesses).
     """
     found: list[str | None] = []
     for i in range(count):
@@ -223,9 +258,9 @@ def match_bands(before: DateSource, after: DateSource) -> tuple[str, ...]:
 
 
 def overlap_window(grid: Grid, date: DateSource) -> Window:
-    """Window of ``grid`` covered by every band of ``date`` (pixel-snapped, clipped)."""
+    """Window of ``grid`` covered by every band of ``date`` (pixel-snapped, clipped); a mask may cover less."""
     window = Window(0, 0, grid.width, grid.height)
-    for file in date.files:
+    for file in dict.fromkeys(b.path for b in date.bands if b.name not in MASKS):
         g = grid_of(file)
         bounds = transform_bounds(g.crs, grid.crs, *g.bounds, densify_pts=21)
         other = bounds_window(bounds, grid.transform)
@@ -237,9 +272,35 @@ def overlap_window(grid: Grid, date: DateSource) -> Window:
     return window
 
 
+@dataclass(frozen=True, slots=True)
+class RawWindow:
+    """A window of one date as read: values in the files' own type, what holds no data, what is obscured.
+
+    ``values`` (C, H, W); ``invalid`` (H, W) bool: nodata in any band, every
+    band 0, no data in the mask, or obscured; ``obscured`` (H, W) bool: cloud,
+    shadow, cirrus or snow by the date's mask (all False without one);
+    ``scale``, ``offset`` (C,) float32: physical value = ``values * scale + offset``.
+    """
+
+    values: np.ndarray
+    invalid: np.ndarray
+    obscured: np.ndarray
+    scale: np.ndarray
+    offset: np.ndarray
+
+    def physical(self, values: np.ndarray) -> np.ndarray:
+        """``values`` (C, ...) float32 of these bands (the raw ones, or block averages of them) in physical units."""
+        if not (self.scale != 1).any() and not self.offset.any():
+            return values
+        shape = (-1,) + (1,) * (values.ndim - 1)
+        return values * self.scale.reshape(shape) + self.offset.reshape(shape)
+
+
 class DateReader:
     """Reads windows of one date's named bands onto a grid, as float32 with NaN nodata.
 
+    The date's mask band (:mod:`detector.masks`), if any, is read onto the
+    same grid (nearest neighbour): obscured pixels are nodata for scoring.
     Use as a context manager; files are opened once and kept open.
     """
 
@@ -247,6 +308,10 @@ class DateReader:
         self.date, self.names, self.grid = date, names, grid
         self._stack = ExitStack()
         self._groups: list[tuple[object, list[int], list[int], list[float | None]]] = []
+        self._mask: tuple[object, int, str] | None = None
+        chosen = [next(b for b in date.bands if b.name == name) for name in names]
+        self.scale = np.array([b.scale for b in chosen], np.float32)
+        self.offset = np.array([b.offset for b in chosen], np.float32)
 
     def __enter__(self) -> DateReader:
         by_file: dict[Path | str, list[tuple[int, Band]]] = {}
@@ -254,50 +319,49 @@ class DateReader:
             band = next(b for b in self.date.bands if b.name == name)
             by_file.setdefault(band.path, []).append((k, band))
         for file, items in by_file.items():
-            src = self._stack.enter_context(rasterio.open(file))
+            src = self._on_grid(self._stack.enter_context(rasterio.open(file)))
             nodata = src.nodatavals
-            if (src.crs, src.transform, src.width, src.height) != (
-                self.grid.crs, self.grid.transform, self.grid.width, self.grid.height
-            ):
-                src = self._stack.enter_context(self._warped(src))
             self._groups.append((src, [k for k, _ in items], [b.index for _, b in items],
                                  [nodata[b.index - 1] for _, b in items]))
+        if (mask := self.date.mask) is not None:
+            src = self._on_grid(self._stack.enter_context(rasterio.open(mask.path)), mask=True)
+            self._mask = (src, mask.index, mask.name)
         return self
 
-    def _warped(self, src: rasterio.DatasetReader) -> WarpedVRT:
+    def _on_grid(self, src: rasterio.DatasetReader, *, mask: bool = False) -> rasterio.DatasetReader | WarpedVRT:
+        if (src.crs, src.transform, src.width, src.height) == (
+            self.grid.crs, self.grid.transform, self.grid.width, self.grid.height
+        ):
+            return src
+        return self._stack.enter_context(self._warped(src, mask=mask))
+
+    def _warped(self, src: rasterio.DatasetReader, *, mask: bool = False) -> WarpedVRT:
         coarser = abs(src.transform.a * src.transform.e) > abs(self.grid.transform.a * self.grid.transform.e) * 1.01
+        resampling = Resampling.nearest if mask else Resampling.bilinear if coarser else Resampling.average
         return WarpedVRT(
             src, crs=self.grid.crs, transform=self.grid.transform, width=self.grid.width,
-            height=self.grid.height, nodata=src.nodata if src.nodata is not None else 0,
-            resampling=Resampling.bilinear if coarser else Resampling.average,
+            height=self.grid.height, nodata=src.nodata if src.nodata is not None else 0, resampling=resampling,
         )
 
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
 
     def read(self, window: Window) -> np.ndarray:
-        """Read a window of the grid.
+        """Read a window of the grid in physical units.
 
         Returns
         -------
-        ndarray, shape (bands, height, width), float32; NaN where any band is
-        nodata or every band is 0.
+        ndarray, shape (bands, height, width), float32; NaN where
+        :attr:`RawWindow.invalid`.
         """
-        raw, invalid = self.read_raw(window)
-        out = raw.astype(np.float32)
-        if invalid.any():
-            out[:, invalid] = np.nan
+        raw = self.read_raw(window)
+        out = raw.physical(raw.values.astype(np.float32))
+        if raw.invalid.any():
+            out[:, raw.invalid] = np.nan
         return out
 
-    def read_raw(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
-        """Read a window of the grid in the files' own data type, with its nodata mask.
-
-        Returns
-        -------
-        raw : ndarray, shape (bands, height, width)
-        invalid : ndarray, shape (height, width), bool: any band is nodata or
-            every band is 0.
-        """
+    def read_raw(self, window: Window) -> RawWindow:
+        """Read a window of the grid in the files' own data type, with its nodata and mask (:class:`RawWindow`)."""
         parts = [(slots, self._read_raw(src, indexes, window), nodatas)
                  for src, slots, indexes, nodatas in self._groups]
         if len(parts) == 1 and parts[0][0] == list(range(len(self.names))):
@@ -312,7 +376,13 @@ class DateReader:
             for layer, nodata in zip(part, nodatas, strict=True):
                 if nodata is not None and not np.isnan(nodata):
                     invalid |= layer == nodata
-        return raw, invalid
+        obscured = np.zeros(invalid.shape, bool)
+        if self._mask is not None:
+            src, index, kind = self._mask
+            has_data, obscured = masks.decode(self._read_raw(src, [index], window)[0], kind)
+            obscured &= has_data & ~invalid
+            invalid |= ~has_data | obscured
+        return RawWindow(raw, invalid, obscured, self.scale, self.offset)
 
     def _read_raw(self, src: rasterio.DatasetReader | WarpedVRT, indexes: list[int], window: Window) -> np.ndarray:
         try:

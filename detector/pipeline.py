@@ -58,8 +58,10 @@ def run(config: RunConfig, *, progress: Progress | None = None, command: list[st
     clock: dict[str, float] = {}
     start = time.perf_counter()
     check_out(config.out, overwrite=config.overwrite, ours=RUN_OUTPUTS)
-    before = open_date(config.before, date=config.before_date)
-    after = open_date(config.after, date=config.after_date)
+    before, after = (open_date(getattr(config, d), date=getattr(config, f"{d}_date"),
+                               bands=getattr(config, f"{d}_bands"), mask=getattr(config, f"{d}_mask"),
+                               keys=(band_key(config, d), f"--{d}-mask"))
+                     for d in ("before", "after"))
     check_order(config, before, after)
     names = match_bands(before, after)
     grid = reference_grid(before, names)
@@ -110,6 +112,13 @@ def run(config: RunConfig, *, progress: Progress | None = None, command: list[st
     return record
 
 
+def band_key(config: RunConfig, date: str) -> str:
+    """The option that named a date's bands, as the user gave it."""
+    own = getattr(config, f"{date}_bands")
+    other = config.after_bands if date == "before" else config.before_bands
+    return "--bands" if own is None or own == other else f"--{date}-bands"
+
+
 def check_order(config: RunConfig, before: DateSource, after: DateSource) -> None:
     """Refuse a before date that is not before the after date: the change would be read backwards."""
     if before.date and after.date and before.date >= after.date:
@@ -138,7 +147,9 @@ def timed(work: Callable[[], object]) -> float:
 def input_records(config: RunConfig, before: DateSource, after: DateSource) -> dict[str, Any]:
     """Path, size and SHA-256 of every input file."""
     records: dict[str, Any] = {
-        name: {"path": str(date.path), "date": date.date, "files": [file_record(Path(f)) for f in date.files]}
+        name: {"path": str(date.path), "date": date.date, "files": [file_record(Path(f)) for f in date.files],
+               "bands_option": getattr(config, f"{name}_bands"), "bands": date.mapping(),
+               "mask": None if date.mask is None else {"file": str(date.mask.path), "kind": date.mask.name}}
         for name, date in (("before", before), ("after", after))
     }
     if config.sites is not None:
@@ -167,7 +178,8 @@ def run_record(config: RunConfig, inputs: dict[str, Any], names: tuple[str, ...]
                  "width": grid.width, "height": grid.height,
                  "analysed_window": [int(area.col_off), int(area.row_off), int(area.width), int(area.height)]},
         "counts": {"sites": len(sites), "flagged": int(sites["flagged"].sum()),
-                   "no_coverage": int((sites["status"] == "no_coverage").sum()), "change_polygons": len(changes),
+                   "no_coverage": int((sites["status"] == "no_coverage").sum()),
+                   "cloudy": int((sites["status"] == "cloudy").sum()), "change_polygons": len(changes),
                    "tiles": len(scene.acc.cnn), "cnn_tiles": int(sum(scene.acc.cnn))},
         "versions": versions(),
         "timings_s": {k: round(v, 3) for k, v in clock.items()},

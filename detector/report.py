@@ -14,7 +14,8 @@ from typing import Any
 import geopandas as gpd
 import pandas as pd
 
-SHOWN = ("score", "flagged", "changed_area_m2", "valid_fraction", "status", "shift_px", "shift_peak", "shift_corrected",
+SHOWN = ("score", "flagged", "changed_area_m2", "valid_fraction", "cloud_fraction", "status", "shift_px", "shift_peak",
+         "shift_corrected",
          "before_scene", "after_scene", "pairing", "review_status", "reviewer", "notes")  # scenes: batch only
 STYLE = """body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;width:100%}

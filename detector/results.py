@@ -39,6 +39,7 @@ from detector.zones import Zones
 log = logging.getLogger(__name__)
 
 OUR_FIELDS = ("site_id", "score", "rank", "flagged", "changed_area_m2", "changed_fraction", "valid_fraction",
+              "cloud_fraction",
               "status", "shift_px", "shift_dy_px", "shift_dx_px", "shift_peak", "shift_corrected", "before_source",
               "after_source", "before_date", "after_date", "threshold", "method", *REVIEW_FIELDS,
               "chip_before", "chip_after", "chip_change")
@@ -178,7 +179,8 @@ def site_results(scan: ScanOptions, zones: Zones, acc: Accumulated, grid: Grid, 
     centroids = gpd.GeoSeries(shapely.centroid(geoms), crs=grid.crs).to_crs(4326)
     pixel_h, pixel_w = pixel_size_m(grid.crs, grid.transform, centroids.x.to_numpy(), centroids.y.to_numpy())
     expected = shapely.area(geoms) / abs(grid.transform.determinant)
-    table = site_table(acc.hist, expected, np.asarray(pixel_h) * np.asarray(pixel_w), rule=scan.rule)
+    table = site_table(acc.hist, expected, np.asarray(pixel_h) * np.asarray(pixel_w), rule=scan.rule,
+                       obscured_px=acc.obscured)
     shift = np.round(acc.shift, 2)
     table["shift_px"] = np.round(np.hypot(shift[:, 0], shift[:, 1]), 2)
     table["shift_dy_px"], table["shift_dx_px"] = shift[:, 0], shift[:, 1]

@@ -27,7 +27,7 @@ from detector import fusion
 from detector.binning import bin_any, bin_mean, unbin
 from detector.change import score_tiles
 from detector.config import ScanOptions
-from detector.imagery import DateReader, DateSource, Grid
+from detector.imagery import DateReader, DateSource, Grid, RawWindow
 from detector.methods import METHODS
 from detector.outputs import ScoreRaster
 from detector.scoring import BINS, change_components, zone_histograms
@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 CACHE_MB = 300
 
 Progress = Callable[[int, int], None]
-Raw = tuple[np.ndarray, np.ndarray]  # a read window in the file's type, and its nodata mask
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +57,7 @@ class Accumulated:
     polygons: list[tuple[int, float, Any]]  # (zone, mean score, shapely geometry in grid CRS)
     cnn: list[bool]  # per tile scored: whether the CNN ran on it
     agreement: np.ndarray  # (2,): classically changed pixels, and of those where the CNN agrees (fusion)
+    obscured: np.ndarray  # (Z,) pixels of each zone obscured (cloud, shadow, snow) in either date
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +73,7 @@ class UnitResult:
     score: np.ndarray  # (H, W) over unit.core, NaN outside the zones
     cnn: bool  # the CNN ran on this tile
     agreement: np.ndarray  # (2,) :func:`detector.fusion.agreement_counts` of the tile's read window
+    obscured: np.ndarray  # (len(unit.zones),) pixels of each zone obscured in either date
 
 
 class BatchScorer:
@@ -89,16 +90,18 @@ class BatchScorer:
         lon, lat = centre_lonlat(grid, Window(0, 0, grid.width, grid.height))
         self.pixel_m = float(np.mean(pixel_size_m(grid.crs, grid.transform, lon, lat)))
 
-    def __call__(self, batch: Batch, before: Raw, after: Raw) -> list[UnitResult]:
+    def __call__(self, batch: Batch, before: RawWindow, after: RawWindow) -> list[UnitResult]:
         factor = self.scan.bin
-        first = cut_tiles(*before, batch, factor=factor)
-        tiles = score_tiles(first, cut_tiles(*after, batch, factor=factor),
+        first = cut_tiles(before, batch, factor=factor)
+        obscured = before.obscured | after.obscured
+        tiles = score_tiles(first, cut_tiles(after, batch, factor=factor),
                             self.names, pixel_m=self.pixel_m * factor,
                             max_shift_px=self.scan.max_shift_px / factor, min_peak=self.scan.min_peak,
                             params=self.scan.params)
         score, cnn, agreement = self.method_score(tiles.score, first, tiles.after, pixel_m=self.pixel_m * factor)
         return [self.unit_result(unit, score[i], tiles.shift[i] * factor, float(tiles.peak[i]),
-                                 bool(tiles.applied[i]), bool(cnn[i]), agreement[i])
+                                 bool(tiles.applied[i]), bool(cnn[i]), agreement[i],
+                                 obscured[core_slices(unit.core, batch.read)])
                 for i, unit in enumerate(batch.units)]
 
     def method_score(self, classical: np.ndarray, before: np.ndarray, after: np.ndarray, *,
@@ -129,7 +132,7 @@ class BatchScorer:
         return method.combine(classical, cnn, near), pick, agreement
 
     def unit_result(self, unit: Unit, tile_score: np.ndarray, shift: np.ndarray, peak: float,
-                    applied: bool, cnn: bool, agreement: np.ndarray) -> UnitResult:
+                    applied: bool, cnn: bool, agreement: np.ndarray, obscured: np.ndarray) -> UnitResult:
         r = int(unit.core.row_off - unit.read.row_off)
         c = int(unit.core.col_off - unit.read.col_off)
         full = unbin(tile_score, self.scan.bin, (int(unit.read.height), int(unit.read.width)))
@@ -139,12 +142,19 @@ class BatchScorer:
         hist = zone_histograms(score, labels, len(unit.zones))
         polygons = change_polygons(score, labels, unit.zones, transform,
                                    pixel_threshold=self.scan.rule.pixel_threshold)
+        cloud = np.bincount(labels[obscured], minlength=len(unit.zones) + 1)[1:]
         return UnitResult(unit, hist, shift, peak, applied, polygons,
-                          np.where(labels > 0, score, np.float32(np.nan)), cnn, agreement)
+                          np.where(labels > 0, score, np.float32(np.nan)), cnn, agreement, cloud)
+
+
+def core_slices(core: Window, read: Window) -> tuple[slice, slice]:
+    """Rows and columns of ``core`` within the window ``read`` that holds it."""
+    r, c = int(core.row_off - read.row_off), int(core.col_off - read.col_off)
+    return slice(r, r + int(core.height)), slice(c, c + int(core.width))
 
 
 def read_in_background(dates: tuple[DateSource, DateSource], names: tuple[str, ...], grid: Grid,
-                       batches: list[Batch], *, depth: int) -> Iterator[tuple[Batch, Raw, Raw]]:
+                       batches: list[Batch], *, depth: int) -> Iterator[tuple[Batch, RawWindow, RawWindow]]:
     """Yield each batch with the raw before and after windows, read in order by one background thread.
 
     One thread keeps the files open, so blocks shared by neighbouring batches
@@ -186,13 +196,9 @@ def read_in_background(dates: tuple[DateSource, DateSource], names: tuple[str, .
         thread.join()
 
 
-def cut_tiles(raw: np.ndarray, invalid: np.ndarray, batch: Batch, *, factor: int) -> np.ndarray:
-    """Cut the units of a batch out of its read window, block-averaged by ``factor``.
-
-    Parameters
-    ----------
-    raw : ndarray, shape (C, H, W): the batch's read window, in the file's type
-    invalid : ndarray, shape (H, W), bool: its nodata mask
+def cut_tiles(raw: RawWindow, batch: Batch, *, factor: int) -> np.ndarray:
+    """Cut the units of a batch out of its read window (:class:`RawWindow`), block-averaged by ``factor``,
+    in physical units.
 
     Returns
     -------
@@ -200,13 +206,11 @@ def cut_tiles(raw: np.ndarray, invalid: np.ndarray, batch: Batch, *, factor: int
     each unit NaN-padded to the batch's tile shape (h, w).
     """
     h, w = (n // factor for n in batch.tile_shape)
-    tiles = np.full((len(batch.units), raw.shape[0], h, w), np.nan, dtype=np.float32)
+    tiles = np.full((len(batch.units), raw.values.shape[0], h, w), np.nan, dtype=np.float32)
     for i, unit in enumerate(batch.units):
-        r = int(unit.read.row_off - batch.read.row_off)
-        c = int(unit.read.col_off - batch.read.col_off)
-        rows, cols = slice(r, r + int(unit.read.height)), slice(c, c + int(unit.read.width))
-        binned = bin_mean(raw[:, rows, cols], factor)
-        holes = bin_any(invalid[rows, cols], factor)
+        rows, cols = core_slices(unit.read, batch.read)
+        binned = raw.physical(bin_mean(raw.values[:, rows, cols], factor))
+        holes = bin_any(raw.invalid[rows, cols], factor)
         if holes.any():
             binned[:, holes] = np.nan
         tiles[i, :, :binned.shape[1], :binned.shape[2]] = binned
@@ -220,7 +224,8 @@ def score_zones(scan: ScanOptions, dates: tuple[DateSource, DateSource], names: 
     the results."""
     count = len(zones.frame)
     acc = Accumulated(np.zeros((count, BINS + 1), np.int64), np.full((count, 2), np.nan),
-                      np.full(count, np.nan), np.zeros(count, bool), [], [], np.zeros(2, np.int64))
+                      np.full(count, np.nan), np.zeros(count, bool), [], [], np.zeros(2, np.int64),
+                      np.zeros(count, np.int64))
     scorer = BatchScorer(scan, names, grid, zones, model)
     workers = workers or os.cpu_count() or 1
     done = 0
@@ -236,6 +241,7 @@ def score_zones(scan: ScanOptions, dates: tuple[DateSource, DateSource], names: 
             acc.polygons.extend(result.polygons)
             acc.cnn.append(result.cnn)
             acc.agreement[:] += result.agreement
+            acc.obscured[picks] += result.obscured
             raster.write(result.score, result.unit.core, merge=not zones.cell_mode)
         done += 1
         if progress is not None:

@@ -70,7 +70,7 @@ def zone_histograms(score: np.ndarray, labels: np.ndarray, zones: int) -> np.nda
 
 
 def site_table(hist: np.ndarray, expected_px: np.ndarray, pixel_area_m2: np.ndarray, *,
-               rule: ScoreRule) -> pd.DataFrame:
+               rule: ScoreRule, obscured_px: np.ndarray | None = None) -> pd.DataFrame:
     """Score, changed area and status of every zone from its histogram (flags: :func:`flags`).
 
     Parameters
@@ -79,6 +79,13 @@ def site_table(hist: np.ndarray, expected_px: np.ndarray, pixel_area_m2: np.ndar
     expected_px : ndarray, shape (Z,): pixels the zone covers on the grid
         (from its area), so parts outside the imagery count as missing.
     pixel_area_m2 : ndarray, shape (Z,): ground area of one pixel at the zone.
+    obscured_px : ndarray, shape (Z,): pixels of the zone under cloud, shadow
+        or snow in either date (not scored, so missing from ``hist``).
+
+    ``status``: ``ok``; ``cloudy`` where more of the zone is obscured than
+    ``1 - rule.min_valid`` (so less than ``min_valid`` can have data, and it
+    is never flagged); ``no_coverage`` where nothing has data;
+    ``partial_coverage`` where less than ``min_valid`` has.
     """
     valid = hist[:, :BINS].sum(axis=1)
     cumulative = np.cumsum(hist[:, :BINS], axis=1)
@@ -87,12 +94,16 @@ def site_table(hist: np.ndarray, expected_px: np.ndarray, pixel_area_m2: np.ndar
     score = np.where(valid > 0, (bin_index + 1) / BINS, np.nan)
     changed = hist[:, int(round(rule.pixel_threshold * BINS)):BINS].sum(axis=1)
     valid_fraction = np.clip(valid / np.maximum(expected_px, 1), 0.0, 1.0)
-    status = np.where(valid == 0, "no_coverage", np.where(valid_fraction < rule.min_valid, "partial_coverage", "ok"))
+    obscured = np.zeros(len(hist)) if obscured_px is None else obscured_px
+    cloud_fraction = np.clip(obscured / np.maximum(expected_px, 1), 0.0, 1.0)
+    status = np.where(cloud_fraction > 1 - rule.min_valid, "cloudy", np.where(
+        valid == 0, "no_coverage", np.where(valid_fraction < rule.min_valid, "partial_coverage", "ok")))
     return pd.DataFrame({
         "score": np.round(score, 4),
         "changed_area_m2": np.round(changed * pixel_area_m2, 1),
         "changed_fraction": np.round(np.where(valid > 0, changed / np.maximum(valid, 1), np.nan), 4),
         "valid_fraction": np.round(valid_fraction, 4),
+        "cloud_fraction": np.round(cloud_fraction, 4),
         "status": status,
         "flagged": flags(score, status, rule.threshold),
         "rank": pd.array(rank(score, changed), dtype="Int64"),

@@ -38,13 +38,13 @@ def held_out(cities: list[str]) -> list[str]:
 
 def recipe(data: tuple[Path, ...], out: Path, *, seed: int = 0, epochs: int = 40, max_minutes: float = 30.0,
            architecture: str = "ef-fpn-s", name: str = "default", notes: dict | None = None,
-           augment: str = "standard") -> Any:
+           augment: str = "standard", ema: float = 0.0) -> Any:
     """The training recipe of the shipped weights, for any set of cities (``scripts/eval_oscd.py --folds``
     trains each fold's model with it)."""
     from training.train import TrainConfig
 
     return TrainConfig(data=data, out=out, epochs=epochs, seed=seed, patience=40, architecture=architecture,
-                       max_minutes=max_minutes, name=name, notes=notes or {}, augment=augment)
+                       max_minutes=max_minutes, name=name, notes=notes or {}, augment=augment, ema=ema)
 
 
 def train_with_progress(config: Any) -> dict:
@@ -75,6 +75,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the same weights on any machine)")
     parser.add_argument("--augment", default="standard", choices=("standard", "strong"),
                         help="augmentation (standard: the shipped weights')")
+    parser.add_argument("--ema", type=float, default=0.0, help="decay of a moving average of the weights (0: none)")
     parser.add_argument("--cities", help="comma-separated cities to train on (default: the seven of the shipped "
                                          "weights; scripts/eval_oscd.py --folds trains each fold's model with this)")
     args = parser.parse_args()
@@ -93,7 +94,8 @@ def main() -> int:
              "licences": "OSCD change maps CC BY-NC-SA 4.0 (images: modified Copernicus Sentinel data); "
                          "the weights are trained on them: use them under the same terms"}
     config = recipe(tuple(oscd / c for c in chosen), args.out, seed=args.seed, epochs=args.epochs,
-                    max_minutes=args.max_minutes, architecture=args.architecture, notes=notes, augment=args.augment)
+                    max_minutes=args.max_minutes, architecture=args.architecture, notes=notes, augment=args.augment,
+                    ema=args.ema)
     train_with_progress(config)
     return 0
 

@@ -28,7 +28,8 @@ from detector.imagery import (
     ("B02", "blue"), ("B8A", "nir08"), ("T45TUJ_20180801T050701_B11_20m", "swir16"),
     ("LC08_L2SP_143030_20180805_20200831_02_T1_SR_B4", "red"), ("LC09_x_B5", "nir"),
     ("LT05_L1TP_143030_20100801_B4", "nir"), ("LE07_x_B3", "red"), ("red", "red"), ("SWIR1", "swir16"),
-    ("MTL", None), ("QA_PIXEL", None),
+    ("MTL", None), ("LC08_x_QA_PIXEL", "qa_pixel"), ("LC08_x_QA_RADSAT", None), ("SR_QA_AEROSOL", None),
+    ("T45TUJ_20200602T050701_SCL_20m", "scl"), ("cirrus", "cirrus"), ("thermal", "lwir"),
 ])
 def test_band_names_from_file_names(stem: str, name: str | None) -> None:
     assert band_name_from_file(stem) == name

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn import functional
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from detector import weights
 from detector.errors import InputError
@@ -60,6 +61,7 @@ class TrainConfig:
     name: str = "change-cnn"
     augment: str = "standard"  # or "strong": training.augment.radiometry too
     keep_worse: bool = False  # write a model that validates worse than its --init
+    ema: float = 0.0  # decay of an exponential moving average of the weights (0: none), validated and kept
     notes: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -76,6 +78,8 @@ class TrainConfig:
         if self.out.is_dir():
             raise InputError(f"--out {self.out} is a folder: give a file name for the model, such as "
                              f"{self.out / 'model.pt'}")
+        if not 0 <= self.ema < 1:
+            raise InputError(f"--ema is {self.ema}: give a decay in [0, 1) (0: no average)")
         if not 0 <= self.val_fraction < 1:
             raise InputError(f"--val-fraction is {self.val_fraction}: give a value in [0, 1)")
 
@@ -167,19 +171,22 @@ def fit(network: torch.nn.Module, tiles: Tiles, train_idx: np.ndarray, val_idx: 
     network.train()
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs * config.steps_per_epoch)
+    average = AveragedModel(network, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True) \
+        if config.ema else None
+    kept = average.module if average is not None else network
     best: dict[str, Any] = {"ap": -1.0}
-    best_state = {k: v.clone() for k, v in network.state_dict().items()}
+    best_state = {k: v.clone() for k, v in kept.state_dict().items()}
     history: list[dict[str, Any]] = []
     stale, stopped = 0, "epochs"
     for epoch in range(1, config.epochs + 1):
-        loss = run_epoch(network, optimizer, schedule, tiles, train_idx, config, rng)
-        row = {"epoch": epoch, "loss": loss, **validate(network, tiles, val_idx if len(val_idx) else train_idx)}
+        loss = run_epoch(network, optimizer, schedule, tiles, train_idx, config, rng, average)
+        row = {"epoch": epoch, "loss": loss, **validate(kept, tiles, val_idx if len(val_idx) else train_idx)}
         history.append(row)
         if progress is not None:
             progress(epoch, row)
         if row["ap"] > best["ap"]:
             best, stale = row, 0
-            best_state = {k: v.clone() for k, v in network.state_dict().items()}
+            best_state = {k: v.clone() for k, v in kept.state_dict().items()}
         else:
             stale += 1
         if stale >= config.patience:
@@ -192,8 +199,9 @@ def fit(network: torch.nn.Module, tiles: Tiles, train_idx: np.ndarray, val_idx: 
 
 
 def run_epoch(network: torch.nn.Module, optimizer: torch.optim.Optimizer, schedule: Any, tiles: Tiles,
-              train_idx: np.ndarray, config: TrainConfig, rng: np.random.Generator) -> float:
-    """``steps_per_epoch`` optimizer steps on augmented batches; the mean loss."""
+              train_idx: np.ndarray, config: TrainConfig, rng: np.random.Generator,
+              average: AveragedModel | None = None) -> float:
+    """``steps_per_epoch`` optimizer steps on augmented batches (each folded into ``average``); the mean loss."""
     network.train()
     losses = []
     for _ in range(config.steps_per_epoch):
@@ -205,6 +213,8 @@ def run_epoch(network: torch.nn.Module, optimizer: torch.optim.Optimizer, schedu
         loss.backward()
         optimizer.step()
         schedule.step()
+        if average is not None:
+            average.update_parameters(network)
         losses.append(loss.item())
     return float(np.mean(losses))
 

@@ -27,7 +27,8 @@ from rasterio.features import geometry_mask
 from rasterio.warp import transform_bounds, transform_geom
 from rasterio.windows import from_bounds
 
-from detector.batch.pairing import mask_classes, site_shares
+from detector import masks
+from detector.batch.pairing import site_shares
 from detector.errors import InputError, MissingFileError, first_line
 from detector.imagery import (
     MASKS,
@@ -193,7 +194,7 @@ def site_cover(scene: Scene, site: Any) -> tuple[float, float]:
     cloudy = None
     if scene.mask is not None:
         classes, _ = sample(scene.mask, site, fill=0, shape=valid.shape)
-        mask_valid, cloudy = mask_classes(classes, kind=scene.mask.name)
+        mask_valid, cloudy = masks.decode(classes, scene.mask.name)
         valid = valid & mask_valid
     share, cloud = site_shares(valid, cloudy, inside)
     if np.isnan(cloud) and scene.cloud_cover is not None:

@@ -22,8 +22,6 @@ import shapely
 
 CLOUD_STEP = 0.05
 SEASON_STEP_DAYS = 30
-SCL_CLOUDY = (3, 8, 9, 10)  # Sentinel-2 scene classification: cloud shadow, cloud medium/high, thin cirrus
-SCL_NO_DATA = (0, 1)  # no data, saturated or defective
 EPOCH = dt.date(1970, 1, 1).toordinal()
 
 
@@ -117,13 +115,6 @@ def site_shares(valid: np.ndarray, cloudy: np.ndarray | None, inside: np.ndarray
     if cloudy is None:
         return share, float("nan")
     return share, float((cloudy & seen).sum() / max(int(seen.sum()), 1))
-
-
-def mask_classes(mask: np.ndarray, *, kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """(valid, cloudy) bool arrays from a mask band: Sentinel-2 SCL classes, or any mask with non-zero = cloud."""
-    if kind == "scl":
-        return ~np.isin(mask, SCL_NO_DATA), np.isin(mask, SCL_CLOUDY)
-    return np.ones(mask.shape, bool), mask != 0
 
 
 def choose_pair(before: Candidates, after: Candidates, rule: PairingRule) -> Pair | None:

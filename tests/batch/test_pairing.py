@@ -8,12 +8,12 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from detector import masks
 from detector.batch.pairing import (
     Candidates,
     PairingRule,
     choose_pair,
     days_outside,
-    mask_classes,
     no_pair_reason,
     ordinal,
     season_gap,
@@ -74,13 +74,13 @@ def test_season_gap_wraps_round_the_year() -> None:
 
 def test_mask_classes_and_site_shares() -> None:
     scl = np.array([[0, 4, 9], [8, 4, 3]])
-    valid, cloudy = mask_classes(scl, kind="scl")
+    valid, cloudy = masks.decode(scl, "scl")
     assert valid.tolist() == [[False, True, True], [True, True, True]]
     inside = np.ones_like(valid)
     share, cloud = site_shares(valid, cloudy, inside)
     assert share == 5 / 6 and cloud == 3 / 5
     assert np.isnan(site_shares(valid, None, inside)[1])
-    _, plain = mask_classes(np.array([[0, 255]]), kind="cloud")
+    _, plain = masks.decode(np.array([[0, 255]]), "cloud")
     assert plain.tolist() == [[False, True]]
 
 
@@ -103,3 +103,12 @@ def test_chosen_pair_is_usable_and_none_is_clearly_less_cloudy(before_rows: list
         worst = max(before.cloud[pair.before], after.cloud[pair.after])
         best = min(max(before.cloud[i], after.cloud[j]) for i, j in usable)
         assert np.ceil(round(worst / 0.05, 6)) == np.ceil(round(best / 0.05, 6))
+
+
+def test_mask_kinds_decode_their_own_bits() -> None:
+    qa = np.array([1, 0, 1 << 3, 1 << 4, 1 << 5, 1 << 6, (1 << 1) | (1 << 6)])
+    valid, obscured = masks.decode(qa, "qa_pixel")
+    assert valid.tolist() == [False, True, True, True, True, True, True]
+    assert obscured.tolist() == [False, False, True, True, True, False, True]  # bit 6 is clear sky
+    _, snow = masks.decode(np.array([11, 4, 5]), "scl")
+    assert snow.tolist() == [True, False, False]

@@ -107,7 +107,7 @@ def add_batch_commands(commands: argparse._SubParsersAction) -> None:
     fetch.add_argument("--stac", required=True, help="STAC API or static catalog address (http(s) or a local file)")
     fetch.add_argument("--collections", nargs="+", help="STAC collections to search, e.g. sentinel-2-l2a")
     fetch.add_argument("--bands", nargs="+",
-                       help="bands to fetch (default: blue green red nir swir16 swir22 scl cloud)")
+                       help="bands to fetch (default: blue green red nir swir16 swir22 scl qa_pixel cloud)")
     fetch.add_argument("--margin-m", type=float, default=320.0, help="margin around each site in metres (320)")
 
 

@@ -27,7 +27,7 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
 from detector import bands as band_specs
-from detector import masks
+from detector import masks, products
 from detector.errors import InputError, MissingFileError, first_line
 from detector.tiling import bounds_window, intersect
 
@@ -48,12 +48,12 @@ DATE_IN_NAME = re.compile(r"(?<!\d)((?:19|20)\d{2})-?(0[1-9]|1[0-2])-?(0[1-9]|[1
 @dataclass(frozen=True, slots=True)
 class Band:
     """One band of a date: the file (a path, or an http(s) URL of a COG), its 1-based index, its canonical name,
-    and the linear map from its stored values to physical ones (``value * scale + offset``)."""
+    and the offset added to its stored values (the product's radiometric offset in stored units, see
+    :mod:`detector.products`; 0 for most files)."""
 
     path: Path | str
     index: int
     name: str
-    scale: float = 1.0
     offset: float = 0.0
 
 
@@ -80,6 +80,7 @@ class DateSource:
     path: Path | str
     bands: tuple[Band, ...]
     date: str | None
+    product: dict[str, object] | None = None  # a whole product's level, tile, baseline (detector.products)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -90,14 +91,21 @@ class DateSource:
         return tuple(dict.fromkeys(b.path for b in self.bands))
 
     @property
+    def local_files(self) -> tuple[Path, ...]:
+        """The files on disk that hold the date (a zipped product once, URLs left out), for hashing."""
+        found = [Path(str(f).removeprefix("/vsizip/").split(".zip/")[0] + ".zip") if str(f).startswith("/vsizip/")
+                 else Path(f) for f in self.files if not str(f).startswith(("http://", "https://", "/vsi"))
+                 or str(f).startswith("/vsizip/")]
+        return tuple(dict.fromkeys(found))
+
+    @property
     def mask(self) -> Band | None:
         """The date's mask band (:mod:`detector.masks`), if it has one."""
         return next((b for b in self.bands if b.name in MASKS), None)
 
     def mapping(self) -> list[dict[str, object]]:
         """Which band of which file got which name, for ``run.json``."""
-        return [{"file": str(b.path), "index": b.index, "name": b.name,
-                 **({"scale": b.scale, "offset": b.offset} if (b.scale, b.offset) != (1.0, 0.0) else {})}
+        return [{"file": str(b.path), "index": b.index, "name": b.name, **({"offset": b.offset} if b.offset else {})}
                 for b in self.bands]
 
 
@@ -114,15 +122,37 @@ def open_date(path: str | Path, *, date: str | None = None, bands: str | None = 
     path = Path(path)
     if not path.exists():
         raise MissingFileError(f"{path} does not exist: give a raster file or a folder of band files")
-    if bands is not None and path.is_dir():
+    if bands is not None and (path.is_dir() or products.is_safe(path)):
         raise InputError(f"{keys[0]} names the bands of one multi-band file, and {path} is a folder: name its band "
                          f"files by band (B02.tif, red.tif) or drop {keys[0]}")
-    found = folder_bands(path) if path.is_dir() else file_bands(path, spec=bands, key=keys[0])
+    product: dict[str, object] | None = None
+    if products.is_safe(path):
+        found, product = safe_bands(path)
+    elif path.is_dir():
+        found = folder_bands(path)
+    else:
+        found = file_bands(path, spec=bands, key=keys[0])
     if mask is not None:
         found = with_mask(found, mask, key=keys[1])
     for file in dict.fromkeys(b.path for b in found):
         check_readable(file)
-    return DateSource(path=path, bands=found, date=date or date_of(path, Path(found[0].path)))
+    return DateSource(path=path, bands=found, date=date or date_of(path, Path(found[0].path)), product=product)
+
+
+def safe_bands(path: Path) -> tuple[tuple[Band, ...], dict[str, object]]:
+    """The bands of a Sentinel-2 product (:mod:`detector.products`), each at its finest resolution with its
+    radiometric offset, and what the run records of the product."""
+    images, xml = products.safe_files(path)
+    offsets = products.radiometric_offsets(xml, where=path)
+    named: dict[str, Band] = {}
+    for image in images:
+        stem = Path(image).stem
+        name, code = band_name_from_file(stem), products.band_id(stem)
+        if name is not None and name not in named:
+            named[name] = Band(image, 1, name, offsets[code] if code else 0.0)
+    if not any(n not in MASKS for n in named):
+        raise InputError(f"{path} holds no band images under GRANULE/*/IMG_DATA: download the whole product again")
+    return tuple(named.values()), products.product_info(path, xml)
 
 
 def with_mask(found: tuple[Band, ...], mask: Path, *, key: str) -> tuple[Band, ...]:
@@ -138,7 +168,7 @@ def folder_bands(folder: Path) -> tuple[Band, ...]:
     for file in files:
         name = band_name_from_file(file.stem)
         if name is not None and name not in named:
-            named[name] = Band(file, 1, name)
+            named[name] = Band(file, 1, name, products.landsat_offset(file))
     if not named:
         raise InputError(
             f"{folder} holds no band files: found {[p.name for p in files][:10]}; "
@@ -173,14 +203,14 @@ def file_bands(path: Path, *, spec: str | None = None, key: str = "--bands") -> 
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             src = rasterio.open(path)
         with src:
-            count, scales, offsets = src.count, src.scales, src.offsets
+            count, offsets = src.count, [o / (s or 1.0) for o, s in zip(src.offsets, src.scales, strict=True)]
             names = (band_specs.band_names(spec, count, file=path, key=key) if spec is not None else
                      dataset_band_names(src.descriptions, src.colorinterp, count))
     except RasterioError as exc:
         raise InputError(f"{path} is not a raster GDAL can read ({exc}): give a GeoTIFF") from None
     if all(n.startswith("band") for n in names) and count >= 4 and spec is None:
         raise InputError(f"{path} has {count} bands without names: {band_specs.HINT}".replace("--bands", key))
-    return tuple(Band(path, i + 1, n, float(scales[i]), float(offsets[i])) for i, n in enumerate(names))
+    return tuple(Band(path, i + 1, n, float(offsets[i])) for i, n in enumerate(names))
 
 
 def dataset_band_names(descriptions: tuple, colorinterp: tuple, count: int) -> tuple[str, ...]:
@@ -279,21 +309,20 @@ class RawWindow:
     ``values`` (C, H, W); ``invalid`` (H, W) bool: nodata in any band, every
     band 0, no data in the mask, or obscured; ``obscured`` (H, W) bool: cloud,
     shadow, cirrus or snow by the date's mask (all False without one);
-    ``scale``, ``offset`` (C,) float32: physical value = ``values * scale + offset``.
+    ``offset`` (C,) float32: each band's radiometric offset in stored units (:class:`Band`).
     """
 
     values: np.ndarray
     invalid: np.ndarray
     obscured: np.ndarray
-    scale: np.ndarray
     offset: np.ndarray
 
     def physical(self, values: np.ndarray) -> np.ndarray:
-        """``values`` (C, ...) float32 of these bands (the raw ones, or block averages of them) in physical units."""
-        if not (self.scale != 1).any() and not self.offset.any():
+        """``values`` (C, ...) float32 of these bands (the raw ones, or block averages of them) with their offsets
+        added: proportional to reflectance, in stored units."""
+        if not self.offset.any():
             return values
-        shape = (-1,) + (1,) * (values.ndim - 1)
-        return values * self.scale.reshape(shape) + self.offset.reshape(shape)
+        return values + self.offset.reshape((-1,) + (1,) * (values.ndim - 1))
 
 
 class DateReader:
@@ -310,7 +339,6 @@ class DateReader:
         self._groups: list[tuple[object, list[int], list[int], list[float | None]]] = []
         self._mask: tuple[object, int, str] | None = None
         chosen = [next(b for b in date.bands if b.name == name) for name in names]
-        self.scale = np.array([b.scale for b in chosen], np.float32)
         self.offset = np.array([b.offset for b in chosen], np.float32)
 
     def __enter__(self) -> DateReader:
@@ -382,7 +410,7 @@ class DateReader:
             has_data, obscured = masks.decode(self._read_raw(src, [index], window)[0], kind)
             obscured &= has_data & ~invalid
             invalid |= ~has_data | obscured
-        return RawWindow(raw, invalid, obscured, self.scale, self.offset)
+        return RawWindow(raw, invalid, obscured, self.offset)
 
     def _read_raw(self, src: rasterio.DatasetReader | WarpedVRT, indexes: list[int], window: Window) -> np.ndarray:
         try:

@@ -147,7 +147,8 @@ def timed(work: Callable[[], object]) -> float:
 def input_records(config: RunConfig, before: DateSource, after: DateSource) -> dict[str, Any]:
     """Path, size and SHA-256 of every input file."""
     records: dict[str, Any] = {
-        name: {"path": str(date.path), "date": date.date, "files": [file_record(Path(f)) for f in date.files],
+        name: {"path": str(date.path), "date": date.date, "files": [file_record(f) for f in date.local_files],
+               "product": date.product,
                "bands_option": getattr(config, f"{name}_bands"), "bands": date.mapping(),
                "mask": None if date.mask is None else {"file": str(date.mask.path), "kind": date.mask.name}}
         for name, date in (("before", before), ("after", after))

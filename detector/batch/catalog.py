@@ -27,7 +27,7 @@ from rasterio.features import geometry_mask
 from rasterio.warp import transform_bounds, transform_geom
 from rasterio.windows import from_bounds
 
-from detector import masks
+from detector import masks, products
 from detector.batch.pairing import site_shares
 from detector.errors import InputError, MissingFileError, first_line
 from detector.imagery import (
@@ -40,6 +40,7 @@ from detector.imagery import (
     date_of,
     file_bands,
     folder_bands,
+    safe_bands,
 )
 
 log = logging.getLogger(__name__)
@@ -73,31 +74,36 @@ class Scene:
         return DateSource(path=self.source, bands=self.bands, date=self.date)
 
 
-def read_catalog(path: Path) -> list[Scene]:
-    """Every scene of a folder or STAC JSON catalog, sorted by date and id."""
+def read_catalog(path: Path, *, bands: str | None = None, key: str = "[imagery] bands") -> list[Scene]:
+    """Every scene of a folder or STAC JSON catalog, sorted by date and id; ``bands`` names the bands of its
+    multi-band files (:mod:`detector.bands`)."""
     if not path.exists():
         raise MissingFileError(f"{path} does not exist: give a folder of rasters or a STAC JSON file as the catalog")
-    scenes = folder_scenes(path) if path.is_dir() else stac_scenes(path)
+    scenes = folder_scenes(path, bands=bands, key=key) if path.is_dir() else stac_scenes(path)
     if not scenes:
         raise InputError(f"{path} holds no scenes: add GeoTIFFs (dated in the name or tag) or STAC items")
     return sorted(scenes, key=lambda s: (s.date, s.id))
 
 
-def folder_scenes(folder: Path) -> list[Scene]:
+def folder_scenes(folder: Path, *, bands: str | None = None, key: str = "[imagery] bands") -> list[Scene]:
+    """A scene per raster file, band folder, Sentinel-2 product (``.SAFE`` folder or ``.zip``) or Landsat
+    Collection 2 folder of ``folder``."""
     scenes = []
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith("."):
             continue
-        if entry.is_file() and entry.suffix.lower() in RASTER_SUFFIXES:
-            scenes.append(raster_scene(entry, file_bands(entry)))
+        if products.is_safe(entry):
+            scenes.append(raster_scene(entry, safe_bands(entry)[0]))
+        elif entry.is_file() and entry.suffix.lower() in RASTER_SUFFIXES:
+            scenes.append(raster_scene(entry, file_bands(entry, spec=bands, key=key)))
         elif entry.is_dir() and any(p.suffix.lower() in RASTER_SUFFIXES for p in entry.iterdir()):
             scenes.append(raster_scene(entry, folder_bands(entry)))
     return scenes
 
 
 def raster_scene(path: Path, bands: tuple[Band, ...]) -> Scene:
-    """A scene of a raster file or band folder: date from the name or tag, footprint from its bounds."""
-    first = Path(bands[0].path)
+    """A scene of a raster file, band folder or product: date from the name or tag, footprint from its bounds."""
+    first = bands[0].path  # a path, or a /vsizip/ name inside a zipped product
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -108,7 +114,7 @@ def raster_scene(path: Path, bands: tuple[Band, ...]) -> Scene:
                                  "the catalog")
             box = transform_bounds(src.crs, 4326, *src.bounds, densify_pts=21)
             cover = src.tags().get("EO_CLOUD_COVER")
-        date = date_of(path, first)
+        date = date_of(path, Path(str(first)))
     except RasterioError as exc:
         raise InputError(f"{first} is not a raster GDAL can read ({exc}): remove it from the catalog or "
                          "download it again") from None

@@ -41,6 +41,7 @@ class ImageryTable:
     catalog: str = option(REQUIRED, str)
     max_cloud: float = option(0.5, float, low=0, high=1, low_closed=True)
     min_valid: float = option(0.99, float, low=0, high=1, low_closed=True)
+    bands: str | None = option(None, str)  # the bands of the catalog's multi-band files (detector.bands)
 
     def __post_init__(self) -> None:
         check(self)
@@ -101,6 +102,7 @@ class BatchConfig:
     same_season: bool = True
     max_cloud: float = 0.5
     min_valid: float = 0.99
+    bands: str | None = None  # [imagery] bands
     run_options: dict[str, Any] | None = None  # the [run] table as written, for batch.json
 
     def read_sites(self) -> gpd.GeoDataFrame:
@@ -111,7 +113,8 @@ class BatchConfig:
         """The configuration as plain JSON (``batch.json`` records it)."""
         return {"sites": [str(p) for p in self.sites], "catalog": str(self.catalog), "before": list(self.before),
                 "after": list(self.after), "tolerance_days": self.tolerance_days, "same_season": self.same_season,
-                "max_cloud": self.max_cloud, "min_valid": self.min_valid, "run": self.run_options or {}}
+                "max_cloud": self.max_cloud, "min_valid": self.min_valid, "bands": self.bands,
+                "run": self.run_options or {}}
 
 
 def scoring_part(config_json: dict[str, Any]) -> dict[str, Any]:
@@ -138,7 +141,7 @@ def read_batch_config(path: Path) -> BatchConfig:
                        before=tuple(dates.before), after=tuple(dates.after), out=base / output.dir,
                        site=site, scan=scan, review=review, tolerance_days=dates.tolerance_days,
                        same_season=dates.same_season, max_cloud=imagery.max_cloud, min_valid=imagery.min_valid,
-                       run_options=plain(options))
+                       bands=imagery.bands, run_options=plain(options))
 
 
 def check_tables(path: Path, data: dict[str, Any]) -> None:

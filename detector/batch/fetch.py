@@ -38,7 +38,7 @@ from detector.errors import InputError, first_line
 from detector.files import atomic
 from detector.imagery import MASKS, Band
 
-DEFAULT_BANDS = ("blue", "green", "red", "nir", "swir16", "swir22", "scl", "cloud")
+DEFAULT_BANDS = ("blue", "green", "red", "nir", "swir16", "swir22", "scl", "qa_pixel", "cloud")
 GROUP_DEG = 1.0  # sites are searched for in groups of one degree square
 FetchProgress = Callable[[int, int], None]  # windows written, windows planned
 

@@ -71,7 +71,7 @@ def run_batch(config: BatchConfig, *, workers: int = 0, dask: str | None = None,
     """Score every site not yet done in ``config.out``; return the ``batch.json`` record."""
     start = time.perf_counter()
     sites = config.read_sites()
-    scenes = read_catalog(config.catalog)
+    scenes = read_catalog(config.catalog, bands=config.bands, key=f"{config.path.name}: [imagery] bands")
     check_finish_inputs(config)
     with folder_lock(config.out):
         check_same_batch(config)

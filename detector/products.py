@@ -60,16 +60,16 @@ def safe_files(path: Path) -> tuple[list[str], str | None]:
     """The product's image files (paths GDAL opens, ``/vsizip/`` inside a zip) and its metadata XML text."""
     if path.is_dir():
         images = sorted(str(p) for p in path.glob("GRANULE/*/IMG_DATA/**/*.jp2"))
-        xml = next(iter(sorted(path.glob("MTD_MSIL*.xml"))), None)
-        return images, xml.read_text(encoding="utf-8") if xml else None
+        found = sorted(path.glob("MTD_MSIL*.xml"))
+        return images, found[0].read_text(encoding="utf-8") if found else None
     root = safe_root_in_zip(path)
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
         images = sorted(f"/vsizip/{path}/{n}" for n in names
                         if re.match(rf"{re.escape(root or '')}/GRANULE/[^/]+/IMG_DATA/.*\.jp2$", n, re.IGNORECASE))
         meta = [n for n in names if re.fullmatch(rf"{re.escape(root or '')}/MTD_MSIL\w+\.xml", n)]
-        xml = archive.read(meta[0]).decode("utf-8") if meta else None
-    return images, xml
+        text = archive.read(meta[0]).decode("utf-8") if meta else None
+    return images, text
 
 
 def radiometric_offsets(xml: str | None, *, where: Path) -> dict[str, float]:

@@ -39,6 +39,10 @@ DESCRIPTION = ("Find new construction and expansion at candidate sites (or in a 
                "satellite imagery, with the evidence to defend each flag.")
 
 
+BANDS_HELP = ("the bands of the image pairs' files (A/ B/), in file order (blue,green,red,nir; - to leave one out) or "
+              f"a preset: {', '.join(PRESETS)} (default: the first three are red, green, blue)")
+
+
 def add_imagery_options(parser: argparse.ArgumentParser) -> None:
     """``--bands`` (or per date) and the cloud mask files."""
     presets = ", ".join(PRESETS)
@@ -131,6 +135,7 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--seed", type=int, default=0, help="random seed (0)")
     train.add_argument("--architecture", default="ef-fpn-s", help="network (ef-fpn-s)")
     train.add_argument("--init", type=Path, help="start from this model file (fine-tuning)")
+    train.add_argument("--bands", help=BANDS_HELP)
     train.add_argument("--keep-worse", action="store_true",
                        help="write the model even if it validates worse than the one it started from")
     evaluate = command(commands, "evaluate", help="pixel metrics and a precision-recall curve of a model")
@@ -140,6 +145,7 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--tile-px", type=int, default=256, help="tile size (256)")
     evaluate.add_argument("--scale", type=int, default=1, help="block-average the data by this factor first (1)")
     evaluate.add_argument("--threshold", type=float, default=0.5, help="probability counted as change (0.5)")
+    evaluate.add_argument("--bands", help=BANDS_HELP)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,7 +199,8 @@ def train_command(args: argparse.Namespace, argv: list[str]) -> int:
                          tile_px=args.tile_px,
                          batch=args.batch, epochs=args.epochs, steps_per_epoch=args.steps, lr=args.lr,
                          val_fraction=args.val_fraction, patience=args.patience, max_minutes=args.max_minutes,
-                         seed=args.seed, init=init, keep_worse=args.keep_worse, notes={"command": ["detector", *argv]})
+                         seed=args.seed, init=init, keep_worse=args.keep_worse, bands=args.bands,
+                         notes={"command": ["detector", *argv]})
     card = train(config, progress=None if args.quiet else _epoch_line)
     best = card["metrics"]["validation"]
     print(f"best epoch {best['epoch']}: validation P {best['precision']:.3f} R {best['recall']:.3f} "
@@ -206,7 +213,7 @@ def evaluate_command(args: argparse.Namespace, argv: list[str]) -> int:
     from training.evaluation import evaluate
 
     report = evaluate(args.model, tuple(args.data), args.out, tile_px=args.tile_px, scale=args.scale,
-                      threshold=args.threshold)
+                      threshold=args.threshold, bands=args.bands)
     print(f"{'source':<40} {'P':>6} {'R':>6} {'F1':>6} {'IoU':>6} {'AP':>6} {'changed':>8}")
     for name, m in [*report["per_source"].items(), ("overall", report["overall"])]:
         print(f"{name:<40} {m['precision']:6.3f} {m['recall']:6.3f} {m['f1']:6.3f} {m['iou']:6.3f} "

@@ -300,3 +300,16 @@ def test_strong_radiometry_distorts_the_dates_and_keeps_missing_bands_zero() -> 
     plain, _ = augment_batch(x[None], np.zeros((1, 8, 8), np.float32), np.random.default_rng(2))
     strong, _ = augment_batch(x[None], np.zeros((1, 8, 8), np.float32), np.random.default_rng(2), strength="strong")
     assert not np.allclose(plain, strong)
+
+
+def test_bands_names_the_bands_of_image_pairs_for_train_and_evaluate(pairs: Path, tmp_path: Path, capsys) -> None:
+    scenes = load_scenes(pairs, bands="blue,green,-")
+    assert scenes[0].names == ("blue", "green") and scenes[0].before.shape[0] == 2
+    assert np.array_equal(scenes[0].before, load_scenes(pairs)[0].before[:2])
+    out = tmp_path / "eval"
+    assert main(["-q", "evaluate", "--data", str(pairs), "--out", str(out), "--bands", "planet-4"]) == 2
+    assert "--bands planet-4 describes 4 bands" in capsys.readouterr().err and not out.exists()
+    assert main(["-q", "evaluate", "--data", str(pairs), "--out", str(out), "--bands", "b,g,r"]) == 0
+    assert main(["-q", "train", "--data", str(pairs), "--out", str(tmp_path / "m.pt"), "--epochs", "1", "--steps",
+                 "1", "--tile-px", "32", "--bands", "blue,red,green"]) == 0
+    assert weights.load(tmp_path / "m.pt").card["settings"]["bands"] == "blue,red,green"

@@ -39,6 +39,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
+from detector.bands import band_names
 from detector.binning import bin_mean
 from detector.errors import InputError, MissingFileError, first_line
 from detector.imagery import DateReader, Grid, match_bands, open_date, overlap_window, reference_grid
@@ -72,8 +73,9 @@ class Tiles:
     source: np.ndarray  # (N,) str: scene name
 
 
-def load_scenes(path: Path) -> list[Scene]:
-    """Every labelled scene under ``path`` (one of the layouts, or a folder of them)."""
+def load_scenes(path: Path, *, bands: str | None = None) -> list[Scene]:
+    """Every labelled scene under ``path`` (one of the layouts, or a folder of them); ``bands`` (``--bands``)
+    names the bands of image pairs' files (default: the first three are red, green, blue)."""
     path = Path(path)
     if not path.exists():
         raise MissingFileError(f"training data {path} does not exist")
@@ -83,9 +85,12 @@ def load_scenes(path: Path) -> list[Scene]:
                              "the folder `detector run` wrote, or a folder of training data")
         return load_reviewed(path.parent, sites_file=path)
     kind = layout(path)
+    if kind == "pairs":
+        return load_pairs(path, bands=bands)
     if kind is not None:
         return LOADERS[kind](path)
-    scenes = [s for child in sorted(path.iterdir()) if child.is_dir() and layout(child) for s in load_scenes(child)]
+    scenes = [s for child in sorted(path.iterdir()) if child.is_dir() and layout(child)
+              for s in load_scenes(child, bands=bands)]
     if not scenes:
         raise InputError(f"{path} holds no training data: expected A/ B/ label/ (LEVIR-CD layout), imgs_1/ imgs_2/ "
                          "cm/ (OSCD city), or sites.geojson + run.json from `detector run` with a label column")
@@ -103,21 +108,26 @@ def layout(path: Path) -> str | None:
     return None
 
 
-def load_pairs(folder: Path) -> list[Scene]:
-    """LEVIR-CD-style ``A/``, ``B/``, ``label/`` images with the same file names."""
+def load_pairs(folder: Path, *, bands: str | None = None) -> list[Scene]:
+    """LEVIR-CD-style ``A/``, ``B/``, ``label/`` images with the same file names; ``bands`` names their bands
+    (:func:`detector.bands.band_names`), else the first three are red, green, blue."""
     files = sorted(f for f in (folder / "label").iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
     scenes = []
     for label in files:
         before, after = _image(folder / "A" / label.name), _image(folder / "B" / label.name)
         mask = _image(label)[0]
-        if before.shape[0] < 3 or after.shape[0] < 3:
+        if bands is None and (before.shape[0] < 3 or after.shape[0] < 3):
             raise InputError(f"{folder}: A or B of {label.name} has {min(before.shape[0], after.shape[0])} band(s); "
-                             "image pairs must be RGB (3 bands or more, the first three red, green, blue)")
+                             "image pairs must be RGB (3 bands or more, the first three red, green, blue), "
+                             "or name their bands with --bands")
         if before.shape != after.shape or before.shape[1:] != mask.shape:
             raise InputError(f"{folder}: A, B and label of {label.name} differ in size "
                              f"({before.shape}, {after.shape}, {mask.shape}): crop them alike")
-        scenes.append(Scene(f"{folder.name}/{label.stem}", before[:3], after[:3], (mask > 0).astype(np.float32),
-                            ("red", "green", "blue")))
+        names = (band_names(bands, before.shape[0], file=folder / "A" / label.name) if bands is not None
+                 else ("red", "green", "blue"))
+        keep = [i for i, n in enumerate(names) if not n.startswith("band")]
+        scenes.append(Scene(f"{folder.name}/{label.stem}", before[keep], after[keep], (mask > 0).astype(np.float32),
+                            tuple(names[i] for i in keep)))
     return scenes
 
 
@@ -168,6 +178,12 @@ def recorded_path(entry: dict) -> Path:
     return Path(os.path.commonpath([str(f.parent) for f in files]))
 
 
+def recorded_mask(entry: dict) -> Path | None:
+    """The mask file a run was given (``--before-mask``), as ``run.json`` records it; None for none."""
+    mask = entry.get("mask") or {}
+    return Path(mask["file"]) if mask.get("kind") == "cloud" else None
+
+
 def load_reviewed(folder: Path, *, sites_file: Path | None = None, margin_px: int = 16) -> list[Scene]:
     """Reviewed sites of a ``detector run`` output: one weakly labelled scene per site.
 
@@ -182,8 +198,9 @@ def load_reviewed(folder: Path, *, sites_file: Path | None = None, margin_px: in
                          "confirmed or rejected, or a label column), then train on it")
     try:
         inputs = json.loads((folder / "run.json").read_text())["inputs"]
-        before = open_date(recorded_path(inputs["before"]), date=inputs["before"].get("date"))
-        after = open_date(recorded_path(inputs["after"]), date=inputs["after"].get("date"))
+        before, after = (open_date(recorded_path(inputs[d]), date=inputs[d].get("date"),
+                                   bands=inputs[d].get("bands_option"), mask=recorded_mask(inputs[d]))
+                         for d in ("before", "after"))
     except (json.JSONDecodeError, KeyError, TypeError):
         raise InputError(f"{folder / 'run.json'} is not a run record of `detector run` (no inputs.before/after "
                          "path): give the folder `detector run` wrote") from None

@@ -94,8 +94,9 @@ def write_metrics(metrics: dict[str, Any], path: Path) -> None:
 
 
 def evaluate(model: Path | None, data: tuple[Path, ...], out: Path, *, tile_px: int = 256, scale: int = 1,
-             threshold: float = 0.5) -> dict[str, Any]:
+             threshold: float = 0.5, bands: str | None = None) -> dict[str, Any]:
     """Pixel metrics of a model on labelled data, overall and per source; writes metrics.json and pr_curve.png.
+    ``bands`` (``--bands``) names the bands of image pairs.
 
     Every scene under ``data`` is scored tile by tile (``tile_px``, after
     block-averaging by ``scale``) through the band adapter, as in training;
@@ -116,7 +117,7 @@ def evaluate(model: Path | None, data: tuple[Path, ...], out: Path, *, tile_px: 
     from training.datasets import cut_tiles, load_scenes
 
     loaded = weights.load(model or default_model_path())
-    scenes = [scene for folder in data for scene in load_scenes(folder)]
+    scenes = [scene for folder in data for scene in load_scenes(folder, bands=bands)]
     tiles = cut_tiles(scenes, tile_px, scales=(scale,))
     prob = predict(loaded.network, tiles.inputs)
     found = pixel_metrics(prob, tiles.target, threshold=threshold)

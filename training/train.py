@@ -61,6 +61,7 @@ class TrainConfig:
     name: str = "change-cnn"
     augment: str = "standard"  # or "strong": training.augment.radiometry too
     keep_worse: bool = False  # write a model that validates worse than its --init
+    bands: str | None = None  # --bands: the bands of image pairs' files (detector.bands)
     ema: float = 0.0  # decay of an exponential moving average of the weights (0: none), validated and kept
     notes: dict[str, Any] = field(default_factory=dict)
 
@@ -109,7 +110,7 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, weak: torch.Tensor) -> t
 
 def prepare(config: TrainConfig) -> Tiles:
     """Load the scenes under every ``--data`` folder and cut them into tiles."""
-    scenes = [scene for folder in config.data for scene in load_scenes(folder)]
+    scenes = [scene for folder in config.data for scene in load_scenes(folder, bands=config.bands)]
     log.info("%d scenes from %s", len(scenes), ", ".join(str(d) for d in config.data))
     return cut_tiles(scenes, config.tile_px, scales=config.scales)
 

@@ -106,6 +106,24 @@ def add_batch_commands(commands: argparse._SubParsersAction) -> None:
     batch.add_argument("--workers", type=int, default=0, help="local worker processes (default: one per core)")
     batch.add_argument("--dask", metavar="ADDRESS",
                        help="run the site tasks on Dask: a scheduler tcp://HOST:8786, or local:N for a LocalCluster")
+    timeline = command(commands, "timeline", help="when each site was built over every date of a catalog, and "
+                                                  "whether it is new or an expansion")
+    timeline.add_argument("--sites", required=True, type=Path, help="site file, as for run")
+    timeline.add_argument("--catalog", required=True, type=Path,
+                          help="folder of dated scenes (rasters, band folders, SAFE, Landsat) or STAC JSON, as for batch")
+    timeline.add_argument("--out", required=True, type=Path, help="output folder")
+    timeline.add_argument("--overwrite", action="store_true", help="replace results in an existing --out")
+    timeline.add_argument("--buffer-m", type=float, default=500.0, help="radius around point sites (500)")
+    timeline.add_argument("--id-col", help="column holding the site id")
+    timeline.add_argument("--bands", help="the bands of the catalog's unnamed multi-band files, as for run")
+    timeline.add_argument("--method", choices=METHOD_NAMES, default=DEFAULT_METHOD, help="score, as for run (fused)")
+    timeline.add_argument("--model", type=Path, help="model file (default: the shipped weights)")
+    timeline.add_argument("--max-cloud", type=float, default=0.5, help="most cloud over a site a date may have (0.5)")
+    timeline.add_argument("--min-valid", type=float, default=0.9, help="least share of a site with data (0.9)")
+    timeline.add_argument("--min-persistence", type=int, default=2,
+                          help="usable dates a change must persist on to count as built (2)")
+    timeline.add_argument("--min-built-m2", type=float, default=2000.0,
+                          help="built area that makes a site new, and the least growth of an expansion (2000)")
     fetch = command(commands, "fetch", help="download the windows around a batch's sites from a STAC API")
     fetch.add_argument("config", type=Path, help="batch configuration: its sites, dates and catalog folder")
     fetch.add_argument("--stac", required=True, help="STAC API or static catalog address (http(s) or a local file)")
@@ -181,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_command(args: argparse.Namespace, argv: list[str]) -> int:
     commands = {"run": detect_command, "train": train_command, "evaluate": evaluate_command,
-                "batch": batch_command, "fetch": fetch_command}
+                "batch": batch_command, "fetch": fetch_command, "timeline": timeline_command}
     return commands[args.command](args, argv)
 
 
@@ -271,6 +289,26 @@ def batch_command(args: argparse.Namespace, argv: list[str]) -> int:
     if len(by_reason) > 5:
         print(f"  ... other reasons in {config.out / 'manifest.csv'}")
     return 1 if counts["failed"] else 0
+
+
+def timeline_command(args: argparse.Namespace, argv: list[str]) -> int:
+    from detector.config import ScanOptions, SiteOptions
+    from detector.timeline.run import TimelineConfig, timeline
+    from detector.timeline.series import KindRule
+    from detector.timeline.site import TimelineRule
+
+    rule = TimelineRule(scan=ScanOptions(method=args.method, model=args.model),
+                        kind=KindRule(min_persistence=args.min_persistence, min_built_m2=args.min_built_m2),
+                        max_cloud=args.max_cloud, min_valid=args.min_valid)
+    config = TimelineConfig(sites=args.sites, catalog=args.catalog, out=args.out, rule=rule, overwrite=args.overwrite,
+                            bands=args.bands, site=SiteOptions(buffer_m=args.buffer_m, id_col=args.id_col))
+    record = timeline(config, command=["detector", *argv], progress=None if args.quiet else _progress)
+    _end_status(args)
+    counts = record["counts"]
+    print(f"{counts['sites']} sites: " + ", ".join(f"{counts.get(k, 0)} {k}" for k in
+                                                  ("new", "expanded", "unchanged", "insufficient_data"))
+          + f"; results in {args.out}")
+    return 0
 
 
 def fetch_command(args: argparse.Namespace, argv: list[str]) -> int:

@@ -106,30 +106,8 @@ class BatchScorer:
 
     def method_score(self, classical: np.ndarray, before: np.ndarray, after: np.ndarray, *,
                      pixel_m: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The score of ``scan.method`` from the classical score and the (registered) tiles.
-
-        Shapes: classical (N, H, W); before, after (N, C, H, W).  Returns the
-        score (N, H, W), which tiles the CNN ran on (N,) and each tile's
-        agreement counts (N, 2) for the domain check (zeros where no CNN
-        ran).  See :mod:`detector.methods` and :mod:`detector.fusion`.
-        """
-        method = METHODS[self.scan.method]
-        rule = self.scan.rule
-        pick = method.cnn_tiles(classical, min(rule.pixel_threshold, rule.threshold))
-        cnn = np.zeros_like(classical)
-        agreement = np.zeros((len(classical), 2), np.int64)
-        if pick.any():
-            if self.model is None:
-                raise ValueError(f"method {method.name} needs a model")
-            from detector.model import adapt, predict
-
-            cnn[pick] = predict(self.model.network, adapt(before[pick], after[pick], self.names))
-        cnn[np.isnan(classical)] = np.nan
-        near = fusion.near(cnn, reach=fusion.reach_px(pixel_m)) if pick.any() else cnn  # once, for both uses
-        if pick.any():
-            agreement[pick] = fusion.agreement_counts(classical[pick], near[pick],
-                                                      pixel_threshold=rule.pixel_threshold)
-        return method.combine(classical, cnn, near), pick, agreement
+        """:func:`method_score` with this scan's method, rule, model and bands."""
+        return method_score(self.scan, self.model, self.names, classical, before, after, pixel_m=pixel_m)
 
     def unit_result(self, unit: Unit, tile_score: np.ndarray, shift: np.ndarray, peak: float,
                     applied: bool, cnn: bool, agreement: np.ndarray, obscured: np.ndarray) -> UnitResult:
@@ -151,6 +129,33 @@ def core_slices(core: Window, read: Window) -> tuple[slice, slice]:
     """Rows and columns of ``core`` within the window ``read`` that holds it."""
     r, c = int(core.row_off - read.row_off), int(core.col_off - read.col_off)
     return slice(r, r + int(core.height)), slice(c, c + int(core.width))
+
+
+def method_score(scan: ScanOptions, model: LoadedModel | None, names: tuple[str, ...], classical: np.ndarray,
+                 before: np.ndarray, after: np.ndarray, *, pixel_m: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The score of ``scan.method`` from the classical score and the (registered) tiles.
+
+    Shapes: classical (N, H, W); before, after (N, C, H, W).  Returns the
+    score (N, H, W), which tiles the CNN ran on (N,) and each tile's
+    agreement counts (N, 2) for the domain check (zeros where no CNN
+    ran).  See :mod:`detector.methods` and :mod:`detector.fusion`.
+    """
+    method = METHODS[scan.method]
+    rule = scan.rule
+    pick = method.cnn_tiles(classical, min(rule.pixel_threshold, rule.threshold))
+    cnn = np.zeros_like(classical)
+    agreement = np.zeros((len(classical), 2), np.int64)
+    if pick.any():
+        if model is None:
+            raise ValueError(f"method {method.name} needs a model")
+        from detector.model import adapt, predict
+
+        cnn[pick] = predict(model.network, adapt(before[pick], after[pick], names))
+    cnn[np.isnan(classical)] = np.nan
+    near = fusion.near(cnn, reach=fusion.reach_px(pixel_m)) if pick.any() else cnn  # once, for both uses
+    if pick.any():
+        agreement[pick] = fusion.agreement_counts(classical[pick], near[pick], pixel_threshold=rule.pixel_threshold)
+    return method.combine(classical, cnn, near), pick, agreement
 
 
 def read_in_background(dates: tuple[DateSource, DateSource], names: tuple[str, ...], grid: Grid,

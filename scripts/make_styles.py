@@ -7,7 +7,12 @@
   red (data-defined on ``flagged``), labels ``#<rank>``;
 - ``changes.qml``: change polygons filled by ``score`` (graduated, orange to red);
 - ``change.qml``: ``change.tif`` as a pseudocolour ramp, 0 transparent, 0.5 and
-  over red to yellow.
+  over red to yellow;
+- ``timeline.qml``: ``detector timeline``'s sites by ``kind`` (new red,
+  expanded orange, unchanged grey, insufficient_data blue outline), labelled
+  ``#<rank> <kind>``;
+- ``parts.qml``: its dated parts graduated by ``onset_year`` (one colour a year,
+  2015 to 2030, pale to dark purple).
 
 ``detector run`` copies them beside its outputs, where QGIS loads a
 same-named ``.qml`` on its own.
@@ -20,6 +25,7 @@ from pathlib import Path
 
 from qgis.core import (
     QgsApplication,
+    QgsCategorizedSymbolRenderer,
     QgsClassificationRange,
     QgsColorRampShader,
     QgsFillSymbol,
@@ -28,6 +34,7 @@ from qgis.core import (
     QgsProperty,
     QgsRasterLayer,
     QgsRasterShader,
+    QgsRendererCategory,
     QgsRendererRange,
     QgsSingleBandPseudoColorRenderer,
     QgsSymbolLayer,
@@ -84,6 +91,49 @@ def vector_style(name: str, renderer: QgsGraduatedSymbolRenderer, labels: bool) 
         raise SystemExit(f"could not write {name}.qml: {message}")
 
 
+KINDS = {"new": "#d7191c", "expanded": "#fdae61", "unchanged": "#bababa", "insufficient_data": None}
+YEARS = range(2015, 2031)
+
+
+def kind_renderer() -> QgsCategorizedSymbolRenderer:
+    categories = []
+    for kind, colour in KINDS.items():
+        fill = {"color": colour, "outline_color": "#333333", "outline_width": "0.4"} if colour else {
+            "color": "0,0,0,0", "outline_color": "#2c7bb6", "outline_width": "0.6", "outline_style": "dash"}
+        symbol = QgsFillSymbol.createSimple(fill)
+        symbol.setOpacity(0.65)
+        categories.append(QgsRendererCategory(kind, symbol, kind))
+    return QgsCategorizedSymbolRenderer("kind", categories)
+
+
+def year_renderer() -> QgsGraduatedSymbolRenderer:
+    ranges = []
+    for i, year in enumerate(YEARS):
+        shade = int(230 - 200 * i / (len(YEARS) - 1))
+        symbol = QgsFillSymbol.createSimple({"color": f"{shade},{max(shade - 60, 0)},{min(shade + 40, 255)}",
+                                             "outline_color": "#222222", "outline_width": "0.2"})
+        ranges.append(QgsRendererRange(QgsClassificationRange(str(year), year - 0.5, year + 0.5), symbol))
+    return QgsGraduatedSymbolRenderer("onset_year", ranges)
+
+
+def timeline_styles() -> None:
+    fields = "field=kind:string&field=rank:integer&field=onset_year:integer"
+    for name, renderer, label in (("timeline", kind_renderer(), "'#' || to_string(\"rank\") || ' ' || \"kind\""),
+                                  ("parts", year_renderer(), None)):
+        layer = QgsVectorLayer(f"Polygon?crs=EPSG:4326&{fields}", name, "memory")
+        layer.setRenderer(renderer)
+        if label:
+            labeling = rank_labels()
+            settings = labeling.settings()
+            settings.fieldName = label
+            labeling.setSettings(QgsPalLayerSettings(settings))
+            layer.setLabeling(labeling)
+            layer.setLabelsEnabled(True)
+        message, ok = layer.saveNamedStyle(str(OUT / f"{name}.qml"))
+        if not ok:
+            raise SystemExit(f"could not write {name}.qml: {message}")
+
+
 def raster_style(sample: Path) -> None:
     layer = QgsRasterLayer(str(sample), "change")
     ramp = QgsColorRampShader(0.0, 1.0)
@@ -112,6 +162,7 @@ def main() -> int:
     vector_style("sites", graduated("score", SITE_COLOURS, outline_flagged=True), labels=True)
     vector_style("changes", graduated("score", CHANGE_COLOURS, outline_flagged=False), labels=False)
     raster_style(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("results/change.tif"))
+    timeline_styles()
     app.exitQgis()
     print(f"wrote {sorted(p.name for p in OUT.glob('*.qml'))}")
     return 0

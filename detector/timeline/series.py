@@ -1,0 +1,111 @@
+"""The persistence fit: from per-date change maps to one onset per pixel, and per-site onsets and kind.
+
+Array contract: ``changed`` float32 ``(T, H, W)``, date 0 the reference (the
+earliest usable date), 1 where the pixel reads as built-up change against the
+reference, 0 where it does not, NaN where that date has no usable data
+(cloud, outside the scene).  Dates are in time order.  Pure numpy.
+
+Construction, once present, persists.  So each pixel gets the one onset
+``k`` (the first date it is built) that best explains its whole series, not
+a threshold of each date alone: the cost of ``k`` is the number of dates
+before ``k`` that read as changed plus the dates from ``k`` on that read as
+unchanged (NaN dates cost nothing), and ``k = T`` ("never") is the
+alternative.  An onset must be confirmed by at least ``min_persistence``
+usable changed dates from ``k`` on (``k`` among them: the onset is a date that
+shows the construction, never one under cloud), and must cost less than "never"; ties go
+to "never" and then to the earlier onset (a misread date inside a run of
+built dates is as likely as one before it), so one bad date (haze, a
+residual cloud, a misregistered frame) can neither create nor erase
+construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from detector.options import check, option
+
+NEVER = -1  # onset of a pixel never built
+
+
+@dataclass(frozen=True, slots=True)
+class KindRule:
+    """How a site's series becomes its kind; recorded in every output.
+
+    ``new``: built area at the earliest date under ``min_built_m2``, and built
+    area at the last date at least ``min_built_m2``; ``expanded``: built area at
+    the earliest date at least ``min_built_m2``, grown by at least
+    ``min_growth_share`` of it and ``min_built_m2``; ``unchanged``: neither;
+    ``insufficient_data``: fewer than ``min_dates`` usable dates.
+    """
+
+    min_dates: int = option(3, int, low=2, low_closed=True)
+    min_persistence: int = option(2, int, low=1, low_closed=True)
+    min_built_m2: float = option(2000.0, float, low=0)
+    min_growth_share: float = option(0.25, float, low=0, low_closed=True)
+
+    def __post_init__(self) -> None:
+        check(self)
+
+    def describe(self) -> str:
+        return (f"onset per pixel: the first date from which the change persists on >= {self.min_persistence} "
+                f"usable dates (least-mismatch fit, ties to no onset, then to the earlier); new: built area < {self.min_built_m2:g} m2 "
+                f"at the earliest date and >= {self.min_built_m2:g} m2 at the last; expanded: >= "
+                f"{self.min_built_m2:g} m2 at the earliest date, grown by >= {self.min_growth_share:.0%} of it and "
+                f">= {self.min_built_m2:g} m2; insufficient_data: fewer than {self.min_dates} usable dates")
+
+
+def onsets(changed: np.ndarray, *, min_persistence: int = 2) -> np.ndarray:
+    """The onset date index of every pixel (:data:`NEVER` where none); see the module docstring.
+
+    Parameters
+    ----------
+    changed : ndarray, shape (T, H, W), float, 1 / 0 / NaN
+
+    Returns
+    -------
+    ndarray, shape (H, W), int64: the first built date index in 1..T-1, or NEVER.
+    """
+    t = changed.shape[0]
+    ones = np.nan_to_num(changed, nan=0.0) > 0.5
+    zeros = np.isfinite(changed) & ~ones
+    ones_before = np.concatenate([np.zeros((1, *ones.shape[1:]), np.int64), np.cumsum(ones, axis=0)])
+    zeros_from = np.cumsum(zeros[::-1], axis=0)[::-1]
+    ones_from = np.cumsum(ones[::-1], axis=0)[::-1]
+    cost = ones_before[:t] + zeros_from  # (T, H, W): onset at k = 0..T-1
+    cost[0] = np.iinfo(np.int64).max  # the reference date is unbuilt by definition
+    cost[(ones_from < min_persistence) | ~ones] = np.iinfo(np.int64).max  # the onset date itself shows it
+    never = ones_before[t]
+    best = np.argmin(cost, axis=0)  # the earliest of the least-cost onsets
+    lowest = np.take_along_axis(cost, best[None], axis=0)[0]
+    return np.where(lowest < never, best, NEVER).astype(np.int64)
+
+
+def built_series(onset: np.ndarray, inside: np.ndarray, dates: int, pixel_area_m2: float) -> np.ndarray:
+    """Built area (m²) inside the site at each date: pixels whose onset is at or before it.  Shape (T,)."""
+    first = onset[inside & (onset != NEVER)]
+    counts = np.bincount(first, minlength=dates)[:dates]
+    return np.cumsum(counts) * pixel_area_m2
+
+
+def site_onset(built_m2: np.ndarray, *, min_m2: float) -> int | None:
+    """The first date index at which the built area reaches ``min_m2`` more than at the earliest date."""
+    grown = np.flatnonzero(built_m2 - built_m2[0] >= min_m2)
+    return int(grown[0]) if len(grown) else None
+
+
+def kind(built_first_m2: float, built_last_m2: float, usable: int, rule: KindRule) -> tuple[str, str]:
+    """The site's kind and why (one line)."""
+    if usable < rule.min_dates:
+        return "insufficient_data", f"{usable} usable date(s), fewer than {rule.min_dates}"
+    growth = built_last_m2 - built_first_m2
+    if built_first_m2 < rule.min_built_m2:
+        if built_last_m2 >= rule.min_built_m2:
+            return "new", f"{built_first_m2:.0f} m2 built at the earliest date, {built_last_m2:.0f} m2 at the last"
+        return "unchanged", f"{built_last_m2:.0f} m2 built by the last date, under {rule.min_built_m2:g} m2"
+    if growth >= max(rule.min_growth_share * built_first_m2, rule.min_built_m2):
+        return "expanded", (f"{built_first_m2:.0f} m2 built at the earliest date, grown by {growth:.0f} m2 "
+                            f"({growth / built_first_m2:.0%})")
+    return "unchanged", f"{built_first_m2:.0f} m2 built at the earliest date, grown by {growth:.0f} m2 only"

@@ -1,0 +1,172 @@
+"""``detector timeline``: the persistence rule, and generated series with compounds built and extended at known
+dates, a hazy date, a shifted date and a cloudy date."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+from conftest import ORIGIN, PIXEL, SIZE, UTM, ground
+from rasterio.transform import from_origin
+from rasterio.warp import transform as warp_points
+from scipy import ndimage
+
+from detector.cli import main
+from detector.timeline.series import NEVER, KindRule, kind, onsets
+
+DATES = ("2017-03-01", "2017-05-01", "2017-07-01", "2017-09-01", "2018-03-01", "2018-05-01", "2018-07-01",
+         "2018-09-01")
+HAZY, SHIFTED, CLOUDY = 4, 6, 2
+NEW_WEST, NEW_EAST = (40, 80, 30, 90, 3), (40, 80, 92, 130, 5)  # rows, cols of the new compound, built at index
+OLD, GROWTH = (150, 190, 30, 80, 0), (150, 190, 82, 120, 5)  # a compound there from the start, extended
+SITES = {"new compound": (30, 90, 20, 140), "old compound": (140, 200, 20, 130), "quiet": (150, 205, 160, 225)}
+
+
+def day(value: object) -> str:
+    """An ISO date as GeoJSON holds it (readers turn it into a timestamp)."""
+    return str(value)[:10]
+
+
+def test_one_bad_date_neither_creates_nor_erases_construction() -> None:
+    series = np.array([
+        [0, 0, 1, 1, 1, 1],  # built from date 2
+        [0, 0, 1, 0, 1, 1],  # the same, one date misread: still date 2
+        [0, 1, 0, 0, 0, 0],  # one hazy date: never built
+        [0, 0, 0, 0, 0, 1],  # only the last date: not confirmed
+        [0, 0, np.nan, 1, 1, np.nan],  # cloudy dates cost nothing: built at date 3
+        [0, 1, 0, 0, 1, 0],  # scattered: as good as "never", which wins the tie
+    ], dtype=np.float32).T[:, :, None]
+    assert onsets(series, min_persistence=2)[:, 0].tolist() == [2, 2, NEVER, NEVER, 3, NEVER]
+    assert onsets(series, min_persistence=1)[3, 0] == 5
+
+
+def test_kinds_and_their_reasons() -> None:
+    rule = KindRule()
+    assert kind(0, 50_000, 6, rule)[0] == "new"
+    assert kind(10_000, 30_000, 6, rule)[0] == "expanded"
+    assert kind(10_000, 11_000, 6, rule)[0] == "unchanged"
+    assert kind(0, 500, 6, rule)[0] == "unchanged"
+    assert kind(0, 50_000, 2, rule) == ("insufficient_data", "2 usable date(s), fewer than 3")
+
+
+def compound(image: np.ndarray, r0: int, r1: int, c0: int, c1: int) -> None:
+    """Walls and a grid of bright roofs, in place."""
+    image[:, r0:r1, c0:c1] = np.array([2600, 2700, 2800, 3000])[:, None, None]
+    for r in range(r0 + 4, r1 - 4, 10):
+        for c in range(c0 + 4, c1 - 8, 14):
+            image[:, r:r + 5, c:c + 10] = np.array([5200, 5300, 5400, 5600])[:, None, None]
+    image[:, [r0, r1 - 1], c0:c1] = 1200
+    image[:, r0:r1, [c0, c1 - 1]] = 1200
+
+
+def date_image(base: np.ndarray, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The ground at date ``index``, with what is built by then; and its cloud mask."""
+    image = base * (1 + 0.05 * np.sin(index)) + 80 * index + rng.normal(scale=25, size=base.shape)
+    for r0, r1, c0, c1, built in (NEW_WEST, NEW_EAST, OLD, GROWTH):
+        if index >= built:
+            compound(image, r0, r1, c0, c1)
+    if index == HAZY:
+        image = 0.55 * image + 0.45 * 4000
+    if index == SHIFTED:
+        image = ndimage.shift(image, (0, 2, 2), order=1, mode="nearest")
+    mask = np.zeros(image.shape[1:], np.uint8)
+    if index == CLOUDY:
+        r0, r1, c0, c1 = SITES["quiet"]
+        mask[r0 - 5:r1 + 5, c0 - 5:c1 + 5] = 1
+        image[:, mask > 0] = 9000
+    return image, mask
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("timeline")
+    scenes = folder / "scenes"
+    scenes.mkdir()
+    rng = np.random.default_rng(3)
+    base = ground(rng)
+    for i, date in enumerate(DATES):
+        image, mask = date_image(base, i, rng)
+        with rasterio.open(scenes / f"S2_{date}.tif", "w", driver="GTiff", width=SIZE, height=SIZE, count=5,
+                           dtype="uint16", crs=UTM, transform=from_origin(*ORIGIN, PIXEL, PIXEL)) as dst:
+            dst.write(np.concatenate([np.clip(image, 1, 65000), mask[None]]).astype("uint16"))
+            for band, name in enumerate(("blue", "green", "red", "nir", "cloud"), start=1):
+                dst.set_band_description(band, name)
+    features = []
+    for name, (r0, r1, c0, c1) in SITES.items():
+        xs, ys = [ORIGIN[0] + c * PIXEL for c in (c0, c1, c1, c0, c0)], [ORIGIN[1] - r * PIXEL for r in (r0, r0, r1, r1, r0)]
+        lon, lat = warp_points(UTM, "EPSG:4326", xs, ys)
+        features.append({"type": "Feature", "properties": {"name": name},
+                         "geometry": {"type": "Polygon", "coordinates": [list(map(list, zip(lon, lat, strict=True)))]}})
+    (folder / "sites.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def result(catalog: Path) -> Path:
+    out = catalog / "out"
+    assert main(["-q", "timeline", "--sites", str(catalog / "sites.geojson"), "--catalog", str(catalog / "scenes"),
+                 "--out", str(out)]) == 0
+    return out
+
+
+def test_the_new_compound_is_dated_and_its_extension_is_a_second_part(result: Path) -> None:
+    sites = gpd.read_file(result / "timeline.geojson").set_index("site_id")
+    new = sites.loc["new compound"]
+    assert new["kind"] == "new", new["kind_reason"]
+    assert (day(new["onset_after"]), day(new["onset_before"])) == (DATES[2], DATES[3])
+    assert new["built_m2_last"] > 0.7 * (40 * 98 * PIXEL**2)
+    parts = gpd.read_file(result / "parts.geojson")
+    mine = parts[parts["site_id"] == "new compound"].to_crs(UTM)
+    onset = mine["onset_before"].map(day)
+    west = mine[onset == DATES[3]].union_all()
+    east = mine[onset == DATES[NEW_EAST[4]]].union_all()
+    assert west.area > 0.6 * 40 * 60 * PIXEL**2 and east.area > 0.6 * 40 * 38 * PIXEL**2
+    assert west.centroid.x < east.centroid.x
+    assert (mine["onset_after"].map(day) < DATES[2]).sum() == 0  # nothing dated before it was built
+
+
+def test_an_old_compound_that_grew_is_an_expansion_and_quiet_ground_is_unchanged(result: Path) -> None:
+    sites = gpd.read_file(result / "timeline.geojson").set_index("site_id")
+    old = sites.loc["old compound"]
+    assert old["kind"] == "expanded", old["kind_reason"]
+    assert old["built_m2_first"] > 0.5 * 40 * 50 * PIXEL**2
+    assert day(old["onset_before"]) == DATES[GROWTH[4]]
+    quiet = sites.loc["quiet"]
+    assert quiet["kind"] == "unchanged", quiet["kind_reason"]
+    assert DATES[CLOUDY] in quiet["dates_skipped"] and DATES[CLOUDY] not in quiet["dates_used"]
+    assert DATES[CLOUDY] in sites.loc["new compound", "dates_used"]
+
+
+def test_the_csv_charts_filmstrips_report_and_record(result: Path) -> None:
+    table = pd.read_csv(result / "timeline.csv")
+    new = table[table["site_id"] == "new compound"]
+    assert new["date"].tolist() == list(DATES)
+    assert (np.diff(new["built_m2"]) >= 0).all() and new["built_m2"].iloc[0] == 0
+    sites = gpd.read_file(result / "timeline.geojson")
+    for path in (*sites["chart"], *sites["filmstrip"]):
+        assert (result / path).is_file() and (result / path).read_bytes()[:4] == b"\x89PNG"
+    text = (result / "report.html").read_text()
+    assert "new compound" in text and "expanded" in text and "onset" in text
+    record = json.loads((result / "timeline.json").read_text())
+    assert len(record["inputs"]["scenes"]) == len(DATES) and record["rule"].startswith("onset per pixel")
+    assert record["sites"]["quiet"]["skipped"]
+    assert (result / "timeline.qml").is_file() and (result / "parts.qml").is_file()
+
+
+def test_a_catalog_of_one_date_and_undated_files_are_one_line(catalog: Path, tmp_path: Path, capsys) -> None:
+    one = tmp_path / "one"
+    one.mkdir()
+    (one / "S2_2017-03-01.tif").write_bytes((catalog / "scenes" / "S2_2017-03-01.tif").read_bytes())
+    out = tmp_path / "out"
+    args = ["-q", "timeline", "--sites", str(catalog / "sites.geojson"), "--out", str(out), "--catalog"]
+    assert main([*args, str(one)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "1 date" in err and not out.exists()
+    (one / "scene.tif").write_bytes((catalog / "scenes" / "S2_2017-05-01.tif").read_bytes())
+    assert main([*args, str(one)]) == 2
+    assert "has no date in its name" in capsys.readouterr().err and not out.exists()

@@ -110,7 +110,8 @@ def add_batch_commands(commands: argparse._SubParsersAction) -> None:
                                                   "whether it is new or an expansion")
     timeline.add_argument("--sites", required=True, type=Path, help="site file, as for run")
     timeline.add_argument("--catalog", required=True, type=Path,
-                          help="folder of dated scenes (rasters, band folders, SAFE, Landsat) or STAC JSON, as for batch")
+                          help="folder of dated scenes (rasters, band folders, SAFE, Landsat) or STAC JSON, as batch "
+                               "reads it")
     timeline.add_argument("--out", required=True, type=Path, help="output folder")
     timeline.add_argument("--overwrite", action="store_true", help="replace results in an existing --out")
     timeline.add_argument("--buffer-m", type=float, default=500.0, help="radius around point sites (500)")

@@ -87,8 +87,10 @@ def load_scenes(path: Path, *, bands: str | None = None) -> list[Scene]:
     kind = layout(path)
     if kind == "pairs":
         return load_pairs(path, bands=bands)
-    if kind is not None:
-        return LOADERS[kind](path)
+    if kind == "oscd":
+        return load_oscd_city(path)
+    if kind == "reviewed":
+        return load_reviewed(path)
     scenes = [s for child in sorted(path.iterdir()) if child.is_dir() and layout(child)
               for s in load_scenes(child, bands=bands)]
     if not scenes:
@@ -230,7 +232,6 @@ def _site_window(bounds: tuple[float, float, float, float], grid: Grid, area: Wi
     return pad(bounds_window(bounds, grid.transform), margin, within=area)
 
 
-LOADERS = {"pairs": load_pairs, "oscd": load_oscd_city, "reviewed": load_reviewed}
 
 
 def cut_tiles(scenes: list[Scene], tile: int, *, scales: tuple[int, ...] = (1,)) -> Tiles:

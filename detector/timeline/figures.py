@@ -25,14 +25,14 @@ def chart(series: SiteSeries, path: Path) -> None:
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    days = [dt.date.fromisoformat(d) for d in series.dates]
+    days: Any = [dt.date.fromisoformat(d) for d in series.dates]  # matplotlib plots dates
     figure, axes = plt.subplots(figsize=(6.4, 2.6), dpi=100)
     if len(series.built_m2):
         axes.plot(days, series.built_m2 / 1e4, "o-", color="#b22", label="built (fitted)")
         axes.plot(days, series.changed_m2 / 1e4, "x", color="#888", label="changed on that date")
     if series.onset:
         axes.axvspan(days[series.onset - 1], days[series.onset], color="#fc8", alpha=0.5, label="onset")
-    skipped = [dt.date.fromisoformat(s[:10]) for s in series.skipped if s[:4].isdigit()]
+    skipped: Any = [dt.date.fromisoformat(s[:10]) for s in series.skipped if s[:4].isdigit()]
     if skipped:
         axes.plot(skipped, [0] * len(skipped), "|", color="#36c", markersize=14, label="skipped date")
     axes.set_ylabel("hectares")
@@ -73,7 +73,7 @@ def report(frame: gpd.GeoDataFrame, series: list[SiteSeries], record: dict[str, 
     rows = []
     for row in frame.itertuples():
         pictures = "".join(f'<img src="{_e(p)}" alt="{_e(p)}">' for p in (row.chart, row.filmstrip) if p)
-        onset = f"{_e(row.onset_after)} → {_e(row.onset_before)}" if row.onset_before else "–"
+        onset = f"{_e(row.onset_after)} → {_e(row.onset_before)}" if row.onset_before else "&ndash;"
         rows.append(f"<tr><td>#{row.rank}</td><td>{_t(row.site_id)}</td><td><b>{_e(row.kind)}</b><br>"
                     f"<small>{_e(row.kind_reason)}</small></td><td>{onset}</td>"
                     f"<td>{_e(_m2(row.built_m2_first))} → {_e(_m2(row.built_m2_last))}</td>"
@@ -91,4 +91,4 @@ def report(frame: gpd.GeoDataFrame, series: list[SiteSeries], record: dict[str, 
 
 
 def _m2(value: object) -> str:
-    return "–" if value is None or value != value else f"{float(value) / 1e4:.2f} ha"  # type: ignore[arg-type]
+    return "&ndash;" if value is None or value != value else f"{float(value) / 1e4:.2f} ha"  # type: ignore[arg-type]

@@ -51,8 +51,8 @@ class KindRule:
 
     def describe(self) -> str:
         return (f"onset per pixel: the first date from which the change persists on >= {self.min_persistence} "
-                f"usable dates (least-mismatch fit, ties to no onset, then to the earlier); new: built area < {self.min_built_m2:g} m2 "
-                f"at the earliest date and >= {self.min_built_m2:g} m2 at the last; expanded: >= "
+                "usable dates (least-mismatch fit, ties to no onset, then to the earlier); new: built area < "
+                f"{self.min_built_m2:g} m2 at the earliest date and >= {self.min_built_m2:g} m2 at the last; expanded: >= "
                 f"{self.min_built_m2:g} m2 at the earliest date, grown by >= {self.min_growth_share:.0%} of it and "
                 f">= {self.min_built_m2:g} m2; insufficient_data: fewer than {self.min_dates} usable dates")
 

@@ -136,9 +136,9 @@ def site_series(site: gpd.GeoDataFrame, scenes: list[Scene], rule: TimelineRule,
     core = intersect(bounds_window(shape.bounds, grid.transform), whole)
     if core is None:
         raise InputError(f"site {site_id} lies outside {sources[0].path}")
-    window = pad(core, rule.scan.margin_px, within=whole)
-    window = Window(window.col_off, window.row_off, window.width - window.width % factor,
-                    window.height - window.height % factor)
+    padded = pad(core, rule.scan.margin_px, within=whole) or core
+    window = Window(padded.col_off, padded.row_off, padded.width - padded.width % factor,
+                    padded.height - padded.height % factor)
     stack, obscured, valid = read_dates(sources, names, grid, window, factor)
     transform = window_transform(window, grid.transform) * Affine.scale(factor)
     inside = features.geometry_mask([shape], stack.shape[-2:], transform, invert=True)
@@ -178,7 +178,7 @@ def read_dates(sources: list[DateSource], names: tuple[str, ...], grid: Any, win
         stack.append(binned)
         cloud.append(bin_any(raw.obscured, factor))
     data = np.stack(stack).astype(np.float32)
-    return data, np.stack(cloud), np.isfinite(data).all(axis=1)
+    return data, np.stack(cloud), np.asarray(np.isfinite(data).all(axis=1))
 
 
 def change_maps(stack: np.ndarray, names: tuple[str, ...], scan: ScanOptions, model: Any, *,

@@ -50,11 +50,12 @@ class KindRule:
         check(self)
 
     def describe(self) -> str:
+        m2 = f"{self.min_built_m2:g} m2"
         return (f"onset per pixel: the first date from which the change persists on >= {self.min_persistence} "
-                "usable dates (least-mismatch fit, ties to no onset, then to the earlier); new: built area < "
-                f"{self.min_built_m2:g} m2 at the earliest date and >= {self.min_built_m2:g} m2 at the last; expanded: >= "
-                f"{self.min_built_m2:g} m2 at the earliest date, grown by >= {self.min_growth_share:.0%} of it and "
-                f">= {self.min_built_m2:g} m2; insufficient_data: fewer than {self.min_dates} usable dates")
+                "usable dates (least-mismatch fit, ties to no onset, then to the earlier); "
+                f"new: built area < {m2} at the earliest date and >= {m2} at the last; "
+                f"expanded: >= {m2} at the earliest date, grown by >= {self.min_growth_share:.0%} of it and >= {m2}; "
+                f"insufficient_data: fewer than {self.min_dates} usable dates")
 
 
 def onsets(changed: np.ndarray, *, min_persistence: int = 2) -> np.ndarray:

@@ -29,7 +29,7 @@ import rasterio
 from rasterio.transform import from_origin
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import scene_rows  # noqa: E402  (the same synthetic ground as scripts/bench.py)
+from bench import scene_rows  # the same synthetic ground as scripts/bench.py
 
 DATES = {"before": ("S2A_MSIL2A_20170602T050701_N0205_R019_T45TUJ_20170602T051407", 0),
          "after": ("S2B_MSIL2A_20230607T050659_N0509_R019_T45TUJ_20230607T080000", -1000)}

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import rasterio
-from conftest import ORIGIN, PIXEL, SIZE, UTM, ground
+from conftest import ORIGIN, PIXEL, SHARED, SIZE, UTM, ground
 from rasterio.transform import from_origin
 from rasterio.warp import transform as warp_points
 from scipy import ndimage
@@ -47,11 +47,13 @@ def test_one_bad_date_neither_creates_nor_erases_construction() -> None:
 
 def test_kinds_and_their_reasons() -> None:
     rule = KindRule()
-    assert kind(0, 50_000, 6, rule)[0] == "new"
-    assert kind(10_000, 30_000, 6, rule)[0] == "expanded"
-    assert kind(10_000, 11_000, 6, rule)[0] == "unchanged"
-    assert kind(0, 500, 6, rule)[0] == "unchanged"
-    assert kind(0, 50_000, 2, rule) == ("insufficient_data", "2 usable date(s), fewer than 3")
+    assert kind(0, 50_000, 6, rule, onset=True)[0] == "new"
+    assert kind(4_000, 50_000, 6, rule, onset=True)[0] == "new"  # under a tenth of the last: not a compound yet
+    assert kind(10_000, 30_000, 6, rule, onset=True)[0] == "expanded"
+    assert kind(10_000, 30_000, 6, rule, onset=False)[0] == "unchanged"  # the site's score never persisted
+    assert kind(10_000, 11_000, 6, rule, onset=True)[0] == "unchanged"
+    assert kind(0, 500, 6, rule, onset=True)[0] == "unchanged"
+    assert kind(0, 50_000, 2, rule, onset=True) == ("insufficient_data", "2 usable date(s), fewer than 3")
 
 
 def compound(image: np.ndarray, r0: int, r1: int, c0: int, c1: int) -> None:
@@ -65,11 +67,12 @@ def compound(image: np.ndarray, r0: int, r1: int, c0: int, c1: int) -> None:
 
 
 def date_image(base: np.ndarray, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """The ground at date ``index``, with what is built by then; and its cloud mask."""
-    image = base * (1 + 0.05 * np.sin(index)) + 80 * index + rng.normal(scale=25, size=base.shape)
+    """The ground at date ``index``, with what is built by then, in that date's light; and its cloud mask."""
+    image = base.copy()
     for r0, r1, c0, c1, built in (NEW_WEST, NEW_EAST, OLD, GROWTH):
         if index >= built:
             compound(image, r0, r1, c0, c1)
+    image = image * (1 + 0.05 * np.sin(index)) + 80 * index + rng.normal(scale=25, size=base.shape)
     if index == HAZY:
         image = 0.55 * image + 0.45 * 4000
     if index == SHIFTED:
@@ -98,7 +101,8 @@ def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 dst.set_band_description(band, name)
     features = []
     for name, (r0, r1, c0, c1) in SITES.items():
-        xs, ys = [ORIGIN[0] + c * PIXEL for c in (c0, c1, c1, c0, c0)], [ORIGIN[1] - r * PIXEL for r in (r0, r0, r1, r1, r0)]
+        xs = [ORIGIN[0] + c * PIXEL for c in (c0, c1, c1, c0, c0)]
+        ys = [ORIGIN[1] - r * PIXEL for r in (r0, r0, r1, r1, r0)]
         lon, lat = warp_points(UTM, "EPSG:4326", xs, ys)
         features.append({"type": "Feature", "properties": {"name": name},
                          "geometry": {"type": "Polygon", "coordinates": [list(map(list, zip(lon, lat, strict=True)))]}})
@@ -153,7 +157,7 @@ def test_the_csv_charts_filmstrips_report_and_record(result: Path) -> None:
     text = (result / "report.html").read_text()
     assert "new compound" in text and "expanded" in text and "onset" in text
     record = json.loads((result / "timeline.json").read_text())
-    assert len(record["inputs"]["scenes"]) == len(DATES) and record["rule"].startswith("onset per pixel")
+    assert len(record["inputs"]["scenes"]) == len(DATES) and record["rule"].startswith("onset: ")
     assert record["sites"]["quiet"]["skipped"]
     assert (result / "timeline.qml").is_file() and (result / "parts.qml").is_file()
 
@@ -170,3 +174,31 @@ def test_a_catalog_of_one_date_and_undated_files_are_one_line(catalog: Path, tmp
     (one / "scene.tif").write_bytes((catalog / "scenes" / "S2_2017-05-01.tif").read_bytes())
     assert main([*args, str(one)]) == 2
     assert "has no date in its name" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.real_data
+@pytest.mark.skipif(not (SHARED / "dabancheng-sentinel2" / "registered").exists(), reason="needs ../shared/data")
+def test_the_real_dabancheng_frames_date_facility_1_and_its_extension(tmp_path: Path) -> None:
+    """What the twelve frames show (looked at, frame by frame): 2017-03-02 bare ground; by 2017-06-10 the
+    compound's ground cleared and walled; buildings of its western and central part from 2017-07-08 to
+    2018-03-22; an eastern extension cleared by 2018-04-29 and built from 2018-05-26; Facility #2 bare in
+    every frame (ASPI: no building until 2019)."""
+    aspi = gpd.read_file(SHARED / "xinjiang-aspi-facilities" / "facilities_v1.geojson")
+    sites = tmp_path / "dabancheng.geojson"
+    aspi[aspi["Name_Code"].str.startswith("Dabancheng")].to_file(sites)
+    out = tmp_path / "out"
+    assert main(["-q", "timeline", "--sites", str(sites), "--catalog",
+                 str(SHARED / "dabancheng-sentinel2" / "registered"), "--out", str(out), "--buffer-m", "800"]) == 0
+    found = gpd.read_file(out / "timeline.geojson").set_index("site_id")
+    first = found.loc["Dabancheng Facility #1"]
+    assert first["kind"] == "new", first["kind_reason"]
+    assert (day(first["onset_after"]), day(first["onset_before"])) == ("2017-03-02", "2017-06-10")
+    assert found.loc["Dabancheng Facility #2", "kind"] == "unchanged"
+    parts = gpd.read_file(out / "parts.geojson")
+    parts = parts[parts["site_id"] == "Dabancheng Facility #1"]
+    x = parts.to_crs(4326).geometry.representative_point().x
+    onset = parts["onset_before"].map(day)
+    west, east = parts[x < 88.2875], parts[x > 88.2915]
+    assert west["area_m2"][onset[x < 88.2875] <= "2018-03-22"].sum() > 0.6 * west["area_m2"].sum()
+    built_2018 = east["area_m2"][(onset[x > 88.2915] >= "2018-04-29") & (onset[x > 88.2915] <= "2018-07-23")]
+    assert built_2018.sum() > 0.8 * east["area_m2"].sum() and east["area_m2"].sum() > 50_000

@@ -119,11 +119,12 @@ def series_csv(series: list[SiteSeries]) -> str:
     """``timeline.csv``: one row per site and usable date."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["site_id", "date", "scene", "built_m2", "changed_m2", "cloud_fraction", "valid_fraction"])
+    writer.writerow(["site_id", "date", "scene", "built_m2", "changed_m2", "site_score", "cloud_fraction",
+                     "valid_fraction"])
     for s in series:
         for i, date in enumerate(s.dates):
             if i < len(s.built_m2):
-                writer.writerow([s.site_id, date, s.scenes[i].id, s.built_m2[i], s.changed_m2[i],
+                writer.writerow([s.site_id, date, s.scenes[i].id, s.built_m2[i], s.changed_m2[i], s.site_score[i],
                                  s.cloud_fraction[i], s.valid_fraction[i]])
     return out.getvalue()
 

@@ -34,27 +34,32 @@ NEVER = -1  # onset of a pixel never built
 class KindRule:
     """How a site's series becomes its kind; recorded in every output.
 
-    ``new``: built area at the earliest date under ``min_built_m2``, and built
-    area at the last date at least ``min_built_m2``; ``expanded``: built area at
-    the earliest date at least ``min_built_m2``, grown by at least
-    ``min_growth_share`` of it and ``min_built_m2``; ``unchanged``: neither;
-    ``insufficient_data``: fewer than ``min_dates`` usable dates.
+    A site is built when its own score (as ``run`` scores a site against the
+    reference) persists above the threshold (:func:`onsets` on the site's
+    series) and its built area grew by at least ``min_built_m2``.  Then
+    ``new``: the area already built at the earliest date is under
+    ``min_built_m2`` or under ``min_existing_share`` of the last; else
+    ``expanded`` when it grew by at least ``min_growth_share`` of itself.
+    ``unchanged`` otherwise; ``insufficient_data``: fewer than ``min_dates``
+    usable dates.
     """
 
     min_dates: int = option(3, int, low=2, low_closed=True)
     min_persistence: int = option(2, int, low=1, low_closed=True)
     min_built_m2: float = option(2000.0, float, low=0)
     min_growth_share: float = option(0.25, float, low=0, low_closed=True)
+    min_existing_share: float = option(0.1, float, low=0, high=1, low_closed=True)
 
     def __post_init__(self) -> None:
         check(self)
 
     def describe(self) -> str:
         m2 = f"{self.min_built_m2:g} m2"
-        return (f"onset per pixel: the first date from which the change persists on >= {self.min_persistence} "
-                "usable dates (least-mismatch fit, ties to no onset, then to the earlier); "
-                f"new: built area < {m2} at the earliest date and >= {m2} at the last; "
-                f"expanded: >= {m2} at the earliest date, grown by >= {self.min_growth_share:.0%} of it and >= {m2}; "
+        return (f"onset: the first date from which the site's score, and each pixel's change, persists on >= "
+                f"{self.min_persistence} usable dates (least-mismatch fit, ties to no onset, then to the earlier); "
+                f"built: the site's onset exists and its built area grew by >= {m2}; new: built, with < {m2} or "
+                f"< {self.min_existing_share:.0%} of the last built area already there at the earliest date; "
+                f"expanded: built, from at least that, grown by >= {self.min_growth_share:.0%} of it; "
                 f"insufficient_data: fewer than {self.min_dates} usable dates")
 
 
@@ -91,22 +96,19 @@ def built_series(onset: np.ndarray, inside: np.ndarray, dates: int, pixel_area_m
     return np.cumsum(counts) * pixel_area_m2
 
 
-def site_onset(built_m2: np.ndarray, *, min_m2: float) -> int | None:
-    """The first date index at which the built area reaches ``min_m2`` more than at the earliest date."""
-    grown = np.flatnonzero(built_m2 - built_m2[0] >= min_m2)
-    return int(grown[0]) if len(grown) else None
-
-
-def kind(built_first_m2: float, built_last_m2: float, usable: int, rule: KindRule) -> tuple[str, str]:
-    """The site's kind and why (one line)."""
+def kind(built_first_m2: float, built_last_m2: float, usable: int, rule: KindRule, *,
+         onset: bool) -> tuple[str, str]:
+    """The site's kind and why (one line); ``onset``: whether the site's own score has a persistent onset."""
     if usable < rule.min_dates:
         return "insufficient_data", f"{usable} usable date(s), fewer than {rule.min_dates}"
     growth = built_last_m2 - built_first_m2
-    if built_first_m2 < rule.min_built_m2:
-        if built_last_m2 >= rule.min_built_m2:
-            return "new", f"{built_first_m2:.0f} m2 built at the earliest date, {built_last_m2:.0f} m2 at the last"
-        return "unchanged", f"{built_last_m2:.0f} m2 built by the last date, under {rule.min_built_m2:g} m2"
-    if growth >= max(rule.min_growth_share * built_first_m2, rule.min_built_m2):
+    if not onset:
+        return "unchanged", "the site's score never stays over the threshold"
+    if growth < rule.min_built_m2:
+        return "unchanged", f"built area grew by {growth:.0f} m2 only"
+    if built_first_m2 < max(rule.min_built_m2, rule.min_existing_share * built_last_m2):
+        return "new", f"{built_first_m2:.0f} m2 built at the earliest date, {built_last_m2:.0f} m2 at the last"
+    if growth >= rule.min_growth_share * built_first_m2:
         return "expanded", (f"{built_first_m2:.0f} m2 built at the earliest date, grown by {growth:.0f} m2 "
                             f"({growth / built_first_m2:.0%})")
     return "unchanged", f"{built_first_m2:.0f} m2 built at the earliest date, grown by {growth:.0f} m2 only"

@@ -38,10 +38,14 @@ from detector.methods import METHODS
 from detector.options import check, option
 from detector.scan import method_score
 from detector.tiling import bounds_window, intersect, pad
-from detector.timeline.series import NEVER, KindRule, built_series, kind, onsets, site_onset
+from detector.timeline.series import NEVER, KindRule, built_series, kind, onsets
 
 CHUNK = 4  # dates scored per call: memory stays flat in the number of dates
-BUILT_EDGE_RATIO = 8.0  # straight-edge energy over the window's median that reads as built-up at the reference
+BUILT_EDGE_RATIO = 8.0  # straight-edge energy over the window's median that reads as an edge of a building
+DENSE_M, DENSE_SHARE = 100.0, 0.4  # built-up: at least 40 % of the pixels within 100 m are such edges
+PART_SHARE = 0.7  # a pixel of a built site is part of it at 0.7 of the pixel threshold (0.35 by default)
+CLOSE_M = 40.0  # gaps between the buildings of one compound, filled
+NEAR_M = 50.0  # built-up at the reference counts where it touches a part built later: an expansion
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +79,7 @@ class SiteSeries:
     method: str = ""
     check: dict[str, Any] | None = None
     parts: list[tuple[Any, int]] = field(default_factory=list)  # (EPSG:4326 polygon, onset index)
+    site_score: np.ndarray = field(default_factory=lambda: np.zeros(0))  # the site's score against the reference
     frames: list[np.ndarray] = field(default_factory=list)  # (h, w, 3) uint8 per date, one stretch
     outline: np.ndarray | None = None  # (h, w) bool: the site's edge on the frames
 
@@ -125,7 +130,7 @@ def site_series(site: gpd.GeoDataFrame, scenes: list[Scene], rule: TimelineRule,
     usable, skipped = usable_scenes(geom, scenes, rule)
     series = SiteSeries(site_id, [s.date for s in usable], usable, skipped)
     if len(usable) < rule.kind.min_dates:
-        series.kind, series.why = kind(0.0, 0.0, len(usable), rule.kind)
+        series.kind, series.why = kind(0.0, 0.0, len(usable), rule.kind, onset=False)
         return series
     sources = [s.date_source() for s in usable]
     names = common_bands(sources)
@@ -145,19 +150,23 @@ def site_series(site: gpd.GeoDataFrame, scenes: list[Scene], rule: TimelineRule,
     lon, lat = shapely.centroid(geom).x, shapely.centroid(geom).y
     h, w = pixel_size_m(grid.crs, grid.transform, np.array([lon]), np.array([lat]))
     pixel_m2 = float(h[0] * w[0]) * factor**2
-    changed, series.method, series.check = change_maps(stack, names, rule.scan, model,
-                                                      pixel_m=float(np.sqrt(pixel_m2)))
-    onset = onsets(changed, min_persistence=rule.kind.min_persistence)
-    onset = majority(onset, inside)
-    before = built_at_reference(stack[0], names) & inside
+    pixel_m = float(np.sqrt(pixel_m2))
+    score, series.method, series.check = change_maps(stack, names, rule.scan, model, pixel_m=pixel_m)
+    flags = site_flags(score, inside, rule.scan)
+    first = int(onsets(flags[:, None, None], min_persistence=rule.kind.min_persistence)[0, 0])
+    onset = pixel_onsets(changed_pixels(score, stack, rule.scan), inside, first, rule.kind, pixel_m=pixel_m)
+    before = built_at_reference(stack[0], names, onset, pixel_m=pixel_m) & inside
     built = built_series(np.where(before, NEVER, onset), inside, len(usable), pixel_m2) + before.sum() * pixel_m2
     series.built_m2 = np.round(built, 1)
-    series.changed_m2 = np.round(np.nansum((changed > 0.5) & inside, axis=(1, 2)) * pixel_m2, 1)
+    series.changed_m2 = np.round(np.nansum((score >= rule.scan.rule.pixel_threshold) & inside, axis=(1, 2))
+                                 * pixel_m2, 1)
     total = max(int(inside.sum()), 1)
     series.cloud_fraction = np.round((obscured & inside).sum(axis=(1, 2)) / total, 4)
     series.valid_fraction = np.round((valid & inside).sum(axis=(1, 2)) / total, 4)
-    series.onset = site_onset(built, min_m2=rule.kind.min_built_m2)
-    series.kind, series.why = kind(float(built[0]), float(built[-1]), len(usable), rule.kind)
+    series.site_score = np.round(site_scores(score, inside, rule.scan), 4)
+    series.kind, series.why = kind(float(built[0]), float(built[-1]), len(usable), rule.kind, onset=first != NEVER)
+    grown = np.flatnonzero(built - built[0] >= rule.kind.min_built_m2)  # the parts date it, not the site's
+    series.onset = int(grown[0]) if series.kind in ("new", "expanded") and len(grown) else None  # score alone
     series.parts = dated_parts(onset, inside, transform, grid.crs, min_px=rule.scan.min_area_m2 / pixel_m2)
     series.frames, series.outline = filmstrip(stack, names, inside)
     return series
@@ -183,7 +192,7 @@ def read_dates(sources: list[DateSource], names: tuple[str, ...], grid: Any, win
 
 def change_maps(stack: np.ndarray, names: tuple[str, ...], scan: ScanOptions, model: Any, *,
                 pixel_m: float) -> tuple[np.ndarray, str, dict[str, Any] | None]:
-    """Changed (1), unchanged (0) or unknown (NaN) against the reference, per date: (T, h, w) float32; the
+    """Every date's change score against the reference (T, h, w) float32 (date 0: 0; NaN without data); the
     method that applied, and the CNN's domain check."""
     method = METHODS[scan.method]
     t = len(stack)
@@ -199,9 +208,49 @@ def change_maps(stack: np.ndarray, names: tuple[str, ...], scan: ScanOptions, mo
     if check is not None and not check["in_domain"] and method.falls_back_to:
         applied = method.falls_back_to
     chosen = scores[applied]
-    changed = np.where(np.isfinite(chosen), (chosen >= scan.rule.pixel_threshold).astype(np.float32), np.nan)
-    changed[0] = np.where(np.isfinite(stack[0]).all(axis=0), 0.0, np.nan)
-    return changed.astype(np.float32), applied, check
+    chosen[0] = np.where(np.isfinite(stack[0]).all(axis=0), 0.0, np.nan)
+    return chosen, applied, check
+
+
+def changed_pixels(score: np.ndarray, stack: np.ndarray, scan: ScanOptions) -> np.ndarray:
+    """1 where a pixel's score reaches ``PART_SHARE`` of the pixel threshold, 0 where not, NaN without data:
+    (T, h, w).  Lower than ``run``'s: only a site whose own score persists gets parts, and within it the
+    fit wants the compound's whole ground, not only its brightest roofs."""
+    at = PART_SHARE * scan.rule.pixel_threshold
+    return np.where(np.isfinite(score), (score >= at).astype(np.float32), np.nan)
+
+
+def site_scores(score: np.ndarray, inside: np.ndarray, scan: ScanOptions) -> np.ndarray:
+    """The site's score at every date, as ``run`` scores a site (the rule's quantile of its pixel scores)."""
+    values = np.where(inside, score, np.nan).reshape(len(score), -1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanquantile(values, scan.rule.quantile, axis=1)
+
+
+def site_flags(score: np.ndarray, inside: np.ndarray, scan: ScanOptions) -> np.ndarray:
+    """1 where the site's score reaches the site threshold, 0 where not, NaN where it has no data: (T,)."""
+    site = site_scores(score, inside, scan)
+    flags = np.where(np.isfinite(site), (site >= scan.rule.threshold).astype(np.float32), np.nan)
+    flags[0] = 0.0
+    return flags
+
+
+def pixel_onsets(changed: np.ndarray, inside: np.ndarray, first: int, rule: KindRule, *,
+                 pixel_m: float) -> np.ndarray:
+    """Each pixel's onset (:func:`detector.timeline.series.onsets`), none before the site's own ``first``
+    (what flickers under the site's threshold is not construction), the gaps between a compound's buildings
+    filled (a closing over ``CLOSE_M``) date by date, and smoothed by :func:`majority`."""
+    if first == NEVER:
+        return np.full(changed.shape[1:], NEVER, np.int64)
+    raw = onsets(changed, min_persistence=rule.min_persistence)
+    raw = np.where(raw >= first, raw, NEVER)
+    filled = np.full(raw.shape, NEVER, np.int64)
+    steps = max(1, int(round(CLOSE_M / pixel_m)))
+    for t in range(first, len(changed)):
+        built = ndimage.binary_closing((raw != NEVER) & (raw <= t), iterations=steps) & inside
+        filled[built & (filled == NEVER)] = t
+    return majority(filled, inside)
 
 
 def chunk(stack: np.ndarray, start: int, names: tuple[str, ...], scan: ScanOptions, model: Any, pixel_m: float,
@@ -227,15 +276,25 @@ def majority(onset: np.ndarray, inside: np.ndarray, size: int = 3) -> np.ndarray
     return np.where(inside, values[np.argmax(votes, axis=0)], onset)
 
 
-def built_at_reference(image: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
-    """Pixels that already look built at the reference date: dense straight edges, ``BUILT_EDGE_RATIO`` times the
-    window's median over 40 m or more.  A proxy: mountains, field mosaics and snow can look built too."""
+def built_at_reference(image: np.ndarray, names: tuple[str, ...], onset: np.ndarray, *, pixel_m: float) -> np.ndarray:
+    """What an expansion grew from: pixels already built at the reference date, next to what was built later.
+
+    A pixel reads as built where straight edges are dense: at least ``DENSE_SHARE`` of the pixels within
+    ``DENSE_M`` have a local edge energy ``BUILT_EDGE_RATIO`` times the window's median (a road alone is too
+    thin to pass).  Only the dense areas that never changed and touch a part built later (within ``NEAR_M``)
+    count: a compound that grew.  A proxy from one date: a mountain foot or a field mosaic beside a new
+    compound can still pass; the chips and ``built_m2_first`` say what it found.
+    """
     visible = [i for i, n in enumerate(names) if n in ("red", "green", "blue")] or list(range(len(names)))
     light = np.nanmean(image[visible], axis=0)
-    energy = linear_energy(light[None])[0]
-    local = ndimage.uniform_filter(np.nan_to_num(energy), 5)
-    median = np.nanmedian(local) + 1e-6
-    return np.isfinite(light) & (local >= BUILT_EDGE_RATIO * median)
+    local = ndimage.uniform_filter(np.nan_to_num(linear_energy(light[None])[0]), 5)
+    edges = local >= BUILT_EDGE_RATIO * (np.nanmedian(local) + 1e-6)
+    dense = ndimage.uniform_filter(edges.astype(np.float32), max(3, int(DENSE_M / pixel_m) | 1)) >= DENSE_SHARE
+    dense &= np.isfinite(light) & (onset == NEVER)
+    later = ndimage.binary_dilation(onset != NEVER, iterations=max(1, int(NEAR_M / pixel_m)))
+    labels, count = ndimage.label(dense)
+    touching = np.unique(labels[later & dense])
+    return np.isin(labels, touching[touching > 0])
 
 
 def dated_parts(onset: np.ndarray, inside: np.ndarray, transform: Any, crs: Any, *,

@@ -22,6 +22,7 @@ from detector.methods import NAMES as METHOD_NAMES
 
 if TYPE_CHECKING:
     from detector.batch.run import BatchStatus
+    from detector.timeline.run import TimelineConfig
 
 
 def command(commands: argparse._SubParsersAction, name: str, *, help: str) -> argparse.ArgumentParser:
@@ -107,12 +108,15 @@ def add_batch_commands(commands: argparse._SubParsersAction) -> None:
     batch.add_argument("--dask", metavar="ADDRESS",
                        help="run the site tasks on Dask: a scheduler tcp://HOST:8786, or local:N for a LocalCluster")
     timeline = command(commands, "timeline", help="when each site was built over every date of a catalog, and "
-                                                  "whether it is new or an expansion")
-    timeline.add_argument("--sites", required=True, type=Path, help="site file, as for run")
-    timeline.add_argument("--catalog", required=True, type=Path,
+                                                  "whether it is new or an expansion; resumes where it stopped")
+    timeline.add_argument("config", type=Path, nargs="?",
+                          help="a batch configuration (TOML): its sites, catalog, date span and [run] options; "
+                               "results in its [output] dir / timeline")
+    timeline.add_argument("--sites", type=Path, help="site file, as for run (without a configuration)")
+    timeline.add_argument("--catalog", type=Path,
                           help="folder of dated scenes (rasters, band folders, SAFE, Landsat) or STAC JSON, as batch "
                                "reads it")
-    timeline.add_argument("--out", required=True, type=Path, help="output folder")
+    timeline.add_argument("--out", type=Path, help="output folder")
     timeline.add_argument("--overwrite", action="store_true", help="replace results in an existing --out")
     timeline.add_argument("--buffer-m", type=float, default=500.0, help="radius around point sites (500)")
     timeline.add_argument("--id-col", help="column holding the site id")
@@ -125,6 +129,8 @@ def add_batch_commands(commands: argparse._SubParsersAction) -> None:
                           help="usable dates a change must persist on to count as built (2)")
     timeline.add_argument("--min-built-m2", type=float, default=2000.0,
                           help="built area that makes a site new, and the least growth of an expansion (2000)")
+    timeline.add_argument("--workers", type=int, default=1, help="local worker processes (1: in this process)")
+    timeline.add_argument("--dask", metavar="ADDRESS", help="run the site tasks on Dask (tcp://HOST:8786 or local:N)")
     fetch = command(commands, "fetch", help="download the windows around a batch's sites from a STAC API")
     fetch.add_argument("config", type=Path, help="batch configuration: its sites, dates and catalog folder")
     fetch.add_argument("--stac", required=True, help="STAC API or static catalog address (http(s) or a local file)")
@@ -293,23 +299,50 @@ def batch_command(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def timeline_command(args: argparse.Namespace, argv: list[str]) -> int:
-    from detector.config import ScanOptions, SiteOptions
-    from detector.timeline.run import TimelineConfig, timeline
-    from detector.timeline.series import KindRule
-    from detector.timeline.site import TimelineRule
+    from detector.errors import InputError
+    from detector.timeline.run import timeline
 
-    rule = TimelineRule(scan=ScanOptions(method=args.method, model=args.model),
-                        kind=KindRule(min_persistence=args.min_persistence, min_built_m2=args.min_built_m2),
-                        max_cloud=args.max_cloud, min_valid=args.min_valid)
-    config = TimelineConfig(sites=args.sites, catalog=args.catalog, out=args.out, rule=rule, overwrite=args.overwrite,
-                            bands=args.bands, site=SiteOptions(buffer_m=args.buffer_m, id_col=args.id_col))
-    record = timeline(config, command=["detector", *argv], progress=None if args.quiet else _progress)
+    if args.workers < 1:
+        raise InputError(f"--workers is {args.workers}: give 1 or more")
+    config = timeline_config(args)
+    record = timeline(config, workers=args.workers, dask=args.dask, command=["detector", *argv],
+                      progress=None if args.quiet else _progress)
     _end_status(args)
     counts = record["counts"]
     print(f"{counts['sites']} sites: " + ", ".join(f"{counts.get(k, 0)} {k}" for k in
-                                                  ("new", "expanded", "unchanged", "insufficient_data"))
-          + f"; results in {args.out}")
-    return 0
+                                                  ("new", "expanded", "unchanged", "insufficient_data", "failed"))
+          + f"; results in {config.out}")
+    return 1 if counts.get("failed") else 0
+
+
+def timeline_config(args: argparse.Namespace) -> TimelineConfig:
+    """The timeline of a batch configuration, or of ``--sites``, ``--catalog`` and ``--out``."""
+    from detector.config import ScanOptions, SiteOptions
+    from detector.errors import InputError
+    from detector.timeline.run import TimelineConfig
+    from detector.timeline.series import KindRule
+    from detector.timeline.site import TimelineRule
+
+    kind = KindRule(min_persistence=args.min_persistence, min_built_m2=args.min_built_m2)
+    if args.config is not None:
+        from detector.batch.config import read_batch_config
+
+        if args.sites or args.catalog or args.out:
+            raise InputError("give a batch configuration or --sites, --catalog and --out, not both")
+        batch = read_batch_config(args.config)
+        return TimelineConfig(sites=batch.sites, catalog=batch.catalog, out=batch.out / "timeline",
+                              rule=TimelineRule(scan=batch.scan, kind=kind, max_cloud=batch.max_cloud,
+                                                min_valid=args.min_valid),
+                              overwrite=True, bands=batch.bands, site=batch.site,
+                              dates=(batch.before[0], batch.after[1]))
+    missing = [f"--{k}" for k in ("sites", "catalog", "out") if getattr(args, k) is None]
+    if missing:
+        raise InputError(f"timeline needs {', '.join(missing)} (or a batch configuration file)")
+    rule = TimelineRule(scan=ScanOptions(method=args.method, model=args.model), kind=kind, max_cloud=args.max_cloud,
+                        min_valid=args.min_valid)
+    return TimelineConfig(sites=(args.sites,), catalog=args.catalog, out=args.out, rule=rule,
+                          overwrite=args.overwrite, bands=args.bands,
+                          site=SiteOptions(buffer_m=args.buffer_m, id_col=args.id_col))
 
 
 def fetch_command(args: argparse.Namespace, argv: list[str]) -> int:

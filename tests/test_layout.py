@@ -68,11 +68,20 @@ def test_only_the_cli_knows_the_cli_and_reaches_training() -> None:
     assert reaching_training <= {"detector.cli"}
 
 
-def test_run_and_batch_are_peers_over_the_shared_results() -> None:
+# what the batch wing lends the timeline wing: catalogs, coverage, worker processes and Dask, durable names
+BATCH_SERVICES = {"detector.batch", "detector.batch.catalog", "detector.batch.pairing", "detector.batch.executors",
+                  "detector.batch.store", "detector.batch.tasks"}
+
+
+def test_run_batch_and_timeline_are_peers_over_the_shared_results() -> None:
     assert importers("detector.pipeline") == {"detector.cli"}
-    batch_wing = {m for m in MODULES if m.startswith("detector.batch")}
-    outside = {m for w in batch_wing for m in importers(w)} - batch_wing
-    assert outside <= {"detector.cli"}, f"the batch wing is imported from {outside - {'detector.cli'}}"
+    timeline_wing = {m for m in MODULES if m.startswith("detector.timeline")}
+    for wing, name in (({m for m in MODULES if m.startswith("detector.batch")}, "batch"), (timeline_wing, "timeline")):
+        for module in wing:
+            outside = importers(module) - wing - {"detector.cli"}
+            if name == "batch" and module in BATCH_SERVICES:
+                outside -= timeline_wing
+            assert not outside, f"the {name} wing's {module} is imported from {outside}"
     for orchestrator in ("detector.pipeline", "detector.batch.run"):
         assert "detector.results" in GRAPH[orchestrator]
 

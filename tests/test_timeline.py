@@ -158,7 +158,7 @@ def test_the_csv_charts_filmstrips_report_and_record(result: Path) -> None:
     assert "new compound" in text and "expanded" in text and "onset" in text
     record = json.loads((result / "timeline.json").read_text())
     assert len(record["inputs"]["scenes"]) == len(DATES) and record["rule"].startswith("onset: ")
-    assert record["sites"]["quiet"]["skipped"]
+    assert record["sites"]["quiet"]["dates_skipped"]
     assert (result / "timeline.qml").is_file() and (result / "parts.qml").is_file()
 
 
@@ -202,3 +202,71 @@ def test_the_real_dabancheng_frames_date_facility_1_and_its_extension(tmp_path: 
     assert west["area_m2"][onset[x < 88.2875] <= "2018-03-22"].sum() > 0.6 * west["area_m2"].sum()
     built_2018 = east["area_m2"][(onset[x > 88.2915] >= "2018-04-29") & (onset[x > 88.2915] <= "2018-07-23")]
     assert built_2018.sum() > 0.8 * east["area_m2"].sum() and east["area_m2"].sum() > 50_000
+
+
+def many_sites(catalog: Path, count: int) -> Path:
+    """``count`` small sites on a grid over the generated scenes, for the scale tests."""
+    features = []
+    for i in range(count):
+        r, c = 20 + 200 * (i // 4) / 3, 20 + 190 * (i % 4) / 3
+        lon, lat = warp_points(UTM, "EPSG:4326", [ORIGIN[0] + c * PIXEL], [ORIGIN[1] - r * PIXEL])
+        features.append({"type": "Feature", "properties": {"name": f"site {i:02d}"},
+                         "geometry": {"type": "Point", "coordinates": [lon[0], lat[0]]}})
+    path = catalog / f"grid{count}.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    return path
+
+
+def comparable(out: Path) -> tuple[list, str, list]:
+    """The outputs' contents, in an order that does not depend on which worker finished first."""
+    def features(name: str) -> list:
+        found = json.loads((out / name).read_text())["features"]
+        return sorted(json.dumps(f, sort_keys=True) for f in found)
+
+    return features("timeline.geojson"), (out / "timeline.csv").read_text(), features("parts.geojson")
+
+
+@pytest.mark.slow
+def test_killed_with_sigkill_it_resumes_and_worker_processes_and_dask_give_the_same(catalog: Path,
+                                                                                  tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sites = many_sites(catalog, 12)
+    base = ["timeline", "--sites", str(sites), "--catalog", str(catalog / "scenes"), "--buffer-m", "150"]
+    alone = tmp_path / "alone"
+    assert main(["-q", *base, "--out", str(alone)]) == 0
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "detector.cli", "-q", *base, "--out", str(out)])
+    state = tmp_path / ".killed.state"
+    deadline = time.time() + 120
+    while len(list(state.glob("*.site.json"))) < 3 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    kept = len(list(state.glob("*.site.json")))
+    assert 3 <= kept < 12 and not out.exists()
+    assert main(["-q", *base, "--out", str(out)]) == 0
+    record = json.loads((out / "timeline.json").read_text())
+    assert record["counts"]["ran_this_time"] == 12 - kept
+    assert comparable(out) == comparable(alone)
+    for extra in (["--workers", "2"], ["--dask", "local:2"]):
+        other = tmp_path / extra[0].strip("-")
+        assert main(["-q", *base, "--out", str(other), *extra]) == 0
+        assert comparable(other) == comparable(alone)
+
+
+def test_a_batch_configuration_gives_its_timeline_beside_its_results(catalog: Path, tmp_path: Path) -> None:
+    config = tmp_path / "batch.toml"
+    config.write_text(f'[sites]\npaths = ["{catalog / "sites.geojson"}"]\n[imagery]\ncatalog = "{catalog / "scenes"}"\n'
+                      '[dates]\nbefore = ["2017-01-01", "2017-12-31"]\nafter = ["2018-01-01", "2018-06-30"]\n'
+                      '[run]\nmethod = "classical"\n[output]\ndir = "results/"\n', encoding="utf-8")
+    assert main(["-q", "timeline", str(config)]) == 0
+    out = tmp_path / "results" / "timeline"
+    sites = gpd.read_file(out / "timeline.geojson").set_index("site_id")
+    assert DATES[-1] not in sites.loc["new compound", "dates_used"]  # after the configuration's last date
+    assert sites.loc["new compound", "kind"] == "new" and sites.loc["new compound", "method"] == "classical"
+    assert main(["-q", "timeline", str(config)]) == 0  # again: every site from the state, nothing run
+    assert json.loads((out / "timeline.json").read_text())["counts"]["ran_this_time"] == 0

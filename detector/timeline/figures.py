@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ FRAME_PX = 160  # a filmstrip frame's longest side
 LABEL_PX = 16
 
 
-def chart(series: SiteSeries, path: Path) -> None:
+def chart(series: SiteSeries) -> bytes:
     """Built area against date; the onset interval shaded; skipped dates marked on the axis."""
     import matplotlib
 
@@ -40,11 +41,13 @@ def chart(series: SiteSeries, path: Path) -> None:
     axes.legend(fontsize=7, loc="upper left")
     figure.autofmt_xdate()
     figure.tight_layout()
-    figure.savefig(path, format="png")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
     plt.close(figure)
+    return buffer.getvalue()
 
 
-def filmstrip_png(series: SiteSeries, path: Path) -> None:
+def filmstrip_png(series: SiteSeries) -> bytes:
     """The site at every usable date, one stretch over all, labelled with the date; the onset date framed."""
     frames = [_framed(f, series.outline) for f in series.frames]
     h, w = frames[0].shape[:2]
@@ -58,7 +61,9 @@ def filmstrip_png(series: SiteSeries, path: Path) -> None:
         draw.text((x + 2, 2), date, fill="black")
         if series.onset == i:
             draw.rectangle((x, LABEL_PX, x + size[0] - 1, LABEL_PX + size[1] - 1), outline=(255, 140, 0), width=3)
-    sheet.save(path, format="PNG")
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _framed(frame: np.ndarray, outline: np.ndarray | None) -> np.ndarray:
@@ -68,7 +73,7 @@ def _framed(frame: np.ndarray, outline: np.ndarray | None) -> np.ndarray:
     return out
 
 
-def report(frame: gpd.GeoDataFrame, series: list[SiteSeries], record: dict[str, Any], path: Path) -> None:
+def report(frame: gpd.GeoDataFrame, record: dict[str, Any], path: Path) -> None:
     """``report.html``: the rule and provenance, then every site in rank order with its chart and filmstrip."""
     rows = []
     for row in frame.itertuples():

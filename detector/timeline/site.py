@@ -292,7 +292,7 @@ def built_at_reference(image: np.ndarray, names: tuple[str, ...], onset: np.ndar
     dense = ndimage.uniform_filter(edges.astype(np.float32), max(3, int(DENSE_M / pixel_m) | 1)) >= DENSE_SHARE
     dense &= np.isfinite(light) & (onset == NEVER)
     later = ndimage.binary_dilation(onset != NEVER, iterations=max(1, int(NEAR_M / pixel_m)))
-    labels, count = ndimage.label(dense)
+    labels, _ = ndimage.label(dense)
     touching = np.unique(labels[later & dense])
     return np.isin(labels, touching[touching > 0])
 

@@ -8,11 +8,11 @@
 - ``changes.qml``: change polygons filled by ``score`` (graduated, orange to red);
 - ``change.qml``: ``change.tif`` as a pseudocolour ramp, 0 transparent, 0.5 and
   over red to yellow;
-- ``timeline.qml``: ``detector timeline``'s sites by ``kind`` (new red,
-  expanded orange, unchanged grey, insufficient_data blue outline), labelled
+- ``timeline.qml``: ``detector timeline``'s sites outlined by ``kind`` (new red,
+  expanded orange, unchanged grey, insufficient_data dashed blue), labelled
   ``#<rank> <kind>``;
-- ``parts.qml``: its dated parts graduated by ``onset_year`` (one colour a year,
-  2015 to 2030, pale to dark purple).
+- ``parts.qml``: its dated parts graduated by ``onset_year`` (2015 to 2030, one
+  of eight distinct colours a year, so neighbouring years differ).
 
 ``detector run`` copies them beside its outputs, where QGIS loads a
 same-named ``.qml`` on its own.
@@ -93,25 +93,26 @@ def vector_style(name: str, renderer: QgsGraduatedSymbolRenderer, labels: bool) 
 
 KINDS = {"new": "#d7191c", "expanded": "#fdae61", "unchanged": "#bababa", "insufficient_data": None}
 YEARS = range(2015, 2031)
+YEAR_COLOURS = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666"]
 
 
 def kind_renderer() -> QgsCategorizedSymbolRenderer:
+    """Sites outlined by kind (thick), the imagery seen through them."""
     categories = []
     for kind, colour in KINDS.items():
-        fill = {"color": colour, "outline_color": "#333333", "outline_width": "0.4"} if colour else {
-            "color": "0,0,0,0", "outline_color": "#2c7bb6", "outline_width": "0.6", "outline_style": "dash"}
-        symbol = QgsFillSymbol.createSimple(fill)
-        symbol.setOpacity(0.65)
-        categories.append(QgsRendererCategory(kind, symbol, kind))
+        line = {"color": "0,0,0,0", "outline_color": colour or "#2c7bb6", "outline_width": "0.9" if colour else "0.6",
+                "outline_style": "solid" if colour else "dash"}
+        categories.append(QgsRendererCategory(kind, QgsFillSymbol.createSimple(line), kind))
     return QgsCategorizedSymbolRenderer("kind", categories)
 
 
 def year_renderer() -> QgsGraduatedSymbolRenderer:
+    """Parts by onset year, one clearly different colour for each of eight years in turn."""
     ranges = []
     for i, year in enumerate(YEARS):
-        shade = int(230 - 200 * i / (len(YEARS) - 1))
-        symbol = QgsFillSymbol.createSimple({"color": f"{shade},{max(shade - 60, 0)},{min(shade + 40, 255)}",
+        symbol = QgsFillSymbol.createSimple({"color": YEAR_COLOURS[i % len(YEAR_COLOURS)],
                                              "outline_color": "#222222", "outline_width": "0.2"})
+        symbol.setOpacity(0.7)
         ranges.append(QgsRendererRange(QgsClassificationRange(str(year), year - 0.5, year + 0.5), symbol))
     return QgsGraduatedSymbolRenderer("onset_year", ranges)
 

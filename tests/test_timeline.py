@@ -270,3 +270,22 @@ def test_a_batch_configuration_gives_its_timeline_beside_its_results(catalog: Pa
     assert sites.loc["new compound", "kind"] == "new" and sites.loc["new compound", "method"] == "classical"
     assert main(["-q", "timeline", str(config)]) == 0  # again: every site from the state, nothing run
     assert json.loads((out / "timeline.json").read_text())["counts"]["ran_this_time"] == 0
+
+
+def test_the_timeline_opens_in_qgis_styled_by_kind_and_year(result: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from test_qgis import SYSTEM_PYTHON, qgis_available
+
+    if not qgis_available():
+        pytest.skip("python3-qgis is not installed (.ci/run installs it)")
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "XDG_RUNTIME_DIR": str(tmp_path)}
+    done = subprocess.run([SYSTEM_PYTHON, Path(__file__).with_name("qgis_check.py"), result, "timeline", "parts"],
+                          capture_output=True, text=True, env=env, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    layers = json.loads(done.stdout.strip().splitlines()[-1])
+    timeline, parts = layers["timeline"], layers["parts"]
+    assert timeline["valid"] and parts["valid"] and timeline["crs"] == parts["crs"] == "EPSG:4326"
+    assert timeline["renderer"] == "categorizedSymbol" and timeline["classes"] == 4 and timeline["labels"]
+    assert parts["renderer"] == "graduatedSymbol" and {"onset_year", "onset_before"} <= set(parts["fields"])

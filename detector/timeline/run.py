@@ -27,13 +27,15 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import rasterio
 import shapely
 
 from aoi import read_site_files
 from detector import __version__
 from detector.batch import executors
 from detector.batch.catalog import Scene, read_catalog
-from detector.batch.tasks import worker_setup
+from detector.batch.pairing import covering
+from detector.batch.tasks import WORKER_CACHE_MB, worker_setup
 from detector.chips import chip_key
 from detector.config import SiteOptions, as_table, plain
 from detector.errors import DetectorError, InputError, first_line
@@ -88,9 +90,7 @@ def timeline(config: TimelineConfig, *, workers: int = 1, dask: str | None = Non
     sites = read_site_files(list(config.sites), **asdict(config.site)).to_crs(4326)
     scenes = catalog_scenes(config)
     store = SiteStore(config.out, fingerprint(config, sites, scenes))
-    done = store.done
-    tasks = [TimelineTask(sites.iloc[[i]], tuple(scenes), config.rule) for i in range(len(sites))
-             if str(sites["site_id"].iloc[i]) not in done]
+    tasks = plan_tasks(sites, scenes, config.rule, skip=store.done)
     run = (executors.dask(site_task, tasks, address=dask, initializer=worker_setup) if dask else
            executors.local(site_task, tasks, workers=workers, initializer=worker_setup) if workers > 1 else
            ((task, site_task(task)) for task in tasks))
@@ -111,6 +111,17 @@ def timeline(config: TimelineConfig, *, workers: int = 1, dask: str | None = Non
         report(frame, record, staging.path("report.html"))
         staging.commit()
     return record
+
+
+def plan_tasks(sites: gpd.GeoDataFrame, scenes: list[Scene], rule: TimelineRule, *,
+               skip: set[str]) -> list[TimelineTask]:
+    """One task per site not in ``skip``, with only the scenes that cover it (a task stays small however large
+    the catalog)."""
+    site_of, scene_of = covering(np.asarray(sites.geometry.values, dtype=object),
+                                 np.array([s.footprint for s in scenes], dtype=object))
+    starts = np.searchsorted(site_of, np.arange(len(sites) + 1))
+    return [TimelineTask(sites.iloc[[i]], tuple(scenes[j] for j in scene_of[starts[i]:starts[i + 1]]), rule)
+            for i in range(len(sites)) if str(sites["site_id"].iloc[i]) not in skip]
 
 
 def catalog_scenes(config: TimelineConfig) -> list[Scene]:
@@ -142,7 +153,9 @@ def site_task(task: TimelineTask) -> tuple[dict[str, Any], dict[str, bytes]] | s
         scan = task.rule.scan
         if scan.uses_model and scan not in _MODELS:
             _MODELS[scan] = load_model(scan, ("red", "green", "blue"))
-        series = site_series(task.site, list(task.scenes), task.rule, _MODELS.get(scan))
+        cache = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": WORKER_CACHE_MB * 2**20}  # a user's wins
+        with rasterio.Env(**cache):
+            series = site_series(task.site, list(task.scenes), task.rule, _MODELS.get(scan))
         return site_result(series), pictures(series)
     except DetectorError as exc:
         return first_line(exc, limit=1000)

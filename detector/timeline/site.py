@@ -27,7 +27,6 @@ from scipy import ndimage
 from aoi.cells import pixel_size_m
 from detector import fusion
 from detector.batch.catalog import Scene, site_cover
-from detector.batch.pairing import covering
 from detector.binning import bin_any, bin_mean
 from detector.change import linear_energy, score_tiles
 from detector.chips import rgb_bands, stretch
@@ -93,12 +92,11 @@ class SiteSeries:
 
 
 def usable_scenes(site: Any, scenes: list[Scene], rule: TimelineRule) -> tuple[list[Scene], list[str]]:
-    """The scenes covering ``site`` (EPSG:4326) that are usable, one per date (the clearest), in date order;
+    """Of the scenes covering ``site`` (EPSG:4326), the usable ones, one per date (the clearest), in date order;
     and the others with why."""
-    _, covers = covering(np.array([site], dtype=object), np.array([s.footprint for s in scenes], dtype=object))
     kept: dict[str, tuple[float, Scene]] = {}
-    skipped = [f"{s.date} {s.id}: does not cover the site" for i, s in enumerate(scenes) if i not in set(covers)]
-    for scene in (scenes[i] for i in covers):
+    skipped = []
+    for scene in scenes:
         valid, cloud = site_cover(scene, site)
         cloudy = 0.0 if np.isnan(cloud) else cloud
         if valid < rule.min_valid or cloudy > rule.max_cloud:

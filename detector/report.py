@@ -26,6 +26,11 @@ img{width:220px;height:auto;image-rendering:pixelated;margin-right:4px}dl{margin
 summary{font-size:12px;color:#555;cursor:pointer}"""
 
 
+# the page runs nothing and loads nothing but its own pictures: user text in it cannot act
+CSP = ('<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src \'self\' file: data:; '
+       'style-src \'unsafe-inline\'">')
+
+
 def render(sites: gpd.GeoDataFrame, record: dict[str, Any], user_columns: list[str]) -> str:
     """The page as text: provenance, then one row per site to review, in rank order.
 
@@ -37,9 +42,7 @@ def render(sites: gpd.GeoDataFrame, record: dict[str, Any], user_columns: list[s
     rest = len(sites) - len(shown)
     tail = f"<p>{rest} further sites, not flagged and ranked lower, are in sites.geojson.</p>" if rest else ""
     return "\n".join([
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; img-src \'self\' file: data:; '
-        'style-src \'unsafe-inline\'">',
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', CSP,
         f"<title>{_e('Change report: ' + str(record.get('mode', '')))}</title><style>{STYLE}</style></head><body>",
         "<h1>Site change report</h1>", _provenance(record),
         "<table><thead><tr><th>rank</th><th>site</th><th>before</th><th>after</th><th>change</th>"

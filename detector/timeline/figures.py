@@ -12,10 +12,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from detector.chips import CYAN
-from detector.report import STYLE, _e, _t
+from detector.report import CSP, STYLE, _e, _filled, _t
 from detector.timeline.site import SiteSeries
 
-FRAME_PX = 160  # a filmstrip frame's longest side
+FRAME_PX = 200  # a filmstrip frame's longest side
 LABEL_PX = 16
 
 
@@ -77,23 +77,26 @@ def report(frame: gpd.GeoDataFrame, record: dict[str, Any], path: Path) -> None:
     """``report.html``: the rule and provenance, then every site in rank order with its chart and filmstrip."""
     rows = []
     for row in frame.itertuples():
-        pictures = "".join(f'<img src="{_e(p)}" alt="{_e(p)}">' for p in (row.chart, row.filmstrip) if p)
-        onset = f"{_e(row.onset_after)} → {_e(row.onset_before)}" if row.onset_before else "&ndash;"
+        pictures = "<br>".join(f'<img src="{_e(getattr(row, kind))}" alt="{kind}">' for kind in ("chart", "filmstrip")
+                               if _filled(getattr(row, kind)))
+        film = f"<tr class=film><td></td><td colspan=5>{pictures}</td></tr>"
+        onset = f"{_e(row.onset_after)} → {_e(row.onset_before)}" if _filled(row.onset_before) else "&ndash;"
+        used = [d for d in str(row.dates_used).split(", ") if d]
+        dates = f"{len(used)} used: {_e(used[0])} … {_e(used[-1])}" if used else "none used"
         rows.append(f"<tr><td>#{row.rank}</td><td>{_t(row.site_id)}</td><td><b>{_e(row.kind)}</b><br>"
                     f"<small>{_e(row.kind_reason)}</small></td><td>{onset}</td>"
                     f"<td>{_e(_m2(row.built_m2_first))} → {_e(_m2(row.built_m2_last))}</td>"
-                    f"<td class=attrs>used: {_e(row.dates_used)}<br>skipped: {_e(row.dates_skipped or 'none')}</td>"
-                    f"<td>{pictures}</td></tr>")
-    text = (f"<!doctype html><html><head><meta charset=utf-8><title>detector timeline</title>"
-            f"<style>{STYLE} img{{width:auto;max-width:640px}}</style></head><body>"
+                    f"<td class=attrs>{dates}<br>skipped: {_e(row.dates_skipped or 'none')}</td></tr>{film}")
+    text = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">{CSP}<title>Timeline report</title>'
+            f"<style>{STYLE} img{{width:auto;max-width:100%}}tr.film td{{border-bottom:2px solid #bbb}}</style></head><body>"
             f"<h1>Timeline of {len(frame)} sites</h1><p><b>Rule</b>: {_e(record['rule'])}</p>"
             f"<p><b>Method</b>: {_e(record['method'])} ({_e(record['fusion'])}); model "
             f"{_e((record.get('model') or {}).get('sha256', 'none'))}; catalog {_e(record['inputs']['catalog'])}</p>"
-            "<table><tr><th>rank</th><th>site</th><th>kind</th><th>onset (after → before)</th>"
-            "<th>built area first → last</th><th>dates</th><th>chart and filmstrip</th></tr>"
-            + "".join(rows) + "</table></body></html>")
+            "<table><thead><tr><th>rank</th><th>site</th><th>kind</th><th>onset (after → before)</th>"
+            "<th>built area first → last</th><th>dates</th></tr></thead><tbody>"
+            + "".join(rows) + "</tbody></table></body></html>")
     path.write_text(text, encoding="utf-8")
 
 
 def _m2(value: object) -> str:
-    return "&ndash;" if value is None or value != value else f"{float(value) / 1e4:.2f} ha"  # type: ignore[arg-type]
+    return f"{float(value) / 1e4:.2f} ha" if _filled(value) else "–"  # type: ignore[arg-type]

@@ -15,6 +15,7 @@ from detector.chips import CYAN
 from detector.report import CSP, STYLE, _e, _filled, _t
 from detector.timeline.site import SiteSeries
 
+PAGE_STYLE = "img{width:auto;max-width:100%}tr.film td{border-bottom:2px solid #bbb}"
 FRAME_PX = 200  # a filmstrip frame's longest side
 LABEL_PX = 16
 
@@ -88,7 +89,7 @@ def report(frame: gpd.GeoDataFrame, record: dict[str, Any], path: Path) -> None:
                     f"<td>{_e(_m2(row.built_m2_first))} → {_e(_m2(row.built_m2_last))}</td>"
                     f"<td class=attrs>{dates}<br>skipped: {_e(row.dates_skipped or 'none')}</td></tr>{film}")
     text = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">{CSP}<title>Timeline report</title>'
-            f"<style>{STYLE} img{{width:auto;max-width:100%}}tr.film td{{border-bottom:2px solid #bbb}}</style></head><body>"
+            f"<style>{STYLE}{PAGE_STYLE}</style></head><body>"
             f"<h1>Timeline of {len(frame)} sites</h1><p><b>Rule</b>: {_e(record['rule'])}</p>"
             f"<p><b>Method</b>: {_e(record['method'])} ({_e(record['fusion'])}); model "
             f"{_e((record.get('model') or {}).get('sha256', 'none'))}; catalog {_e(record['inputs']['catalog'])}</p>"

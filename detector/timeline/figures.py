@@ -100,4 +100,4 @@ def report(frame: gpd.GeoDataFrame, record: dict[str, Any], path: Path) -> None:
 
 
 def _m2(value: object) -> str:
-    return f"{float(value) / 1e4:.2f} ha" if _filled(value) else "–"  # type: ignore[arg-type]
+    return f"{float(value) / 1e4:.2f} ha" if _filled(value) else "&ndash;"  # type: ignore[arg-type]

@@ -86,7 +86,7 @@ def report(frame: gpd.GeoDataFrame, record: dict[str, Any], path: Path) -> None:
         dates = f"{len(used)} used: {_e(used[0])} … {_e(used[-1])}" if used else "none used"
         rows.append(f"<tr><td>#{row.rank}</td><td>{_t(row.site_id)}</td><td><b>{_e(row.kind)}</b><br>"
                     f"<small>{_e(row.kind_reason)}</small></td><td>{onset}</td>"
-                    f"<td>{_e(_m2(row.built_m2_first))} → {_e(_m2(row.built_m2_last))}</td>"
+                    f"<td>{_m2(row.built_m2_first)} → {_m2(row.built_m2_last)}</td>"
                     f"<td class=attrs>{dates}<br>skipped: {_e(row.dates_skipped or 'none')}</td></tr>{film}")
     text = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">{CSP}<title>Timeline report</title>'
             f"<style>{STYLE}{PAGE_STYLE}</style></head><body>"

@@ -54,7 +54,7 @@ def make_date(folder: Path, name: str, offset: int, size: int, *, after: bool) -
     """The date as a SAFE folder and as a DEFLATE band folder; both paths."""
     rng = np.random.default_rng(1 if after else 0)
     data = scene_rows(rng, slice(0, size), size, after=after)  # (4, size, size): blue, green, red, nir
-    dn = np.clip(data - offset, 1, 65000).astype(np.uint16)
+    dn = np.clip(data.astype(np.float32) - offset, 1, 65000).astype(np.uint16)
     swir = {"B11": dn[2, ::2, ::2] * 1.1, "B12": dn[2, ::2, ::2] * 0.9}
     scl = np.full((size // 2, size // 2), 4, np.uint8)
     safe = folder / f"{name}.SAFE"

@@ -53,6 +53,9 @@ def add_imagery_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--after-bands", help="--bands for the after date only")
     parser.add_argument("--before-mask", type=Path, help="cloud mask of the before date: non-zero = obscured")
     parser.add_argument("--after-mask", type=Path, help="cloud mask of the after date: non-zero = obscured")
+    parser.add_argument("--cloud-detector", choices=("none", "s2cloudless"), default="none",
+                        help="mask the clouds of a Sentinel-2 date that has no mask (L1C) with s2cloudless "
+                             "(pip install '.[clouds]'; default none)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -256,7 +259,7 @@ def detect_command(args: argparse.Namespace, argv: list[str]) -> int:
         before=args.before, after=args.after, out=args.out, sites=args.sites, cell_m=args.cell_m,
         overwrite=args.overwrite, before_date=args.before_date, after_date=args.after_date, workers=args.workers,
         before_bands=args.before_bands or args.bands, after_bands=args.after_bands or args.bands,
-        before_mask=args.before_mask, after_mask=args.after_mask,
+        before_mask=args.before_mask, after_mask=args.after_mask, cloud_detector=args.cloud_detector,
         site=SiteOptions(buffer_m=args.buffer_m, id_col=args.id_col, lon_col=args.lon_col, lat_col=args.lat_col),
         scan=ScanOptions(tile_px=args.tile_px, max_shift_px=args.max_shift_px, min_area_m2=args.min_area_m2,
                          bin=args.bin, method=args.method, model=args.model,

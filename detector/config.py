@@ -100,7 +100,8 @@ class RunConfig:
     squares of ``cell_m`` metres and every cell is scored.  ``workers`` is
     the number of scoring threads (0: one per core).  ``before_bands`` and
     ``after_bands`` name the bands of a multi-band file (:mod:`detector.bands`);
-    ``before_mask`` and ``after_mask`` are mask files (non-zero = obscured).
+    ``before_mask`` and ``after_mask`` are mask files (non-zero = obscured);
+    ``cloud_detector`` s2cloudless masks the dates without one (:mod:`detector.clouds`).
     """
 
     before: Path = option(REQUIRED, Path)
@@ -115,6 +116,7 @@ class RunConfig:
     after_bands: str | None = option(None, str)
     before_mask: Path | None = option(None, Path)
     after_mask: Path | None = option(None, Path)
+    cloud_detector: str = option("none", str, choices=("none", "s2cloudless"))
     workers: int = option(0, int, low=0, low_closed=True)
     site: SiteOptions = field(default_factory=SiteOptions)
     scan: ScanOptions = field(default_factory=ScanOptions)

@@ -75,6 +75,7 @@ def run(config: RunConfig, *, progress: Progress | None = None, command: list[st
     labelled = read_labels(review.labels) if review.labels else None
     clock["plan_s"] = time.perf_counter() - start
     with ThreadPoolExecutor(max_workers=2) as side, NewFolder(config.out) as staging:
+        before, after = detected_clouds(config, (before, after), grid, staging)
         hashes = side.submit(input_records, config, before, after)
         tic = time.perf_counter()
         scene = score_scene(scan, (before, after), names, grid, zones,
@@ -110,6 +111,18 @@ def run(config: RunConfig, *, progress: Progress | None = None, command: list[st
         staging.path("report.html").write_text(render(sites, record, user_columns(sites)), encoding="utf-8")
         staging.commit()
     return record
+
+
+def detected_clouds(config: RunConfig, dates: tuple[DateSource, DateSource], grid: Grid,
+                    staging: NewFolder) -> tuple[DateSource, DateSource]:
+    """The dates with a cloud mask from ``--cloud-detector`` where they have none, written into the results."""
+    if config.cloud_detector == "none":
+        return dates
+    from detector import clouds
+
+    before, after = (clouds.masked(date, grid, staging.path(f"clouds_{name}.tif"), key="--cloud-detector")
+                     for name, date in zip(("before", "after"), dates, strict=True))
+    return before, after
 
 
 def band_key(config: RunConfig, date: str) -> str:
@@ -150,12 +163,18 @@ def input_records(config: RunConfig, before: DateSource, after: DateSource) -> d
         name: {"path": str(date.path), "date": date.date, "files": [file_record(f) for f in date.local_files],
                "product": date.product,
                "bands_option": getattr(config, f"{name}_bands"), "bands": date.mapping(),
-               "mask": None if date.mask is None else {"file": str(date.mask.path), "kind": date.mask.name}}
+               "mask": None if date.mask is None else {"file": str(final_path(config, Path(date.mask.path))),
+                                                       "kind": date.mask.name}}
         for name, date in (("before", before), ("after", after))
     }
     if config.sites is not None:
         records["sites"] = file_record(config.sites)
     return records
+
+
+def final_path(config: RunConfig, path: Path) -> Path:
+    """Where a file written into the staged results will be once they are in place."""
+    return config.out / path.name if path.parent.name.startswith(f".{config.out.name}.") else path
 
 
 def run_record(config: RunConfig, inputs: dict[str, Any], names: tuple[str, ...], grid: Grid, area: Window,

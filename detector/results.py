@@ -45,7 +45,8 @@ OUR_FIELDS = ("site_id", "score", "rank", "flagged", "changed_area_m2", "changed
               "chip_before", "chip_after", "chip_change")
 KEPT = "reviews-kept.geojson"  # reviewed sites that a later run did not score
 STYLES = ("sites.qml", "changes.qml", "change.qml")  # made by scripts/make_styles.py
-RUN_OUTPUTS = ("sites.geojson", "changes.geojson", "change.tif", "chips", "report.html", "run.json", KEPT, *STYLES)
+RUN_OUTPUTS = ("sites.geojson", "changes.geojson", "change.tif", "chips", "report.html", "run.json", KEPT, *STYLES,
+               "clouds_before.tif", "clouds_after.tif")
 
 
 def user_columns(sites: gpd.GeoDataFrame, more_fields: tuple[str, ...] = ()) -> list[str]:

@@ -220,3 +220,61 @@ def test_a_batch_over_a_catalog_of_products_and_unnamed_stacks(reflectance: tupl
                                                     "LC08_L2SP_143030_20230610_20230620_02_T1",
                                                     "planet_2023-06-20.tif")
     assert not found.loc["quiet", "flagged"]
+
+
+# top-of-atmosphere reflectance of bare ground and of a thick cloud, B01 ... B12 (B8A after B08)
+S2_IDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12")
+S2_PIXEL = dict(zip(S2_IDS, (60, 10, 10, 10, 20, 20, 20, 10, 20, 60, 60, 20, 20), strict=True))
+GROUND = (0.14, 0.12, 0.13, 0.17, 0.20, 0.22, 0.24, 0.26, 0.27, 0.08, 0.003, 0.30, 0.24)
+THICK_CLOUD = (0.62, 0.60, 0.59, 0.60, 0.61, 0.62, 0.63, 0.64, 0.64, 0.30, 0.09, 0.42, 0.30)
+
+
+def l1c_with_cloud(root: Path, name: str, image: np.ndarray, ground_image: np.ndarray,
+                   cloud: np.ndarray | None) -> Path:
+    """A full L1C product: 13 JPEG 2000 bands at their own resolutions: blue, green, red and NIR from ``image``
+    (x 10000, the compound in it), the others a bare-soil spectrum with the texture of ``ground_image``; a thick
+    cloud where asked."""
+    safe = root / name
+    stamp = name.split("_")[2]
+    granule = safe / "GRANULE" / f"L1C_T45TUJ_A010000_{stamp}" / "IMG_DATA"
+    texture = ground_image.mean(axis=0) / ground_image.mean()
+    puffs = 0.75 + 0.5 * (np.add.outer(np.arange(SIZE) // 6 % 2, np.arange(SIZE) // 6 % 2) % 2)  # cumulus cells
+    rows = {"B02": 0, "B03": 1, "B04": 2, "B08": 3}
+    for i, band in enumerate(S2_IDS):
+        values = image[rows[band]] if band in rows else GROUND[i] * 10000 * texture
+        if cloud is not None:
+            values = np.where(cloud, THICK_CLOUD[i] * 10000 * puffs, values)
+        f = S2_PIXEL[band] // 10
+        coarse = values.reshape(SIZE // f, f, SIZE // f, f).mean(axis=(1, 3)) if f > 1 else values
+        write(granule / f"T45TUJ_{stamp}_{band}.jp2", np.clip(coarse, 1, 65000), driver="JP2OpenJPEG",
+              pixel=S2_PIXEL[band])
+    (safe / "MTD_MSIL1C.xml").write_text(metadata("L1C", None), encoding="utf-8")
+    return safe
+
+
+def test_s2cloudless_masks_a_thick_cloud_of_an_l1c_product_and_the_site_under_it_is_not_flagged(
+        reflectance: tuple[np.ndarray, np.ndarray], tmp_path: Path) -> None:
+    pytest.importorskip("s2cloudless")
+    rows, cols = np.mgrid[:SIZE, :SIZE]
+    cloud = np.hypot(rows - QUIET[0], cols - QUIET[1]) < 40
+    before = l1c_with_cloud(tmp_path, L1C, reflectance[0], reflectance[0], None)
+    after = l1c_with_cloud(tmp_path, "S2B_MSIL1C_20180607T050659_N0206_R019_T45TUJ_20180607T080000.SAFE",
+                           reflectance[1], reflectance[0], cloud)
+    sites = tmp_path / "sites.geojson"
+    sites.write_text(json.dumps(site_collection()), encoding="utf-8")
+    args = ["-q", "run", "--sites", str(sites), "--before", str(before), "--after", str(after), "--buffer-m", "250"]
+    assert run_cli(*args, "--out", tmp_path / "bare") == 0
+    bare = gpd.read_file(tmp_path / "bare" / "sites.geojson").set_index("site_id")
+    assert bare.loc["quiet", "status"] == "ok" and bare.loc["quiet", "cloud_fraction"] == 0  # scored, unmasked
+    out = tmp_path / "masked"
+    assert run_cli(*args, "--out", out, "--cloud-detector", "s2cloudless") == 0
+    found = gpd.read_file(out / "sites.geojson").set_index("site_id")
+    assert found.loc["quiet", "status"] == "cloudy" and not found.loc["quiet", "flagged"]
+    assert bool(found.loc["compound", "flagged"]) and found.loc["compound", "cloud_fraction"] == 0
+    with rasterio.open(out / "clouds_after.tif") as src:
+        assert src.res == (60.0, 60.0) and src.read(1).sum() > 0
+    with rasterio.open(out / "clouds_before.tif") as src:
+        assert src.read(1).sum() == 0  # clear ground stays clear
+    record = json.loads((out / "run.json").read_text())
+    assert record["inputs"]["after"]["mask"] == {"file": str(out / "clouds_after.tif"), "kind": "cloud"}
+    assert record["parameters"]["cloud_detector"] == "s2cloudless"

@@ -98,10 +98,16 @@ def plan_sites(windows: list[Window | None], *, margin: int, height: int, width:
     for zone, window in enumerate(windows):
         if window is None:
             continue
-        context = max(margin, int(max(window.height, window.width)) // 2)
-        unit = Unit(window, pad(window, context, within=Window(0, 0, width, height)) or window, (zone,))
+        unit = Unit(window, site_read_window(window, margin=margin, height=height, width=width), (zone,))
         batches.append(Batch(unit.read, (unit,)))
     return batches
+
+
+def site_read_window(window: Window, *, margin: int, height: int, width: int) -> Window:
+    """What is read around a site: at least ``margin`` and at least half the site's size on each side (so
+    unchanged surroundings outweigh a site that changed entirely), within the grid."""
+    context = max(margin, int(max(window.height, window.width)) // 2)
+    return pad(window, context, within=Window(0, 0, width, height)) or window
 
 
 def cell_windows(area: Window, cell_h: int, cell_w: int) -> list[list[Window]]:

@@ -36,7 +36,7 @@ from detector.imagery import MASKS, DateReader, DateSource, reference_grid
 from detector.methods import METHODS
 from detector.options import check, option
 from detector.scan import method_score
-from detector.tiling import bounds_window, intersect, pad
+from detector.tiling import bounds_window, intersect, site_read_window
 from detector.timeline.series import NEVER, KindRule, built_series, kind, onsets
 
 CHUNK = 4  # dates scored per call: memory stays flat in the number of dates
@@ -129,6 +129,8 @@ def site_series(site: gpd.GeoDataFrame, scenes: list[Scene], rule: TimelineRule,
     series = SiteSeries(site_id, [s.date for s in usable], usable, skipped)
     if len(usable) < rule.kind.min_dates:
         series.kind, series.why = kind(0.0, 0.0, len(usable), rule.kind, onset=False)
+        if not scenes:
+            series.why = "no scene of the catalog covers the site"
         return series
     sources = [s.date_source() for s in usable]
     names = common_bands(sources)
@@ -139,7 +141,7 @@ def site_series(site: gpd.GeoDataFrame, scenes: list[Scene], rule: TimelineRule,
     core = intersect(bounds_window(shape.bounds, grid.transform), whole)
     if core is None:
         raise InputError(f"site {site_id} lies outside {sources[0].path}")
-    padded = pad(core, rule.scan.margin_px, within=whole) or core
+    padded = site_read_window(core, margin=rule.scan.margin_px, height=grid.height, width=grid.width)
     window = Window(padded.col_off, padded.row_off, padded.width - padded.width % factor,
                     padded.height - padded.height % factor)
     stack, obscured, valid = read_dates(sources, names, grid, window, factor)
@@ -284,7 +286,9 @@ def built_at_reference(image: np.ndarray, names: tuple[str, ...], onset: np.ndar
     compound can still pass; the chips and ``built_m2_first`` say what it found.
     """
     visible = [i for i, n in enumerate(names) if n in ("red", "green", "blue")] or list(range(len(names)))
-    light = np.nanmean(image[visible], axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # pixels without data in every band
+        light = np.nanmean(image[visible], axis=0)
     local = ndimage.uniform_filter(np.nan_to_num(linear_energy(light[None])[0]), 5)
     edges = local >= BUILT_EDGE_RATIO * (np.nanmedian(local) + 1e-6)
     dense = ndimage.uniform_filter(edges.astype(np.float32), max(3, int(DENSE_M / pixel_m) | 1)) >= DENSE_SHARE

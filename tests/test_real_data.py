@@ -58,12 +58,15 @@ def test_classical_cells_over_the_new_compound_rank_above_the_rest(tmp_path: Pat
 
 
 def test_fused_cells_flag_the_new_compound_and_little_else(tmp_path: Path) -> None:
+    """The compound's cells first and most of the flags.  The ten-city weights also flag three cells away
+    from it (a gravel road paved between the dates, and a row of buildings beside it: change, not a
+    facility; the seven-city weights flagged one): the model card says so."""
     assert main(["-q", "run", *SAMPLE_ARGS, "--out", str(tmp_path)]) == 0  # the default method
     cells = compound_cells(tmp_path).sort_values("rank")
     assert (cells["method"] == "fused").all()
     assert (cells["inside"].iloc[:3] >= 0.4).all()
     flagged = cells[cells["flagged"]]
-    assert (flagged["inside"] >= 0.4).sum() >= 3 and (flagged["inside"] == 0).sum() <= 1
+    assert (flagged["inside"] >= 0.4).sum() >= 6 and (flagged["inside"] == 0).sum() <= 3
 
 
 OSCD = SHARED / "oscd-dev"

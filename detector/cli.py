@@ -272,7 +272,9 @@ def detect_command(args: argparse.Namespace, argv: list[str]) -> int:
     counts = record["counts"]
     print(f"{counts['sites']} {'cells' if record['mode'] == 'cells' else 'sites'} scored, "
           f"{counts['flagged']} flagged, {counts['no_coverage']} without coverage, {counts['cloudy']} under cloud, "
-          f"{counts['change_polygons']} change polygons; results in {args.out}")
+          f"{counts['change_polygons']} change polygons"
+          + (f", {counts['candidates']} candidate sites" if counts.get("candidates") is not None else "")
+          + f"; results in {args.out}")
     return 0
 
 

@@ -26,14 +26,17 @@ from detector.methods import METHODS, load_model
 from detector.outputs import NewFolder, ScoreRaster, check_out, write_geojson
 from detector.report import render
 from detector.results import (
+    CANDIDATES,
     KEPT,
     RUN_OUTPUTS,
     STYLES,
     applied_rule,
     apply_budget,
+    candidate_results,
     chosen_for_chips,
     earlier_reviews,
     results,
+    split_verdicts,
     stage_styles,
     user_columns,
     versions,
@@ -88,9 +91,14 @@ def run(config: RunConfig, *, progress: Progress | None = None, command: list[st
             tic = time.perf_counter()
             overviews = side.submit(timed, raster.finish)  # GDAL builds them while the vectors are written
             scored, changes = results(scene.scan, zones, scene.acc, grid, (before, after))
-            sites, kept = carry_over(scored, verdicts)
+            cell_verdicts, candidate_verdicts = split_verdicts(verdicts) if zones.cell_mode else (verdicts, None)
+            sites, kept = carry_over(scored, cell_verdicts)
             sites, threshold = apply_budget(review, scan.rule, sites, labelled)
             sites = with_chip_paths(sites, chosen_for_chips(sites, review.chips))
+            found = None
+            if zones.cell_mode:
+                found, kept = candidate_results(sites, changes, candidate_verdicts, kept)
+                write_geojson(found, staging.path(CANDIDATES))
             clock["vectors_s"] = time.perf_counter() - tic
             write_geojson(sites, staging.path("sites.geojson"))
             write_geojson(changes, staging.path("changes.geojson"))
@@ -105,9 +113,9 @@ def run(config: RunConfig, *, progress: Progress | None = None, command: list[st
             raster.discard()
         clock["total_s"] = time.perf_counter() - start
         record = run_record(config, hashes.result(), names, grid, area, sites, changes, clock, command, model,
-                            scene, threshold)
+                            scene, threshold, found)
         write_json(record, staging.path("run.json"))
-        stage_styles(staging, STYLES)
+        stage_styles(staging, (*STYLES, "candidates.qml") if zones.cell_mode else STYLES)
         staging.path("report.html").write_text(render(sites, record, user_columns(sites)), encoding="utf-8")
         staging.commit()
     return record
@@ -180,7 +188,7 @@ def final_path(config: RunConfig, path: Path) -> Path:
 def run_record(config: RunConfig, inputs: dict[str, Any], names: tuple[str, ...], grid: Grid, area: Window,
                sites: gpd.GeoDataFrame, changes: gpd.GeoDataFrame, clock: dict[str, float],
                command: list[str] | None, model: LoadedModel | None, scene: Scored,
-               threshold: dict[str, Any]) -> dict[str, Any]:
+               threshold: dict[str, Any], found: gpd.GeoDataFrame | None = None) -> dict[str, Any]:
     """Everything needed to reproduce and defend the run."""
     return {
         "detector_version": __version__,
@@ -200,6 +208,7 @@ def run_record(config: RunConfig, inputs: dict[str, Any], names: tuple[str, ...]
         "counts": {"sites": len(sites), "flagged": int(sites["flagged"].sum()),
                    "no_coverage": int((sites["status"] == "no_coverage").sum()),
                    "cloudy": int((sites["status"] == "cloudy").sum()), "change_polygons": len(changes),
+                   "candidates": None if found is None else len(found),
                    "tiles": len(scene.acc.cnn), "cnn_tiles": int(sum(scene.acc.cnn))},
         "versions": versions(),
         "timings_s": {k: round(v, 3) for k, v in clock.items()},

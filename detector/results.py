@@ -23,6 +23,7 @@ import rasterio
 import shapely
 
 from aoi.cells import pixel_size_m
+from detector import candidates
 from detector.chips import chip_key
 from detector.config import ReviewOptions, ScanOptions
 from detector.errors import InputError
@@ -31,7 +32,7 @@ from detector.methods import METHODS
 from detector.options import flag
 from detector.outputs import Staged
 from detector.reviews import FIELDS as REVIEW_FIELDS
-from detector.reviews import labels, read_reviews
+from detector.reviews import carry_over, labels, read_reviews
 from detector.scan import Accumulated, Scored
 from detector.scoring import ScoreRule, flags, site_table, threshold_for_max_flags, threshold_for_precision
 from detector.zones import Zones
@@ -44,9 +45,10 @@ OUR_FIELDS = ("site_id", "score", "rank", "flagged", "changed_area_m2", "changed
               "after_source", "before_date", "after_date", "threshold", "method", *REVIEW_FIELDS,
               "chip_before", "chip_after", "chip_change")
 KEPT = "reviews-kept.geojson"  # reviewed sites that a later run did not score
+CANDIDATES = "candidates.geojson"  # cell mode: flagged cells merged into candidate sites (detector.candidates)
 STYLES = ("sites.qml", "changes.qml", "change.qml")  # made by scripts/make_styles.py
 RUN_OUTPUTS = ("sites.geojson", "changes.geojson", "change.tif", "chips", "report.html", "run.json", KEPT, *STYLES,
-               "clouds_before.tif", "clouds_after.tif")
+               "clouds_before.tif", "clouds_after.tif", CANDIDATES, "candidates.qml")
 
 
 def user_columns(sites: gpd.GeoDataFrame, more_fields: tuple[str, ...] = ()) -> list[str]:
@@ -76,6 +78,25 @@ def with_chip_paths(sites: gpd.GeoDataFrame, chosen: np.ndarray) -> gpd.GeoDataF
     return out
 
 
+def split_verdicts(verdicts: gpd.GeoDataFrame | None) -> tuple[gpd.GeoDataFrame | None, gpd.GeoDataFrame | None]:
+    """Cell mode's earlier verdicts: those of cells, and those of candidate sites (ids ``cand-...``)."""
+    if verdicts is None:
+        return None, None
+    mine = verdicts["site_id"].astype(str).str.startswith("cand-").to_numpy()
+    return verdicts[~mine], verdicts[mine]
+
+
+def candidate_results(cells: gpd.GeoDataFrame, changes: gpd.GeoDataFrame, verdicts: gpd.GeoDataFrame | None,
+                      kept: gpd.GeoDataFrame) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
+    """Cell mode's candidate sites (:mod:`detector.candidates`) with the ids and verdicts of the earlier
+    candidates (``verdicts``) they overlap; and ``kept`` (the cells' verdicts no cell took) with the candidate
+    verdicts no candidate took."""
+    found = candidates.keep_ids(candidates.merge(cells, changes), verdicts)
+    found, left = carry_over(found, verdicts)
+    found["flagged"] = True  # every candidate comes of flagged cells
+    return found, gpd.GeoDataFrame(pd.concat([kept, left], ignore_index=True), crs=4326)
+
+
 def applied_rule(scene: Scored) -> dict[str, Any] | None:
     """What ``run.json`` says of how the scene was scored: the method that applied and the CNN's domain check
     (:func:`detector.fusion.domain_check`); None for a method without a CNN."""
@@ -94,8 +115,9 @@ def applied_rule(scene: Scored) -> dict[str, Any] | None:
 
 
 def earlier_reviews(out: Path, reviews: Path | None) -> gpd.GeoDataFrame | None:
-    """Verdicts to carry over: those in ``out`` (kept reviews, then its sites), then ``reviews``; later win."""
-    sources = [out / KEPT, out / "sites.geojson", reviews]
+    """Verdicts to carry over: those in ``out`` (kept reviews, then its sites and candidates), then ``reviews``;
+    later win."""
+    sources = [out / KEPT, out / "sites.geojson", out / CANDIDATES, reviews]
     found = [read_reviews(path).to_crs(4326) for path in sources if path is not None and path.is_file()]
     if reviews is not None and not reviews.is_file():
         read_reviews(reviews)  # the one-line error for a missing file

@@ -1,6 +1,8 @@
 """Candidate sites: in cell mode, the flagged cells' change polygons that touch (or lie within ``GAP_M`` of each
 other) merged into one site each, so a compound that spans eight cells is one row to review, not eight.
 
+A flagged cell is one piece (its change polygons); flagged cells whose pieces lie within the gap of each
+other merge, so no candidate is split inside a cell and there are never more candidates than flagged cells.
 A candidate's outline is the union of its change polygons, grown by half the gap (and a flagged cell
 without polygons stands for itself); its ``score`` is the best of its cells', ``changed_area_m2`` the area
 of its polygons, ``cells`` the ids of the cells it spans.  Its ``site_id`` is the id of the earlier
@@ -17,6 +19,8 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import shapely
+from scipy import sparse
+from scipy.sparse import csgraph
 
 from detector.scoring import rank
 
@@ -25,29 +29,29 @@ PROVENANCE = ("before_source", "after_source", "before_date", "after_date", "thr
 
 
 def merge(cells: gpd.GeoDataFrame, changes: gpd.GeoDataFrame, *, gap_m: float = GAP_M) -> gpd.GeoDataFrame:
-    """Candidates (EPSG:4326, ranked) of the flagged ``cells`` and the ``changes`` polygons inside them."""
-    flagged = cells[cells["flagged"].astype(bool)]
+    """Candidates (EPSG:4326, ranked) of the flagged ``cells`` and the ``changes`` polygons inside them.
+
+    A flagged cell is one piece (its change polygons, or itself when it kept none); two pieces within
+    ``gap_m`` of each other are one candidate, so there are never more candidates than flagged cells.
+    """
+    flagged = cells[cells["flagged"].astype(bool)].reset_index(drop=True)
     if flagged.empty:
         return empty(cells)
     utm = flagged.estimate_utm_crs()
-    mine = changes[changes["site_id"].isin(set(flagged["site_id"]))].to_crs(utm)
-    bare = flagged[~flagged["site_id"].isin(set(mine["site_id"]))].to_crs(utm)  # flagged, no polygon kept
-    pieces = gpd.GeoDataFrame({"site_id": [*mine["site_id"], *bare["site_id"]],
-                               "area_m2": [*mine.geometry.area, *np.zeros(len(bare))]},
-                              geometry=[*mine.geometry, *bare.geometry], crs=utm)
-    grown = pieces.geometry.buffer(gap_m / 2)
-    groups = shapely.get_parts(shapely.union_all(grown.to_numpy()))
-    tree = shapely.STRtree(groups)
-    group_of = tree.query(pieces.geometry.representative_point().to_numpy(), predicate="within")
-    member = np.full(len(pieces), -1)
-    member[group_of[0]] = group_of[1]
-    score = flagged.set_index("site_id")["score"]
+    polygons = changes[changes["site_id"].isin(set(flagged["site_id"]))].to_crs(utm)
+    by_cell = polygons.dissolve(by="site_id").geometry
+    area = polygons.geometry.area.groupby(polygons["site_id"]).sum()
+    ids = flagged["site_id"].to_numpy()
+    pieces = np.array([by_cell.get(i, g) for i, g in zip(ids, flagged.to_crs(utm).geometry, strict=True)],
+                      dtype=object)
+    group = connected(pieces, gap_m)
     rows = []
-    for g in range(len(groups)):
-        part = pieces[member == g]
-        ids = sorted(set(part["site_id"]))
-        rows.append({"score": float(score.loc[ids].max()), "changed_area_m2": round(float(part["area_m2"].sum()), 1),
-                     "cells": ",".join(ids), "cell_count": len(ids), "geometry": groups[g]})
+    for g in np.unique(group):
+        members = np.flatnonzero(group == g)
+        outline = shapely.union_all(shapely.buffer(pieces[members], gap_m / 2))
+        rows.append({"score": float(flagged["score"].iloc[members].max()),
+                     "changed_area_m2": round(float(area.reindex(ids[members]).fillna(0).sum()), 1),
+                     "cells": ",".join(sorted(ids[members])), "cell_count": len(members), "geometry": outline})
     out = gpd.GeoDataFrame(rows, geometry="geometry", crs=utm).to_crs(4326)
     first = flagged.iloc[0]
     for field in PROVENANCE:
@@ -55,6 +59,13 @@ def merge(cells: gpd.GeoDataFrame, changes: gpd.GeoDataFrame, *, gap_m: float = 
     out["rank"] = pd.array(rank(out["score"].to_numpy(), out["changed_area_m2"].to_numpy()), dtype="Int64")
     out["site_id"] = [new_id(g) for g in out.geometry]
     return out.sort_values("rank", kind="stable").reset_index(drop=True)
+
+
+def connected(pieces: np.ndarray, gap_m: float) -> np.ndarray:
+    """The group of each piece: pieces within ``gap_m`` of each other, directly or through others, share one."""
+    left, right = shapely.STRtree(pieces).query(pieces, predicate="dwithin", distance=gap_m)
+    graph = sparse.coo_matrix((np.ones(len(left)), (left, right)), shape=(len(pieces), len(pieces)))
+    return csgraph.connected_components(graph, directed=False)[1]
 
 
 def new_id(outline: object) -> str:

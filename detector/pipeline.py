@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import geopandas as gpd
+import numpy as np
 from rasterio.windows import Window
 
 from detector import __version__
@@ -32,6 +33,7 @@ from detector.results import (
     STYLES,
     applied_rule,
     apply_budget,
+    candidate_changes,
     candidate_results,
     chosen_for_chips,
     earlier_reviews,
@@ -94,11 +96,15 @@ def run(config: RunConfig, *, progress: Progress | None = None, command: list[st
             cell_verdicts, candidate_verdicts = split_verdicts(verdicts) if zones.cell_mode else (verdicts, None)
             sites, kept = carry_over(scored, cell_verdicts)
             sites, threshold = apply_budget(review, scan.rule, sites, labelled)
-            sites = with_chip_paths(sites, chosen_for_chips(sites, review.chips))
             found = None
-            if zones.cell_mode:
+            if zones.cell_mode:  # chips and the report go to the candidates, never one per flagged cell
+                sites = with_chip_paths(sites, np.zeros(len(sites), bool))
                 found, kept = candidate_results(sites, changes, candidate_verdicts, kept)
+                found = with_chip_paths(found, (found["rank"] <= review.chips).to_numpy(dtype=bool))
                 write_geojson(found, staging.path(CANDIDATES))
+            else:
+                sites = with_chip_paths(sites, chosen_for_chips(sites, review.chips))
+            reviewed, polygons = (sites, changes) if found is None else (found, candidate_changes(found, changes))
             clock["vectors_s"] = time.perf_counter() - tic
             write_geojson(sites, staging.path("sites.geojson"))
             write_geojson(changes, staging.path("changes.geojson"))
@@ -106,8 +112,8 @@ def run(config: RunConfig, *, progress: Progress | None = None, command: list[st
                 write_geojson(kept, staging.path(KEPT))
             clock["geojson_s"] = time.perf_counter() - tic - clock["vectors_s"]
             clock["raster_s"] = overviews.result()
-            clock["chips_s"] = timed(lambda: write_site_chips(config, sites, changes, (before, after), names, grid,
-                                                              raster.path, staging))
+            clock["chips_s"] = timed(lambda: write_site_chips(config, reviewed, polygons, (before, after), names,
+                                                              grid, raster.path, staging))
             clock["outputs_s"] = time.perf_counter() - tic
         finally:
             raster.discard()
@@ -116,7 +122,9 @@ def run(config: RunConfig, *, progress: Progress | None = None, command: list[st
                             scene, threshold, found)
         write_json(record, staging.path("run.json"))
         stage_styles(staging, (*STYLES, "candidates.qml") if zones.cell_mode else STYLES)
-        staging.path("report.html").write_text(render(sites, record, user_columns(sites)), encoding="utf-8")
+        staging.path("report.html").write_text(render(reviewed, record, user_columns(reviewed),
+                                                      listed=CANDIDATES if found is not None else "sites.geojson"),
+                                               encoding="utf-8")
         staging.commit()
     return record
 

@@ -14,8 +14,8 @@ from typing import Any
 import geopandas as gpd
 import pandas as pd
 
-SHOWN = ("score", "flagged", "changed_area_m2", "valid_fraction", "cloud_fraction", "status", "shift_px", "shift_peak",
-         "shift_corrected",
+SHOWN = ("score", "flagged", "changed_area_m2", "cell_count", "cells", "valid_fraction", "cloud_fraction", "status",
+         "shift_px", "shift_peak", "shift_corrected",
          "before_scene", "after_scene", "pairing", "review_status", "reviewer", "notes")  # scenes: batch only
 STYLE = """body{font:14px system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;width:100%}
@@ -31,16 +31,18 @@ CSP = ('<meta http-equiv="Content-Security-Policy" content="default-src \'none\'
        'style-src \'unsafe-inline\'">')
 
 
-def render(sites: gpd.GeoDataFrame, record: dict[str, Any], user_columns: list[str]) -> str:
+def render(sites: gpd.GeoDataFrame, record: dict[str, Any], user_columns: list[str], *,
+           listed: str = "sites.geojson") -> str:
     """The page as text: provenance, then one row per site to review, in rank order.
 
     The sites to review are those with chips (every flagged site and the
-    best ranked); the rest are counted, and listed in ``sites.geojson``.
+    best ranked; in cell mode the best candidate sites); the rest are
+    counted, and listed in ``listed``.
     """
     shown = sites[sites["chip_before"].notna()] if "chip_before" in sites.columns else sites
     rows = [_row(site, user_columns) for _, site in shown.iterrows()]
     rest = len(sites) - len(shown)
-    tail = f"<p>{rest} further sites, not flagged and ranked lower, are in sites.geojson.</p>" if rest else ""
+    tail = f"<p>{rest} further sites, ranked lower, are in {_e(listed)}.</p>" if rest else ""
     return "\n".join([
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', CSP,
         f"<title>{_e('Change report: ' + str(record.get('mode', '')))}</title><style>{STYLE}</style></head><body>",

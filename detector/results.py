@@ -43,7 +43,7 @@ OUR_FIELDS = ("site_id", "score", "rank", "flagged", "changed_area_m2", "changed
               "cloud_fraction",
               "status", "shift_px", "shift_dy_px", "shift_dx_px", "shift_peak", "shift_corrected", "before_source",
               "after_source", "before_date", "after_date", "threshold", "method", *REVIEW_FIELDS,
-              "chip_before", "chip_after", "chip_change")
+              "chip_before", "chip_after", "chip_change", "cells", "cell_count")
 KEPT = "reviews-kept.geojson"  # reviewed sites that a later run did not score
 CANDIDATES = "candidates.geojson"  # cell mode: flagged cells merged into candidate sites (detector.candidates)
 STYLES = ("sites.qml", "changes.qml", "change.qml")  # made by scripts/make_styles.py
@@ -95,6 +95,15 @@ def candidate_results(cells: gpd.GeoDataFrame, changes: gpd.GeoDataFrame, verdic
     found, left = carry_over(found, verdicts)
     found["flagged"] = True  # every candidate comes of flagged cells
     return found, gpd.GeoDataFrame(pd.concat([kept, left], ignore_index=True), crs=4326)
+
+
+def candidate_changes(found: gpd.GeoDataFrame, changes: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """The change polygons of each candidate's cells, under the candidate's id (for its chips)."""
+    owner = {cell: cid for cid, cells in zip(found["site_id"], found["cells"], strict=True)
+             for cell in cells.split(",")}
+    mine = changes[changes["site_id"].isin(owner)].copy()
+    mine["site_id"] = mine["site_id"].map(owner)
+    return mine
 
 
 def applied_rule(scene: Scored) -> dict[str, Any] | None:

@@ -95,3 +95,20 @@ def test_a_candidate_file_is_a_site_file_and_its_verdicts_carry_over(cell_run: P
     assert kept.loc[first, "review_status"] == "confirmed"
     assert main(args) == 0
     assert gpd.read_file(cell_run / "candidates.geojson").set_index("site_id").loc[first, "reviewer"] == "ana"
+
+
+def test_chips_and_the_report_go_to_the_best_candidates_however_many_cells_are_flagged(scene: Scene,
+                                                                                        tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main(["-q", "run", "--before", str(scene.before), "--after", str(scene.after), "--out", str(out),
+                 "--cell-m", "30", "--chips", "2"]) == 0
+    cells = gpd.read_file(out / "sites.geojson")
+    found = gpd.read_file(out / "candidates.geojson")
+    assert cells["flagged"].sum() > 100 and len(found) < cells["flagged"].sum() / 10
+    assert cells["chip_before"].isna().all()  # nothing per flagged cell
+    chips = sorted(p.name for p in (out / "chips").iterdir())
+    assert len(chips) == 3 * min(2, len(found))
+    assert set(found.loc[found["rank"] <= 2, "chip_change"].str.removeprefix("chips/")) <= set(chips)
+    page = (out / "report.html").read_text()
+    assert page.count("<tr class=") == min(2, len(found)) and "cell_count" in page
+    assert len(found) <= 2 or "candidates.geojson" in page  # the rest are listed there

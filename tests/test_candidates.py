@@ -112,3 +112,20 @@ def test_chips_and_the_report_go_to_the_best_candidates_however_many_cells_are_f
     page = (out / "report.html").read_text()
     assert page.count("<tr class=") == min(2, len(found)) and "cell_count" in page
     assert len(found) <= 2 or "candidates.geojson" in page  # the rest are listed there
+
+
+def test_candidates_open_in_qgis_styled_like_the_sites(cell_run: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    from test_qgis import SYSTEM_PYTHON, qgis_available
+
+    if not qgis_available():
+        pytest.skip("python3-qgis is not installed (.ci/run installs it)")
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "XDG_RUNTIME_DIR": str(tmp_path)}
+    done = subprocess.run([SYSTEM_PYTHON, Path(__file__).with_name("qgis_check.py"), cell_run, "candidates"],
+                          capture_output=True, text=True, env=env, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    layer = json.loads(done.stdout.strip().splitlines()[-1])["candidates"]
+    assert layer["valid"] and layer["crs"] == "EPSG:4326" and layer["renderer"] == "graduatedSymbol"
+    assert layer["labels"] and {"cells", "score", "rank"} <= set(layer["fields"])

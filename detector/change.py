@@ -277,8 +277,20 @@ def _nanstd(x: np.ndarray) -> np.ndarray:
 
 
 def _nanquantile(x: np.ndarray, q: float) -> np.ndarray:
-    flat = x.reshape((*x.shape[:-2], -1))
-    return np.nanquantile(flat, q, axis=-1)[..., None, None]
+    """``np.nanquantile`` over the last two axes (linear interpolation), keepdims; NaN where all are NaN.
+
+    One sort of all rows at once (NaN sort last) instead of numpy's loop over rows: a quarter of the
+    classical score's time on 2 cores (``scripts/bench.py``).
+    """
+    flat = np.sort(x.reshape((*x.shape[:-2], -1)), axis=-1)
+    count = np.isfinite(flat).sum(axis=-1)
+    position = q * np.maximum(count - 1, 0)
+    low = np.floor(position).astype(np.int64)
+    high = np.minimum(low + 1, np.maximum(count - 1, 0))
+    below = np.take_along_axis(flat, low[..., None], axis=-1)[..., 0]
+    above = np.take_along_axis(flat, high[..., None], axis=-1)[..., 0]
+    value = below + (above - below) * (position - low)
+    return np.where(count > 0, value, np.nan).astype(x.dtype, copy=False)[..., None, None]
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from detector.change import ChangeParams, change_score, greening, normalize, score_tiles
 
@@ -74,3 +76,19 @@ def test_score_tiles_corrects_a_small_shift_and_reports_it() -> None:
     assert tiles.applied[0]
     assert np.allclose(tiles.shift[0], (2.0, -1.0), atol=0.3)
     assert np.nanquantile(tiles.score, 0.99) < 0.5  # a shifted texture is not construction
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 9), st.integers(1, 9), st.floats(0, 1), st.floats(0, 0.9), st.integers(0, 99))
+def test_the_vectorized_nanquantile_is_numpys(rows: int, h: int, w: int, q: float, holes: float, seed: int) -> None:
+    import warnings
+
+    from detector.change import _nanquantile
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, 2, h, w)).astype(np.float32)
+    x[rng.random(x.shape) < holes] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        expected = np.nanquantile(x.reshape(rows, 2, -1), q, axis=-1)[..., None, None]
+    assert np.allclose(_nanquantile(x, q), expected, equal_nan=True, atol=1e-6)

@@ -49,16 +49,20 @@ def ground(rng: np.random.Generator) -> np.ndarray:
     return levels * (base + fields)[None] + rng.normal(scale=25, size=(4, SIZE, SIZE))
 
 
+def compound(image: np.ndarray, r0: int, r1: int, c0: int, c1: int) -> None:
+    """Paint a walled compound of bright roofs into rows r0:r1, columns c0:c1 of a 4-band image, in place."""
+    image[:, r0:r1, c0:c1] = np.array([2600, 2700, 2800, 3000])[:, None, None]
+    for r in range(r0 + 4, r1 - 4, 10):
+        for c in range(c0 + 4, c1 - 8, 14):
+            image[:, r:r + 5, c:c + 10] = np.array([5200, 5300, 5400, 5600])[:, None, None]
+    image[:, [r0, r1 - 1], c0:c1] = 1200
+    image[:, r0:r1, [c0, c1 - 1]] = 1200
+
+
 def plant(scene: np.ndarray) -> np.ndarray:
     """Add a walled compound of bright roofs and a field that turns green."""
     out = scene.copy()
-    r0, r1, c0, c1 = COMPOUND
-    out[:, r0:r1, c0:c1] = np.array([2600, 2700, 2800, 3000])[:, None, None]
-    for r in range(r0 + 4, r1 - 4, 10):
-        for c in range(c0 + 4, c1 - 8, 14):
-            out[:, r:r + 5, c:c + 10] = np.array([5200, 5300, 5400, 5600])[:, None, None]
-    out[:, [r0, r1 - 1], c0:c1] = 1200
-    out[:, r0:r1, [c0, c1 - 1]] = 1200
+    compound(out, *COMPOUND)
     f0, f1, g0, g1 = FIELD
     out[2, f0:f1, g0:g1] *= 0.55
     out[3, f0:f1, g0:g1] *= 2.0

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import rasterio
-from conftest import ORIGIN, PIXEL, SHARED, SIZE, UTM, ground
+from conftest import ORIGIN, PIXEL, SHARED, SIZE, UTM, compound, ground
 from rasterio.transform import from_origin
 from rasterio.warp import transform as warp_points
 from scipy import ndimage
@@ -54,16 +54,6 @@ def test_kinds_and_their_reasons() -> None:
     assert kind(10_000, 11_000, 6, rule, onset=True)[0] == "unchanged"
     assert kind(0, 500, 6, rule, onset=True)[0] == "unchanged"
     assert kind(0, 50_000, 2, rule, onset=True) == ("insufficient_data", "2 usable date(s), fewer than 3")
-
-
-def compound(image: np.ndarray, r0: int, r1: int, c0: int, c1: int) -> None:
-    """Walls and a grid of bright roofs, in place."""
-    image[:, r0:r1, c0:c1] = np.array([2600, 2700, 2800, 3000])[:, None, None]
-    for r in range(r0 + 4, r1 - 4, 10):
-        for c in range(c0 + 4, c1 - 8, 14):
-            image[:, r:r + 5, c:c + 10] = np.array([5200, 5300, 5400, 5600])[:, None, None]
-    image[:, [r0, r1 - 1], c0:c1] = 1200
-    image[:, r0:r1, [c0, c1 - 1]] = 1200
 
 
 def date_image(base: np.ndarray, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

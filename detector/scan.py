@@ -111,10 +111,8 @@ class BatchScorer:
 
     def unit_result(self, unit: Unit, tile_score: np.ndarray, shift: np.ndarray, peak: float,
                     applied: bool, cnn: bool, agreement: np.ndarray, obscured: np.ndarray) -> UnitResult:
-        r = int(unit.core.row_off - unit.read.row_off)
-        c = int(unit.core.col_off - unit.read.col_off)
         full = unbin(tile_score, self.scan.bin, (int(unit.read.height), int(unit.read.width)))
-        score = full[r:r + int(unit.core.height), c:c + int(unit.core.width)]
+        score = full[core_slices(unit.core, unit.read)]
         transform = window_transform(unit.core, self.grid.transform)
         labels = self.zones.labels(unit.zones, unit.core, transform)
         hist = zone_histograms(score, labels, len(unit.zones))

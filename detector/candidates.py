@@ -24,6 +24,7 @@ from scipy.sparse import csgraph
 
 from detector.scoring import rank
 
+PREFIX = "cand-"  # the ids of candidate sites (never a cell's id, r<row>c<col>)
 GAP_M = 50.0  # change polygons this close belong to one candidate
 PROVENANCE = ("before_source", "after_source", "before_date", "after_date", "threshold", "method")
 
@@ -70,7 +71,7 @@ def connected(pieces: np.ndarray, gap_m: float) -> np.ndarray:
 
 def new_id(outline: object) -> str:
     """``cand-`` and a hash of the outline (7 decimals, as the GeoJSON holds it)."""
-    return "cand-" + hashlib.sha1(shapely.to_wkb(shapely.set_precision(outline, 1e-7)), usedforsecurity=False
+    return PREFIX + hashlib.sha1(shapely.to_wkb(shapely.set_precision(outline, 1e-7)), usedforsecurity=False
                                   ).hexdigest()[:10]
 
 

@@ -52,18 +52,18 @@ def rgb_bands(names: tuple[str, ...]) -> list[int]:
     return [min(i, len(names) - 1) for i in range(3)]
 
 
-def stretch(before: np.ndarray, after: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Both dates as uint8 RGB with one 2-98 % stretch per band, taken over both dates together.
+def stretch(*images: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The dates as uint8 RGB with one 2-98 % stretch per band, taken over all of them together.
 
     Parameters
     ----------
-    before, after : ndarray, shape (3, H, W), float32, NaN = nodata
+    images : ndarrays, shape (3, H, W), float32, NaN = nodata (before and after; or every date)
 
     Returns
     -------
-    two ndarrays, shape (H, W, 3), uint8; nodata black.
+    as many ndarrays, shape (H, W, 3), uint8; nodata black.
     """
-    flat = np.concatenate([before.reshape(3, -1), after.reshape(3, -1)], axis=1)
+    flat = np.concatenate([x.reshape(3, -1) for x in images], axis=1)
     valid = np.isfinite(flat).all(axis=0)
     if not valid.any():
         low, high = np.zeros((3, 1, 1)), np.ones((3, 1, 1))
@@ -74,7 +74,7 @@ def stretch(before: np.ndarray, after: np.ndarray) -> tuple[np.ndarray, np.ndarr
         y = np.clip((x - low) / np.maximum(high - low, 1e-6), 0, 1) * 255
         return np.moveaxis(np.nan_to_num(y), 0, -1).astype(np.uint8)
 
-    return scale(before), scale(after)
+    return tuple(scale(x) for x in images)
 
 
 def overlay(after_rgb: np.ndarray, score: np.ndarray, edges: np.ndarray, outline: np.ndarray, *,

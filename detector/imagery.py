@@ -93,10 +93,8 @@ class DateSource:
     @property
     def local_files(self) -> tuple[Path, ...]:
         """The files on disk that hold the date (a zipped product once, URLs left out), for hashing."""
-        found = [Path(str(f).removeprefix("/vsizip/").split(".zip/")[0] + ".zip") if str(f).startswith("/vsizip/")
-                 else Path(f) for f in self.files if not str(f).startswith(("http://", "https://", "/vsi"))
-                 or str(f).startswith("/vsizip/")]
-        return tuple(dict.fromkeys(found))
+        found = [local_file(str(f)) for f in self.files]
+        return tuple(dict.fromkeys(f for f in found if f is not None))
 
     @property
     def mask(self) -> Band | None:
@@ -107,6 +105,13 @@ class DateSource:
         """Which band of which file got which name, for ``run.json``."""
         return [{"file": str(b.path), "index": b.index, "name": b.name, **({"offset": b.offset} if b.offset else {})}
                 for b in self.bands]
+
+
+def local_file(name: str) -> Path | None:
+    """The file on disk behind a band's path: itself, or the zip of a ``/vsizip/`` name; None for a URL."""
+    if name.startswith("/vsizip/"):
+        return Path(name.removeprefix("/vsizip/").split(".zip/")[0] + ".zip")
+    return None if name.startswith(("http://", "https://", "/vsi")) else Path(name)
 
 
 def open_date(path: str | Path, *, date: str | None = None, bands: str | None = None, mask: Path | None = None,
@@ -122,11 +127,12 @@ def open_date(path: str | Path, *, date: str | None = None, bands: str | None = 
     path = Path(path)
     if not path.exists():
         raise MissingFileError(f"{path} does not exist: give a raster file or a folder of band files")
-    if bands is not None and (path.is_dir() or products.is_safe(path)):
+    is_product = products.is_safe(path)
+    if bands is not None and (path.is_dir() or is_product):
         raise InputError(f"{keys[0]} names the bands of one multi-band file, and {path} is a folder: name its band "
                          f"files by band (B02.tif, red.tif) or drop {keys[0]}")
     product: dict[str, object] | None = None
-    if products.is_safe(path):
+    if is_product:
         found, product = safe_bands(path)
     elif path.is_dir():
         found = folder_bands(path)

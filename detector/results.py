@@ -82,7 +82,7 @@ def split_verdicts(verdicts: gpd.GeoDataFrame | None) -> tuple[gpd.GeoDataFrame 
     """Cell mode's earlier verdicts: those of cells, and those of candidate sites (ids ``cand-...``)."""
     if verdicts is None:
         return None, None
-    mine = verdicts["site_id"].astype(str).str.startswith("cand-").to_numpy()
+    mine = verdicts["site_id"].astype(str).str.startswith(candidates.PREFIX).to_numpy()
     return verdicts[~mine], verdicts[mine]
 
 

@@ -98,16 +98,12 @@ class BatchScorer:
                             self.names, pixel_m=self.pixel_m * factor,
                             max_shift_px=self.scan.max_shift_px / factor, min_peak=self.scan.min_peak,
                             params=self.scan.params)
-        score, cnn, agreement = self.method_score(tiles.score, first, tiles.after, pixel_m=self.pixel_m * factor)
+        score, cnn, agreement = method_score(self.scan, self.model, self.names, tiles.score, first, tiles.after,
+                                             pixel_m=self.pixel_m * factor)
         return [self.unit_result(unit, score[i], tiles.shift[i] * factor, float(tiles.peak[i]),
                                  bool(tiles.applied[i]), bool(cnn[i]), agreement[i],
                                  obscured[core_slices(unit.core, batch.read)])
                 for i, unit in enumerate(batch.units)]
-
-    def method_score(self, classical: np.ndarray, before: np.ndarray, after: np.ndarray, *,
-                     pixel_m: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """:func:`method_score` with this scan's method, rule, model and bands."""
-        return method_score(self.scan, self.model, self.names, classical, before, after, pixel_m=pixel_m)
 
     def unit_result(self, unit: Unit, tile_score: np.ndarray, shift: np.ndarray, peak: float,
                     applied: bool, cnn: bool, agreement: np.ndarray, obscured: np.ndarray) -> UnitResult:

@@ -40,6 +40,7 @@ from detector.chips import chip_key
 from detector.config import SiteOptions, as_table, plain
 from detector.errors import DetectorError, InputError, first_line
 from detector.files import file_record, write_json
+from detector.imagery import DateSource
 from detector.methods import METHODS, load_model, model_path
 from detector.outputs import NewFolder, check_out, write_geojson
 from detector.results import versions
@@ -266,7 +267,8 @@ def timeline_record(config: TimelineConfig, frame: gpd.GeoDataFrame, results: li
     """Everything needed to reproduce and defend the timelines: inputs, every scene's files and hashes, the model,
     the rules; per site the scenes used, the dates skipped and the rule that applied."""
     used = {sc for r in results for sc in r["scenes"]}
-    hashes = {sc.id: [file_record(f) for f in sc.date_source().local_files] for sc in scenes if sc.id in used}
+    hashes = {sc.id: [file_record(f) for f in DateSource(sc.source, sc.bands, sc.date).local_files]
+              for sc in scenes if sc.id in used}  # the tasks checked the files: not opened again
     scan = config.rule.scan
     return {
         "detector_version": __version__,

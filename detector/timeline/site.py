@@ -154,7 +154,7 @@ def site_series(site: gpd.GeoDataFrame, scenes: list[Scene], rule: TimelineRule,
     score, series.method, series.check = change_maps(stack, names, rule.scan, model, pixel_m=pixel_m)
     flags = site_flags(score, inside, rule.scan)
     first = int(onsets(flags[:, None, None], min_persistence=rule.kind.min_persistence)[0, 0])
-    onset = pixel_onsets(changed_pixels(score, stack, rule.scan), inside, first, rule.kind, pixel_m=pixel_m)
+    onset = pixel_onsets(changed_pixels(score, rule.scan), inside, first, rule.kind, pixel_m=pixel_m)
     before = built_at_reference(stack[0], names, onset, pixel_m=pixel_m) & inside
     built = built_series(np.where(before, NEVER, onset), inside, len(usable), pixel_m2) + before.sum() * pixel_m2
     series.built_m2 = np.round(built, 1)
@@ -212,7 +212,7 @@ def change_maps(stack: np.ndarray, names: tuple[str, ...], scan: ScanOptions, mo
     return chosen, applied, check
 
 
-def changed_pixels(score: np.ndarray, stack: np.ndarray, scan: ScanOptions) -> np.ndarray:
+def changed_pixels(score: np.ndarray, scan: ScanOptions) -> np.ndarray:
     """1 where a pixel's score reaches ``PART_SHARE`` of the pixel threshold, 0 where not, NaN without data:
     (T, h, w).  Lower than ``run``'s: only a site whose own score persists gets parts, and within it the
     fit wants the compound's whole ground, not only its brightest roofs."""
@@ -318,10 +318,6 @@ def dated_parts(onset: np.ndarray, inside: np.ndarray, transform: Any, crs: Any,
 def filmstrip(stack: np.ndarray, names: tuple[str, ...], inside: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
     """Every date as true colour with one stretch over all dates (a difference is a difference on the ground),
     and the site's outline."""
-    rgb = stack[:, rgb_bands(names)]
-    flat = np.concatenate(list(rgb), axis=2)  # (3, h, T * w): one stretch over every date
-    pictures, _ = stretch(flat, flat[:, :1, :1])
-    width = rgb.shape[-1]
-    frames = [pictures[:, i * width:(i + 1) * width] for i in range(len(rgb))]
+    frames = list(stretch(*stack[:, rgb_bands(names)]))
     edge = inside & ~ndimage.binary_erosion(inside)
     return frames, edge

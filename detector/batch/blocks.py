@@ -29,8 +29,9 @@ from detector.batch.catalog import Scene
 from detector.batch.config import BatchConfig, Region
 from detector.batch.store import Outcome
 from detector.batch.tasks import chosen_pair, guarded, scan_pair, scenes_over
+from detector.errors import InputError
 from detector.imagery import Grid, match_bands, reference_grid
-from detector.zones import plan_cell_zones
+from detector.zones import MIN_CELL_PX, plan_cell_zones
 
 KEY = "block_id"  # what a region batch's store keys its rows by
 
@@ -120,6 +121,10 @@ def block_grid(cells: CellGrid, window: Window, native: Grid, place: Any, *, mar
     centre = shapely.centroid(place)
     size = pixel_size_m(native.crs, native.transform, centre.x, centre.y)
     per_cell = max(cell_pixels(cells.cell_m, size))
+    if per_cell < MIN_CELL_PX:
+        coarsest = max(float(size[0]), float(size[1]))
+        raise InputError(f"[region] cell_m {cells.cell_m:g} is under {MIN_CELL_PX} pixels of the imagery "
+                         f"({coarsest:.1f} m each): give cell_m {coarsest * MIN_CELL_PX:.0f} or more")
     step = cells.cell_m / per_cell
     left, top = cells.transform * (window.col_off, window.row_off)
     transform = Affine(step, 0.0, left - margin * step, 0.0, -step, top + margin * step)

@@ -290,8 +290,13 @@ def batch_command(args: argparse.Namespace, argv: list[str]) -> int:
                        progress=None if args.quiet else _batch_progress)
     _end_status(args)
     counts = record["counts"]
-    print(f"{counts['sites']} sites: {counts['done']} done, {counts['failed']} failed, {counts['flagged']} flagged; "
-          f"results in {config.out / 'sites.gpkg'}")
+    if "blocks" in counts:
+        print(f"{record['region']['area_km2']:g} km2 in {counts['blocks']} blocks: {counts['done']} done, "
+              f"{counts['failed']} failed; {counts['cells']} cells, {counts['flagged']} flagged, "
+              f"{counts['candidates']} candidate sites in {config.out / 'candidates.geojson'}")
+    else:
+        print(f"{counts['sites']} sites: {counts['done']} done, {counts['failed']} failed, "
+              f"{counts['flagged']} flagged; results in {config.out / 'sites.gpkg'}")
     by_reason: dict[str, list[str]] = {}
     for site_id, reason in record["failed"].items():
         by_reason.setdefault(reason, []).append(site_id)
@@ -335,6 +340,9 @@ def timeline_config(args: argparse.Namespace) -> TimelineConfig:
         if args.sites or args.catalog or args.out:
             raise InputError("give a batch configuration or --sites, --catalog and --out, not both")
         batch = read_batch_config(args.config)
+        if batch.region is not None:
+            raise InputError(f"{args.config} scans a [region]: a timeline takes listed sites; give a batch "
+                             "configuration with [sites], or --sites, --catalog and --out")
         return TimelineConfig(sites=batch.sites, catalog=batch.catalog, out=batch.out / "timeline",
                               rule=TimelineRule(scan=batch.scan, kind=kind, max_cloud=batch.max_cloud,
                                                 min_valid=args.min_valid),
@@ -399,11 +407,12 @@ def _batch_progress(status: BatchStatus) -> None:
         _FAILURES_SEEN[0] += 1
     if status.error and _FAILURES_SEEN[0] <= FAILURES_SHOWN:
         more = " (further failures are summed up at the end)" if _FAILURES_SEEN[0] == FAILURES_SHOWN else ""
-        sys.stderr.write(f"{CLEAR_LINE if sys.stderr.isatty() else ''}site {status.site_id} failed: {status.error}"
+        sys.stderr.write(f"{CLEAR_LINE if sys.stderr.isatty() else ''}{status.unit.removesuffix('s')} "
+                         f"{status.site_id} failed: {status.error}"
                          f"{more}\n")
     eta = "" if status.eta_s is None else f", ETA {_duration(status.eta_s)}"
-    _status("batch", f"sites {status.done + status.failed}/{status.total} ({status.failed} failed), "
-                     f"{status.rate:.2f} sites/s{eta}", status.ran, status.to_run)
+    _status("batch", f"{status.unit} {status.done + status.failed}/{status.total} ({status.failed} failed), "
+                     f"{status.rate:.2f} {status.unit}/s{eta}", status.ran, status.to_run)
 
 
 def _duration(seconds: float) -> str:

@@ -37,6 +37,26 @@ class SitesTable:
 
 
 @dataclass(frozen=True, slots=True)
+class RegionTable:
+    path: str = option(REQUIRED, str)
+    cell_m: float = option(500.0, float, low=0)
+    block_cells: int = option(16, int, low=1, low_closed=True)
+
+    def __post_init__(self) -> None:
+        check(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    """A region batch's ``[region]``: the polygon file to scan (absolute), the cell size in metres, and the
+    cells per side of one task's block (:mod:`detector.batch.blocks`)."""
+
+    path: Path
+    cell_m: float = 500.0
+    block_cells: int = 16
+
+
+@dataclass(frozen=True, slots=True)
 class ImageryTable:
     catalog: str = option(REQUIRED, str)
     max_cloud: float = option(0.5, float, low=0, high=1, low_closed=True)
@@ -77,9 +97,9 @@ class OutputTable:
 RULE_KEYS = ("threshold", "pixel_threshold")
 FINISH_KEYS = (*keys(ReviewOptions), "threshold")
 RUN_KEYS = (*keys(SiteOptions), *keys(ScanOptions), *RULE_KEYS, *keys(ReviewOptions))
-TABLE_TYPES: dict[str, type] = {"sites": SitesTable, "imagery": ImageryTable, "dates": DatesTable,
-                                "output": OutputTable}
-TABLES = ("sites", "imagery", "dates", "run", "output")
+TABLE_TYPES: dict[str, type] = {"sites": SitesTable, "region": RegionTable, "imagery": ImageryTable,
+                                "dates": DatesTable, "output": OutputTable}
+TABLES = ("sites", "region", "imagery", "dates", "run", "output")
 RUN_PATHS = {"model": "a file written by `detector train`, or remove the key for the shipped weights",
              "reviews": "a reviewed sites.geojson, or remove the key",
              "labels": "a labelled sites file, or remove the key"}
@@ -104,17 +124,30 @@ class BatchConfig:
     min_valid: float = 0.99
     bands: str | None = None  # [imagery] bands
     run_options: dict[str, Any] | None = None  # the [run] table as written, for batch.json
+    region: Region | None = None  # a region batch ([region]) in place of [sites]; then ``sites`` is empty
 
     def read_sites(self) -> gpd.GeoDataFrame:
         """Every site of every site file, one frame (:func:`aoi.read_site_files`)."""
+        if self.region is not None:
+            raise InputError(f"{self.path} scans a [region]: this command takes a batch of [sites]; give a "
+                             "configuration with [sites] paths")
         return aoi.read_site_files(list(self.sites), **asdict(self.site))
+
+    def read_region(self) -> gpd.GeoDataFrame:
+        """The polygons of ``[region] path`` (read as a site file), EPSG:4326."""
+        if self.region is None:
+            raise InputError(f"{self.path} has no [region] table: add one, or run the [sites] batch")
+        return aoi.read_site_files([self.region.path], **asdict(self.site)).to_crs(4326)
 
     def to_json(self) -> dict[str, Any]:
         """The configuration as plain JSON (``batch.json`` records it)."""
-        return {"sites": [str(p) for p in self.sites], "catalog": str(self.catalog), "before": list(self.before),
-                "after": list(self.after), "tolerance_days": self.tolerance_days, "same_season": self.same_season,
-                "max_cloud": self.max_cloud, "min_valid": self.min_valid, "bands": self.bands,
-                "run": self.run_options or {}}
+        region = {} if self.region is None else {"region": {"path": str(self.region.path),
+                                                            "cell_m": self.region.cell_m,
+                                                            "block_cells": self.region.block_cells}}
+        return {"sites": [str(p) for p in self.sites], **region, "catalog": str(self.catalog),
+                "before": list(self.before), "after": list(self.after), "tolerance_days": self.tolerance_days,
+                "same_season": self.same_season, "max_cloud": self.max_cloud, "min_valid": self.min_valid,
+                "bands": self.bands, "run": self.run_options or {}}
 
 
 def scoring_part(config_json: dict[str, Any]) -> dict[str, Any]:
@@ -133,15 +166,31 @@ def read_batch_config(path: Path) -> BatchConfig:
         raise InputError(f"{path} is not valid TOML ({exc}): fix the line it names") from None
     check_tables(path, data)
     base = path.parent.resolve()
-    sites, imagery, dates, output = (table(path, name, data.get(name, {}))
-                                     for name in ("sites", "imagery", "dates", "output"))
+    imagery, dates, output = (table(path, name, data.get(name, {})) for name in ("imagery", "dates", "output"))
+    sites, region = what_to_scan(path, base, data)
     options = dict(data.get("run", {}))
     site, scan, review = run_options(path, base, options)
-    return BatchConfig(path=path, sites=tuple(base / p for p in sites.paths), catalog=base / imagery.catalog,
+    return BatchConfig(path=path, sites=sites, region=region, catalog=base / imagery.catalog,
                        before=tuple(dates.before), after=tuple(dates.after), out=base / output.dir,
                        site=site, scan=scan, review=review, tolerance_days=dates.tolerance_days,
                        same_season=dates.same_season, max_cloud=imagery.max_cloud, min_valid=imagery.min_valid,
                        bands=imagery.bands, run_options=plain(options))
+
+
+def what_to_scan(path: Path, base: Path, data: dict[str, Any]) -> tuple[tuple[Path, ...], Region | None]:
+    """The site files of ``[sites]``, or the region of ``[region]``: exactly one of the two tables."""
+    if ("sites" in data) == ("region" in data):
+        which = "both [sites] and [region]" if "sites" in data else "neither [sites] nor [region]"
+        raise InputError(f"{path} has {which}: give [sites] paths (listed sites) or [region] path (a polygon to "
+                         "scan in cells), one of the two")
+    if "sites" in data:
+        return tuple(base / p for p in table(path, "sites", data["sites"]).paths), None
+    given = table(path, "region", data["region"])
+    region = Region(base / given.path, cell_m=given.cell_m, block_cells=given.block_cells)
+    if not region.path.is_file():
+        raise MissingFileError(f"{path}: [region] path {region.path} does not exist: give a polygon file "
+                               "(GeoJSON, GPKG, SHP, KML...) of the region to scan")
+    return (), region
 
 
 def check_tables(path: Path, data: dict[str, Any]) -> None:

@@ -1,4 +1,5 @@
-"""The end of a batch: ranks, carried-over verdicts, the reviewer's budget, chips, the report.
+"""The end of a batch: ranks, carried-over verdicts, the reviewer's budget, chips, the report; for a region
+batch, the candidate sites merged over the whole region (:func:`finish_region`).
 
 It runs in the main process once the sites have run, and again at every
 later run of the same batch, so a new review, label file or budget needs no
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import geopandas as gpd
+import numpy as np
 
 from detector.batch.catalog import Scene
 from detector.batch.config import BatchConfig
@@ -29,7 +31,17 @@ from detector.files import file_record
 from detector.imagery import match_bands, reference_grid
 from detector.methods import METHODS, model_path
 from detector.outputs import Staging, write_geojson
-from detector.results import KEPT, apply_budget, chosen_for_chips, earlier_reviews, stage_styles, with_chip_paths
+from detector.results import (
+    CANDIDATES,
+    KEPT,
+    apply_budget,
+    candidate_results,
+    chosen_for_chips,
+    earlier_reviews,
+    split_verdicts,
+    stage_styles,
+    with_chip_paths,
+)
 from detector.reviews import FIELDS as REVIEW_FIELDS
 from detector.reviews import carry_over, read_labels, review_rows
 
@@ -86,6 +98,41 @@ def finish_sites(config: BatchConfig, store: ResultStore, order: list[str], scen
         write_geojson(kept, staging.path(KEPT))
     stage_styles(staging, STYLES)
     return Finished(sites, threshold, {"verdicts": verdicts_of(sites), "given": given})
+
+
+@dataclass(frozen=True, slots=True)
+class RegionFinished:
+    """The end of a region batch: the cells ranked and flagged, their candidate sites, the threshold."""
+
+    cells: gpd.GeoDataFrame
+    candidates: gpd.GeoDataFrame
+    threshold: dict[str, Any]
+
+
+REGION_FINISHED = ("rank", "flagged", "threshold")  # what the end of a region batch sets in its stored cells
+REGION_STYLES = ("candidates.qml",)
+
+
+def finish_region(config: BatchConfig, store: ResultStore, staging: Staging) -> RegionFinished:
+    """Rank and flag every stored cell, merge the flagged ones into candidates over the whole region (across
+    block borders), carry verdicts on earlier candidates over by outline, as ``run`` does in cell mode;
+    stage ``candidates.geojson`` and ``reviews-kept.geojson``.
+
+    The caller stores the cells' :data:`REGION_FINISHED` columns once every staged file is complete.
+    """
+    review = config.review
+    cells = store.ranked_cells()
+    labelled = read_labels(review.labels) if review.labels else None
+    cells, threshold = apply_budget(review, config.scan.rule, cells, labelled, name=toml_key)
+    cell_verdicts, candidate_verdicts = split_verdicts(earlier_reviews(config.out, review.reviews))
+    _, kept = carry_over(cells.iloc[:0], cell_verdicts)  # reviewed cells wait in reviews-kept, never dropped
+    found, kept = candidate_results(cells, store.changes(), candidate_verdicts, kept)
+    found = with_chip_paths(found, np.zeros(len(found), bool))
+    write_geojson(found, staging.path(CANDIDATES))
+    if len(kept) or (config.out / KEPT).exists():
+        write_geojson(kept, staging.path(KEPT))
+    stage_styles(staging, REGION_STYLES)
+    return RegionFinished(cells, found, threshold)
 
 
 def write_batch_chips(config: BatchConfig, chosen: gpd.GeoDataFrame, changes: gpd.GeoDataFrame,

@@ -117,8 +117,11 @@ def site_shares(valid: np.ndarray, cloudy: np.ndarray | None, inside: np.ndarray
     return share, float((cloudy & seen).sum() / max(int(seen.sum()), 1))
 
 
-def choose_pair(before: Candidates, after: Candidates, rule: PairingRule) -> Pair | None:
-    """The best (before, after) pair by the order in the module docstring; None when no pair is usable."""
+def choose_pair(before: Candidates, after: Candidates, rule: PairingRule, *, what: str = "site") -> Pair | None:
+    """The best (before, after) pair by the order in the module docstring; None when no pair is usable.
+
+    ``what`` names the place in the reason (a site, or a region's block).
+    """
     grid_b, grid_a = np.meshgrid(np.arange(len(before.ids)), np.arange(len(after.ids)), indexing="ij")
     b, a = grid_b.ravel(), grid_a.ravel()
     # unknown cloud is usable but ranks as the most cloud allowed: a scene that says it is clear wins
@@ -139,26 +142,26 @@ def choose_pair(before: Candidates, after: Candidates, rule: PairingRule) -> Pai
                         np.ceil(np.round(np.maximum(cloud_b, cloud_a) / CLOUD_STEP, 6))))
     k = order[0]
     reason = pair_reason(before, after, int(b[k]), int(a[k]), outside=int(outside[k]), gap=int(gap[k]),
-                         usable=len(order), total=len(before.ids) * len(after.ids))
+                         usable=len(order), total=len(before.ids) * len(after.ids), what=what)
     return Pair(int(b[k]), int(a[k]), reason, int(gap[k]))
 
 
 def pair_reason(before: Candidates, after: Candidates, b: int, a: int, *, outside: int, gap: int, usable: int,
-                total: int) -> str:
+                total: int, what: str = "site") -> str:
     """One sentence saying why this pair was chosen."""
     cloud = " / ".join("unknown" if np.isnan(c) else f"{c:.0%}" for c in (before.cloud[b], after.cloud[a]))
     where = "inside the date windows" if outside == 0 else f"{outside} days outside the date windows"
-    return (f"covers the site ({before.valid[b]:.0%} / {after.valid[a]:.0%} with data); cloud {cloud}; {where}; "
+    return (f"covers the {what} ({before.valid[b]:.0%} / {after.valid[a]:.0%} with data); cloud {cloud}; {where}; "
             f"{gap} days apart in the year; best of {usable} usable of {total} candidate pairs")
 
 
-def no_pair_reason(before: Candidates, after: Candidates, rule: PairingRule) -> str:
+def no_pair_reason(before: Candidates, after: Candidates, rule: PairingRule, *, what: str = "site") -> str:
     """Why no pair was usable, with what to change."""
     if not before.ids or not after.ids:
         which = "before" if not before.ids else "after"
         window = rule.before if which == "before" else rule.after
-        return (f"no {which} scene in the catalog covers the site within {window[0]}..{window[1]} "
+        return (f"no {which} scene in the catalog covers the {what} within {window[0]}..{window[1]} "
                 f"(±{rule.tolerance_days} days): add scenes or widen [dates] {which} / tolerance_days")
     return (f"no usable pair among {len(before.ids)} before and {len(after.ids)} after scenes: none has "
-            f">= {rule.min_valid:.0%} of the site with data and <= {rule.max_cloud:.0%} cloud on both dates: "
+            f">= {rule.min_valid:.0%} of the {what} with data and <= {rule.max_cloud:.0%} cloud on both dates: "
             "add scenes or relax [imagery] max_cloud / min_valid")

@@ -1,4 +1,5 @@
-"""``detector batch``: many sites, a catalog of scenes, one task per site; durable, resumable, scalable.
+"""``detector batch``: many sites (or a region's cells), a catalog of scenes, one task per site (or block of
+cells); durable, resumable, scalable.
 
 The orchestrator of a batch, beside ``detector run``'s (:mod:`detector.pipeline`):
 the plan (sites, catalog, candidate scenes per site) is made here; each
@@ -6,8 +7,10 @@ site task (:mod:`detector.batch.tasks`) chooses its pair of scenes and scores
 it; the results are made durable one site at a time by
 :class:`detector.batch.store.ResultStore`; the end of the batch
 (:mod:`detector.batch.finish`) ranks, carries verdicts over and writes the
-files to review.  Tasks run in local worker processes or on Dask
-(:mod:`detector.batch.executors`).
+files to review.  A region batch (``[region]``) runs blocks of cells
+(:mod:`detector.batch.blocks`) through the same store and executors, and
+its end merges the flagged cells into candidate sites over the whole region.
+Tasks run in local worker processes or on Dask (:mod:`detector.batch.executors`).
 """
 
 from __future__ import annotations
@@ -18,31 +21,39 @@ import os
 import time
 from collections.abc import Callable
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import geopandas as gpd
 
 from detector import __version__
 from detector.batch import executors
+from detector.batch.blocks import KEY, plan_blocks, score_block
 from detector.batch.catalog import Scene, read_catalog
-from detector.batch.config import BatchConfig, scoring_part
-from detector.batch.finish import FINISHED, Finished, check_finish_inputs, finish_record, finish_sites
+from detector.batch.config import BatchConfig, Region, scoring_part
+from detector.batch.finish import (
+    FINISHED,
+    REGION_FINISHED,
+    check_finish_inputs,
+    finish_record,
+    finish_region,
+    finish_sites,
+)
 from detector.batch.store import Outcome, ResultStore, folder_lock
 from detector.batch.tasks import PAIR_FIELDS, plan_tasks, score_site, worker_setup
 from detector.errors import InputError, first_line
 from detector.files import write_json, write_json_atomic
 from detector.outputs import Staging
 from detector.report import render
-from detector.results import OUR_FIELDS, user_columns, versions
+from detector.results import CANDIDATES, OUR_FIELDS, user_columns, versions
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
 class BatchStatus:
-    """Where a batch stands: sites done and failed (all runs), sites run this time of ``to_run``, seconds,
-    and the site that just finished."""
+    """Where a batch stands: tasks (sites or blocks) done and failed (all runs), run this time of ``to_run``,
+    seconds, and the task that just finished."""
 
     done: int
     failed: int
@@ -52,10 +63,11 @@ class BatchStatus:
     seconds: float
     site_id: str = ""
     error: str | None = None  # why the site just finished failed
+    unit: str = "sites"  # what a task is: a site, or a block of a region's cells
 
     @property
     def rate(self) -> float:
-        """Sites per second this time."""
+        """Tasks per second this time."""
         return self.ran / self.seconds if self.seconds > 0 else 0.0
 
     @property
@@ -68,42 +80,65 @@ BatchProgress = Callable[[BatchStatus], None]
 
 def run_batch(config: BatchConfig, *, workers: int = 0, dask: str | None = None,
               progress: BatchProgress | None = None) -> dict[str, Any]:
-    """Score every site not yet done in ``config.out``; return the ``batch.json`` record."""
+    """Score every site (or block of a region's cells) not yet done in ``config.out``; return the
+    ``batch.json`` record."""
     start = time.perf_counter()
-    sites = config.read_sites()
+    sites = config.read_sites() if config.region is None else config.read_region()
     scenes = read_catalog(config.catalog, bands=config.bands, key=f"{config.path.name}: [imagery] bands")
     check_finish_inputs(config)
+    run = Runner(workers=workers, dask=dask, progress=progress)
     with folder_lock(config.out):
         check_same_batch(config)
-        store = ResultStore(config.out)
-        return scored_batch(config, sites, scenes, store, workers=workers, dask=dask, progress=progress,
-                            start=start)
+        if config.region is not None:
+            return scanned_region(config, config.region, sites, scenes, run, start=start)
+        return scored_batch(config, sites, scenes, ResultStore(config.out), run, start=start)
 
 
-def scored_batch(config: BatchConfig, sites: gpd.GeoDataFrame, scenes: list[Scene], store: ResultStore, *,
-                 workers: int, dask: str | None, progress: BatchProgress | None, start: float) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class Runner:
+    """Where and how the tasks run (``--workers``, ``--dask``), and who hears of each one done."""
+
+    workers: int = 0
+    dask: str | None = None
+    progress: BatchProgress | None = None
+
+    def run(self, store: ResultStore, fn: Callable[[Any], Outcome], tasks: list[Any], *, total: int,
+            unit: str = "sites") -> None:
+        """Run ``tasks`` (each with a ``site_id``, the store's key) and make each result durable as it comes."""
+        run = (executors.dask(fn, tasks, address=self.dask, initializer=worker_setup) if self.dask else
+               executors.local(fn, tasks, workers=self.workers or os.cpu_count() or 1, initializer=worker_setup))
+        tic = time.perf_counter()
+        with closing(run):
+            for count, (task, result) in enumerate(run, start=1):
+                outcome = (result if isinstance(result, Outcome) else
+                           Outcome(task.site_id, error=f"its worker process died: {first_line(result, limit=1000)}"))
+                store.add(outcome)
+                if outcome.error and self.progress is None:
+                    log.warning("%s %s failed: %s", unit.removesuffix("s"), outcome.site_id, outcome.error)
+                if self.progress is not None:
+                    self.progress(BatchStatus(len(store.done), len(store.failed), total, count, len(tasks),
+                                              time.perf_counter() - tic, outcome.site_id, outcome.error, unit))
+
+    @property
+    def name(self) -> str:
+        return f"dask {self.dask}" if self.dask else f"local processes ({self.workers or os.cpu_count()})"
+
+
+def scored_batch(config: BatchConfig, sites: gpd.GeoDataFrame, scenes: list[Scene], store: ResultStore,
+                 run: Runner, *, start: float) -> dict[str, Any]:
     """Run the tasks of the sites not yet done, write each result as it comes, rank at the end."""
     tasks = plan_tasks(config, sites, scenes, skip=store.done)
     total = len(sites)
     log.info("%d sites, %d scenes; %d done before, %d to run", total, len(scenes), len(store.done), len(tasks))
-    run = (executors.dask(score_site, tasks, address=dask, initializer=worker_setup) if dask else
-           executors.local(score_site, tasks, workers=workers or os.cpu_count() or 1, initializer=worker_setup))
-    tic = time.perf_counter()
-    with closing(run):
-        for count, (task, result) in enumerate(run, start=1):
-            outcome = (result if isinstance(result, Outcome) else
-                       Outcome(task.site_id, error=f"its worker process died: {first_line(result, limit=1000)}"))
-            store.add(outcome)
-            if outcome.error and progress is None:
-                log.warning("site %s failed: %s", outcome.site_id, outcome.error)
-            if progress is not None:
-                progress(BatchStatus(len(store.done), len(store.failed), total, count, len(tasks),
-                                     time.perf_counter() - tic, outcome.site_id, outcome.error))
+    run.run(store, score_site, tasks, total=total)
     tic = time.perf_counter()
     with Staging(config.out) as staging:
         finished = finish_sites(config, store, sites["site_id"].tolist(), scenes, staging) if store.done else None
-        record = batch_record(config, store, total, finished, dask=dask, workers=workers,
+        record = batch_record(config, store, total, run, threshold=None if finished is None else finished.threshold,
+                              flagged=int(finished.sites["flagged"].sum()) if finished is not None else 0,
                               seconds=time.perf_counter() - start, ran=len(tasks))
+        if finished is not None:
+            record["review_state"] = finished.review_state
         record["finish_seconds"] = round(time.perf_counter() - tic, 2)  # ranks, verdicts, budget, chips
         write_json(record, staging.path("batch.json"))
         if finished is not None:
@@ -115,11 +150,47 @@ def scored_batch(config: BatchConfig, sites: gpd.GeoDataFrame, scenes: list[Scen
     return record
 
 
-def report(config: BatchConfig, sites: gpd.GeoDataFrame, record: dict[str, Any]) -> str:
+def scanned_region(config: BatchConfig, spec: Region, region: gpd.GeoDataFrame, scenes: list[Scene],
+                   run: Runner, *, start: float) -> dict[str, Any]:
+    """Run the blocks of the region not yet done, write each as it comes; at the end rank and flag the cells
+    and merge the flagged ones into candidate sites over the whole region."""
+    store = ResultStore(config.out, key=KEY)
+    plan = plan_blocks(config, spec, region, scenes, skip=store.done)
+    log.info("%.1f km2 in %d blocks of %d x %d cells of %g m, %d scenes; %d done before, %d to run",
+             plan.area_km2, plan.blocks, spec.block_cells, spec.block_cells, spec.cell_m, len(scenes),
+             len(store.done), len(plan.tasks))
+    run.run(store, score_block, plan.tasks, total=plan.blocks, unit="blocks")
+    tic = time.perf_counter()
+    with Staging(config.out) as staging:
+        finished = finish_region(config, store, staging) if store.done else None
+        record = batch_record(config, store, plan.blocks, run,
+                              threshold=None if finished is None else finished.threshold,
+                              flagged=int(finished.cells["flagged"].sum()) if finished is not None else 0,
+                              seconds=time.perf_counter() - start, ran=len(plan.tasks))
+        record["counts"] = {"blocks": plan.blocks, "done": len(store.done), "failed": len(store.failed),
+                            "cells": 0 if finished is None else len(finished.cells), "flagged": record["counts"][
+                                "flagged"], "candidates": 0 if finished is None else len(finished.candidates),
+                            "ran_this_time": len(plan.tasks)}
+        record["region"] = {"area_km2": round(plan.area_km2, 3), "cell_m": spec.cell_m,
+                            "block_cells": spec.block_cells, "grid": asdict(plan.grid)}
+        record["fields"] = [*record["fields"], KEY]
+        record["finish_seconds"] = round(time.perf_counter() - tic, 2)  # ranks, flags, candidates
+        write_json(record, staging.path("batch.json"))
+        if finished is not None:
+            staging.path("report.html").write_text(
+                report(config, finished.candidates, record, listed=CANDIDATES), encoding="utf-8")
+            store.update_sites(finished.cells, REGION_FINISHED)
+        staging.commit()
+    return record
+
+
+def report(config: BatchConfig, sites: gpd.GeoDataFrame, record: dict[str, Any], *,
+           listed: str = "sites.geojson") -> str:
     """``report.html`` of a batch: the date windows and catalog stand for run's two inputs."""
     inputs = {name: {"path": str(config.catalog), "date": " .. ".join(getattr(config, name))}
               for name in ("before", "after")}
-    return render(sites, {**record, "mode": "batch", "inputs": inputs}, user_columns(sites, PAIR_FIELDS))
+    return render(sites, {**record, "mode": "batch", "inputs": inputs}, user_columns(sites, PAIR_FIELDS),
+                  listed=listed)
 
 
 def check_same_batch(config: BatchConfig) -> None:
@@ -140,24 +211,21 @@ def check_same_batch(config: BatchConfig) -> None:
                          f"give a new [output] dir in {config.path}, or restore the earlier settings")
 
 
-def batch_record(config: BatchConfig, store: ResultStore, total: int, finished: Finished | None, *,
-                 dask: str | None, workers: int, seconds: float, ran: int) -> dict[str, Any]:
+def batch_record(config: BatchConfig, store: ResultStore, total: int, run: Runner, *,
+                 threshold: dict[str, Any] | None, flagged: int, seconds: float, ran: int) -> dict[str, Any]:
     """What ``batch.json`` says: the configuration, the method and threshold, the counts, where it ran, the
-    versions, and the review state the next end of the batch starts from."""
+    versions (the caller adds the review state the next end of the batch starts from)."""
     failed = store.failed
-    sites = finished.sites if finished is not None else None
     return {
         "detector_version": __version__,
         "config": config.to_json(),
-        **finish_record(config, finished.threshold if finished is not None else None),
+        **finish_record(config, threshold),
         "complete": len(store.done) + len(failed) == total,
-        "counts": {"sites": total, "done": len(store.done), "failed": len(failed),
-                   "flagged": int(sites["flagged"].sum()) if sites is not None else 0,
+        "counts": {"sites": total, "done": len(store.done), "failed": len(failed), "flagged": flagged,
                    "ran_this_time": ran},
         "failed": failed,
-        "executor": f"dask {dask}" if dask else f"local processes ({workers or os.cpu_count()})",
+        "executor": run.name,
         "seconds_this_time": round(seconds, 2),
         "fields": [*OUR_FIELDS, *PAIR_FIELDS],
         "versions": versions(),
-        **({"review_state": finished.review_state} if finished is not None else {}),
     }

@@ -7,6 +7,10 @@ file, then rename), its change polygons (layer ``changes``), its row (layer
 done: when a batch starts, a torn last line is cut off and rows of the
 GeoPackage whose site the manifest does not list as done (a kill between two
 writes) are deleted, so the site runs again exactly once.
+
+A region batch stores by block the same way: its key is ``block_id`` (the
+manifest's first column, and a column of every cell row and change polygon),
+so a block's cells appear whole or not at all.
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ GPKG_OPTIONS = {"SPATIAL_INDEX": "NO"}  # no R-tree triggers, so rows can be del
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What one site task returns: its row and polygons, or the reason it failed."""
+    """What one task returns: its rows and polygons, or the reason it failed; ``site_id`` is the task's key
+    (a site's id, or a region block's ``block_id``)."""
 
     site_id: str
     sites: gpd.GeoDataFrame | None = None
@@ -50,10 +55,11 @@ class Outcome:
 
 
 class ResultStore:
-    """``sites.gpkg``, ``manifest.csv`` and ``change/`` in one output folder."""
+    """``sites.gpkg``, ``manifest.csv`` and ``change/`` in one output folder, one task per ``key`` value."""
 
-    def __init__(self, out: Path) -> None:
-        self.out = out
+    def __init__(self, out: Path, *, key: str = "site_id") -> None:
+        self.out, self.key = out, key
+        self.fields = (key, *MANIFEST_FIELDS[1:])
         self.gpkg = out / "sites.gpkg"
         self.manifest = out / "manifest.csv"
         out.mkdir(parents=True, exist_ok=True)
@@ -71,7 +77,8 @@ class ResultStore:
                 self._write_raster(outcome)
             changes = outcome.changes
             if changes is None:
-                changes = outcome.sites.iloc[:0][["site_id", outcome.sites.geometry.name]]
+                changes = outcome.sites.iloc[:0][list(dict.fromkeys(["site_id", self.key,
+                                                                      outcome.sites.geometry.name]))]
             if not self.gpkg.exists():
                 self._create(outcome.sites, changes)
             else:
@@ -106,12 +113,12 @@ class ResultStore:
                                 promote_to_multi=True)
 
     def _append_manifest(self, outcome: Outcome) -> None:
-        row = {"site_id": outcome.site_id, "status": "failed" if outcome.error else "done",
+        row = {self.key: outcome.site_id, "status": "failed" if outcome.error else "done",
                "reason": outcome.error or "", "before_scene": outcome.before_scene,
                "after_scene": outcome.after_scene, "seconds": f"{outcome.seconds:.3f}",
                "finished_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
         text = io.StringIO()
-        writer = csv.DictWriter(text, MANIFEST_FIELDS, lineterminator="\n")
+        writer = csv.DictWriter(text, self.fields, lineterminator="\n")
         if not self.manifest.exists() or self.manifest.stat().st_size == 0:
             writer.writeheader()
         writer.writerow(row)
@@ -129,10 +136,10 @@ class ResultStore:
                 f.truncate(data.rfind(b"\n") + 1)
             data = data[:data.rfind(b"\n") + 1]
         rows = list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
-        if rows and set(rows[0]) != set(MANIFEST_FIELDS):
+        if rows and set(rows[0]) != set(self.fields):
             raise InputError(f"{self.manifest} is not a batch manifest (columns {list(rows[0])}): "
                              "choose an empty [output] dir")
-        return {row["site_id"]: row for row in rows}
+        return {row[self.key]: row for row in rows}
 
     def _drop_unfinished(self) -> None:
         if not self.gpkg.exists():
@@ -140,12 +147,12 @@ class ResultStore:
         done = sorted(self.done)  # a GeoPackage appears whole (see _create): only rows can be left over
         try:
             with sqlite3.connect(self.gpkg) as db:
-                db.execute("CREATE TEMP TABLE done (site_id TEXT PRIMARY KEY)")
+                db.execute("CREATE TEMP TABLE done (task TEXT PRIMARY KEY)")
                 db.executemany("INSERT INTO done VALUES (?)", [(s,) for s in done])
                 tables = {r[0] for r in db.execute("SELECT table_name FROM gpkg_contents")}
                 for layer in LAYERS:
                     if layer in tables:
-                        db.execute(f"DELETE FROM {layer} WHERE site_id NOT IN (SELECT site_id FROM done)")
+                        db.execute(f'DELETE FROM {layer} WHERE "{self.key}" NOT IN (SELECT task FROM done)')
             db.close()
         except sqlite3.DatabaseError as exc:
             raise InputError(f"{self.gpkg} is not the GeoPackage of a batch ({first_line(exc)}): move it away, "
@@ -156,22 +163,35 @@ class ResultStore:
         sites = pyogrio.read_dataframe(self.gpkg, layer="sites")
         position = {site_id: k for k, site_id in enumerate(order)}
         sites = sites.iloc[np.argsort([position.get(s, len(position)) for s in sites["site_id"]], kind="stable")]
-        score = pd.to_numeric(sites["score"], errors="coerce").to_numpy(dtype=float)
-        changed = np.nan_to_num(pd.to_numeric(sites["changed_area_m2"], errors="coerce").to_numpy(dtype=float))
-        sites["rank"] = pd.array(rank(score, changed), dtype="Int64")
-        return sites.sort_values("rank", na_position="last", kind="stable")
+        return ranked(sites)
+
+    def ranked_cells(self) -> gpd.GeoDataFrame:
+        """Every stored cell of a region batch, ranked by score, then changed area, then row and column."""
+        cells = pyogrio.read_dataframe(self.gpkg, layer="sites")
+        return ranked(cells.sort_values(["cell_row", "cell_col"], kind="stable"))
 
     def changes(self) -> gpd.GeoDataFrame:
-        """The change polygons of every done site."""
-        return pyogrio.read_dataframe(self.gpkg, layer="changes")
+        """The change polygons of every done site (in the order of their sites' ids, then as stored)."""
+        changes = pyogrio.read_dataframe(self.gpkg, layer="changes")
+        return changes.sort_values("site_id", kind="stable").reset_index(drop=True)
 
     def update_sites(self, sites: pd.DataFrame, columns: tuple[str, ...]) -> None:
         """Set ``columns`` of the stored rows to those of ``sites`` (by site_id), in one transaction."""
         names = ", ".join(f'"{c}" = ?' for c in columns)
-        rows = [(*(_sql_value(row[c]) for c in columns), str(row["site_id"])) for _, row in sites.iterrows()]
+        values = [sites[c].tolist() for c in columns]  # a region's millions of cells: no row objects
+        rows = [(*(_sql_value(v) for v in row), str(site_id))
+                for *row, site_id in zip(*values, sites["site_id"].tolist(), strict=True)]
         with sqlite3.connect(self.gpkg) as db:
             db.executemany(f"UPDATE sites SET {names} WHERE site_id = ?", rows)
         db.close()
+
+
+def ranked(sites: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """``sites`` with their ``rank`` by score, then changed area, then their order; in rank order."""
+    score = pd.to_numeric(sites["score"], errors="coerce").to_numpy(dtype=float)
+    changed = np.nan_to_num(pd.to_numeric(sites["changed_area_m2"], errors="coerce").to_numpy(dtype=float))
+    sites["rank"] = pd.array(rank(score, changed), dtype="Int64")
+    return sites.sort_values("rank", na_position="last", kind="stable")
 
 
 def _sql_value(value: object) -> object:

@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +28,9 @@ from detector.batch.catalog import Scene, site_cover
 from detector.batch.config import BatchConfig
 from detector.batch.pairing import Candidates, PairingRule, choose_pair, covering, in_windows, no_pair_reason, ordinal
 from detector.batch.store import Outcome
+from detector.config import ScanOptions
 from detector.errors import DetectorError, InputError, first_line
-from detector.imagery import match_bands, overlap_window, reference_grid
+from detector.imagery import DateSource, Grid, match_bands, overlap_window, reference_grid
 from detector.memory import keep_freed_memory
 from detector.methods import load_model
 from detector.outputs import ScoreRaster
@@ -36,7 +38,7 @@ from detector.results import results, with_chip_paths
 from detector.reviews import carry_over
 from detector.scan import score_scene
 from detector.tiling import intersect, union
-from detector.zones import plan_site_zones
+from detector.zones import Zones, plan_site_zones
 
 log = logging.getLogger(__name__)
 
@@ -62,20 +64,26 @@ class SiteTask:
 def plan_tasks(config: BatchConfig, sites: gpd.GeoDataFrame, scenes: list[Scene], *,
                skip: set[str]) -> list[SiteTask]:
     """One task per site not in ``skip``, with the scenes that cover it within each date window."""
+    found = scenes_over(config, np.asarray(sites.geometry.values, dtype=object), scenes)
+    return [SiteTask(sites.iloc[[i]], *found[i], config) for i, site_id in enumerate(sites["site_id"])
+            if site_id not in skip]
+
+
+def scenes_over(config: BatchConfig, places: np.ndarray, scenes: list[Scene]) -> list[tuple[tuple[Scene, ...],
+                                                                                          tuple[Scene, ...]]]:
+    """For each place (an EPSG:4326 geometry, a site or a region's block), the (before, after) scenes whose
+    footprint covers it and whose date lies in that window."""
     days = np.array([ordinal(s.date) for s in scenes])
-    windows = {name: in_windows(days, getattr(config, name), tolerance_days=config.tolerance_days)
-               for name in ("before", "after")}
-    site_of, scene_of = covering(np.asarray(sites.geometry.values, dtype=object),
-                                 np.array([s.footprint for s in scenes], dtype=object))
-    starts = np.searchsorted(site_of, np.arange(len(sites) + 1))
-    tasks = []
-    for i, site_id in enumerate(sites["site_id"]):
-        if site_id in skip:
-            continue
-        found = scene_of[starts[i]:starts[i + 1]]
-        picks = {name: tuple(scenes[j] for j in found[inside[found]]) for name, inside in windows.items()}
-        tasks.append(SiteTask(sites.iloc[[i]], picks["before"], picks["after"], config))
-    return tasks
+    windows = [in_windows(days, getattr(config, name), tolerance_days=config.tolerance_days)
+               for name in ("before", "after")]
+    place_of, scene_of = covering(places, np.array([s.footprint for s in scenes], dtype=object))
+    starts = np.searchsorted(place_of, np.arange(len(places) + 1))
+    found = []
+    for i in range(len(places)):
+        mine = scene_of[starts[i]:starts[i + 1]]
+        before, after = (tuple(scenes[j] for j in mine[inside[mine]]) for inside in windows)
+        found.append((before, after))
+    return found
 
 
 def pairing_rule(config: BatchConfig) -> PairingRule:
@@ -100,36 +108,49 @@ def _end_with_parent(parent: int, *, every_s: float = 0.5) -> None:
 
 def score_site(task: SiteTask) -> Outcome:
     """Choose the site's scenes and score it; every failure is returned, never raised."""
+    return guarded(task.site_id, lambda tic: scored_site(task, tic))
+
+
+def guarded(task_id: str, work: Callable[[float], Outcome]) -> Outcome:
+    """``work(start time)`` under the worker's GDAL cache; a failure, even a bug, as an :class:`Outcome`."""
     tic = time.perf_counter()
     try:
         cache = {} if "GDAL_CACHEMAX" in os.environ else {"GDAL_CACHEMAX": WORKER_CACHE_MB * 2**20}  # a user's wins
         with rasterio.Env(**cache):  # the scan's reader sets its own
-            return scored_site(task, tic)
+            return work(tic)
     except DetectorError as exc:
-        return Outcome(task.site_id, error=first_line(exc, limit=1000), seconds=time.perf_counter() - tic)
+        return Outcome(task_id, error=first_line(exc, limit=1000), seconds=time.perf_counter() - tic)
     except Exception as exc:  # a bug at one site is reported, and the batch goes on
-        log.error("site %s: %s", task.site_id, traceback.format_exc())
-        return Outcome(task.site_id, error=f"internal error {type(exc).__name__}: {first_line(exc, limit=1000)}",
+        log.error("task %s: %s", task_id, traceback.format_exc())
+        return Outcome(task_id, error=f"internal error {type(exc).__name__}: {first_line(exc, limit=1000)}",
                        seconds=time.perf_counter() - tic)
 
 
 def scored_site(task: SiteTask, tic: float) -> Outcome:
     geom = task.site.geometry.iloc[0]
-    before, after = (candidates(scenes, geom) for scenes in (task.before, task.after))
-    rule = pairing_rule(task.config)
-    pair = choose_pair(before, after, rule)
-    if pair is None:
-        raise InputError(no_pair_reason(before, after, rule))
-    chosen = (task.before[pair.before], task.after[pair.after])
+    chosen, facts = chosen_pair(task.config, task.before, task.after, geom)
     sites, changes, raster = score_pair(task, chosen)
-    facts = {"before_scene": chosen[0].id, "after_scene": chosen[1].id,
-             "before_cloud": _round(before.cloud[pair.before]), "after_cloud": _round(after.cloud[pair.after]),
-             "before_valid": _round(before.valid[pair.before]), "after_valid": _round(after.valid[pair.after]),
-             "season_gap_days": pair.season_gap_days, "pairing": pair.reason}
     for name, value in facts.items():
         sites[name] = value
     return Outcome(task.site_id, sites=sites, changes=changes, raster=raster, before_scene=chosen[0].id,
                    after_scene=chosen[1].id, seconds=time.perf_counter() - tic)
+
+
+def chosen_pair(config: BatchConfig, before_scenes: tuple[Scene, ...], after_scenes: tuple[Scene, ...], place: Any,
+                *, what: str = "site") -> tuple[tuple[Scene, Scene], dict[str, Any]]:
+    """The best pair of scenes over ``place`` (an EPSG:4326 geometry) and the :data:`PAIR_FIELDS` that say
+    why; :class:`InputError` when none is usable."""
+    before, after = (candidates(scenes, place) for scenes in (before_scenes, after_scenes))
+    rule = pairing_rule(config)
+    pair = choose_pair(before, after, rule, what=what)
+    if pair is None:
+        raise InputError(no_pair_reason(before, after, rule, what=what))
+    chosen = (before_scenes[pair.before], after_scenes[pair.after])
+    facts = {"before_scene": chosen[0].id, "after_scene": chosen[1].id,
+             "before_cloud": _round(before.cloud[pair.before]), "after_cloud": _round(after.cloud[pair.after]),
+             "before_valid": _round(before.valid[pair.before]), "after_valid": _round(after.valid[pair.after]),
+             "season_gap_days": pair.season_gap_days, "pairing": pair.reason}
+    return chosen, facts
 
 
 def candidates(scenes: tuple[Scene, ...], site: Any) -> Candidates:
@@ -149,9 +170,16 @@ def score_pair(task: SiteTask, chosen: tuple[Scene, Scene]) -> tuple[gpd.GeoData
     if area is None:
         raise InputError(f"{before.path} and {after.path} do not overlap over the site")
     zones = plan_site_zones(task.site, scan, grid, area, source=task.site_id)
+    return scan_pair(scan, (before, after), names, grid, zones)
+
+
+def scan_pair(scan: ScanOptions, dates: tuple[DateSource, DateSource], names: tuple[str, ...], grid: Grid,
+              zones: Zones) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame, bytes]:
+    """The zones scored on two dates with ``run``'s scan and results, in one thread: their rows (verdict fields
+    unreviewed, no chips, no rank yet), their change polygons and the change raster's bytes."""
     model = load_model(scan, names)
     with tempfile.TemporaryDirectory(prefix="detector-site-") as tmp:
-        scene = score_scene(scan, (before, after), names, grid, zones,
+        scene = score_scene(scan, dates, names, grid, zones,
                             lambda: ScoreRaster(Path(tmp) / "change.tif", crs=grid.crs, transform=grid.transform,
                                                 area=union([u.core for b in zones.batches for u in b.units])),
                             None, model, workers=1)
@@ -160,7 +188,7 @@ def score_pair(task: SiteTask, chosen: tuple[Scene, Scene]) -> tuple[gpd.GeoData
         finally:
             scene.raster.discard()
         data = (Path(tmp) / "change.tif").read_bytes()
-    scored, changes = results(scene.scan, zones, scene.acc, grid, (before, after))
+    scored, changes = results(scene.scan, zones, scene.acc, grid, dates)
     sites, _ = carry_over(scored, None)
     sites = with_chip_paths(sites, np.zeros(len(sites), bool))
     sites["rank"] = pd.array([None] * len(sites), dtype="Int64")  # ranked over the whole batch when it ends

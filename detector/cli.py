@@ -163,6 +163,9 @@ def add_training_commands(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--seed", type=int, default=0, help="random seed (0)")
     train.add_argument("--architecture", default="ef-fpn-s", help="network (ef-fpn-s)")
     train.add_argument("--init", type=Path, help="start from this model file (fine-tuning)")
+    train.add_argument("--evidence", choices=("none", "classical"), default="none",
+                       help="evidence the network reads beside the bands: none, or the classical change score "
+                            "(a model it fine-tunes keeps its own)")
     train.add_argument("--bands", help=BANDS_HELP)
     train.add_argument("--keep-worse", action="store_true",
                        help="write the model even if it validates worse than the one it started from")
@@ -228,7 +231,7 @@ def train_command(args: argparse.Namespace, argv: list[str]) -> int:
                          batch=args.batch, epochs=args.epochs, steps_per_epoch=args.steps, lr=args.lr,
                          val_fraction=args.val_fraction, patience=args.patience, max_minutes=args.max_minutes,
                          seed=args.seed, init=init, keep_worse=args.keep_worse, bands=args.bands,
-                         notes={"command": ["detector", *argv]})
+                         evidence=() if args.evidence == "none" else (args.evidence,), notes={"command": ["detector", *argv]})
     card = train(config, progress=None if args.quiet else _epoch_line)
     best = card["metrics"]["validation"]
     print(f"best epoch {best['epoch']}: validation P {best['precision']:.3f} R {best['recall']:.3f} "

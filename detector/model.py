@@ -31,10 +31,11 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 MODEL_BANDS = ("blue", "green", "red", "nir", "swir16", "swir22")
 STRIDE = 8  # the network's coarsest level is 1/8 of the input
 CLIP = 6.0  # standardized values are clipped to +-CLIP spreads
+EVIDENCE = ("classical",)  # evidence a network may read beside the bands: the classical change score
 
 
 def adapt(before: np.ndarray, after: np.ndarray, names: tuple[str, ...],
-          bands: tuple[str, ...] = MODEL_BANDS) -> np.ndarray:
+          bands: tuple[str, ...] = MODEL_BANDS, *, evidence: np.ndarray | None = None) -> np.ndarray:
     """Arrange two dates as the network's input.
 
     Parameters
@@ -42,13 +43,18 @@ def adapt(before: np.ndarray, after: np.ndarray, names: tuple[str, ...],
     before, after : ndarray, shape (N, C, H, W), float32, NaN = nodata
     names : canonical names of the C bands
     bands : the bands the network expects, in order
+    evidence : ndarray, shape (N, E, H, W), float32 in [0, 1], NaN = nodata, or None: per-pixel evidence
+        the network also reads (a model whose card lists ``evidence``, see :data:`EVIDENCE`), as is
 
     Returns
     -------
-    ndarray, shape (N, 2 * len(bands), H, W), float32, no NaN
+    ndarray, shape (N, 2 * len(bands) + E, H, W), float32, no NaN
     """
     n, _, h, w = before.shape
-    out = np.zeros((n, 2 * len(bands), h, w), dtype=np.float32)
+    extra = 0 if evidence is None else evidence.shape[1]
+    out = np.zeros((n, 2 * len(bands) + extra, h, w), dtype=np.float32)
+    if evidence is not None:
+        out[:, 2 * len(bands):] = np.nan_to_num(evidence, nan=0.0)
     for slot, band in enumerate(bands):
         if band in names:
             i = names.index(band)
@@ -125,11 +131,11 @@ ARCHITECTURES: dict[str, Callable[[int], nn.Module]] = {
 }
 
 
-def build(name: str, bands: tuple[str, ...] = MODEL_BANDS) -> nn.Module:
-    """A fresh network by architecture name, for two dates of ``bands``."""
+def build(name: str, bands: tuple[str, ...] = MODEL_BANDS, *, evidence: tuple[str, ...] = ()) -> nn.Module:
+    """A fresh network by architecture name, for two dates of ``bands`` and the ``evidence`` channels."""
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {name!r}: choose one of {sorted(ARCHITECTURES)}")
-    return ARCHITECTURES[name](2 * len(bands))
+    return ARCHITECTURES[name](2 * len(bands) + len(evidence))
 
 
 def fuse_batchnorm(model: nn.Module) -> nn.Module:

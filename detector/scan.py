@@ -144,7 +144,8 @@ def method_score(scan: ScanOptions, model: LoadedModel | None, names: tuple[str,
             raise ValueError(f"method {method.name} needs a model")
         from detector.model import adapt, predict
 
-        cnn[pick] = predict(model.network, adapt(before[pick], after[pick], names))
+        evidence = classical[pick][:, None] if model.evidence else None  # EVIDENCE: the classical score
+        cnn[pick] = predict(model.network, adapt(before[pick], after[pick], names, evidence=evidence))
     cnn[np.isnan(classical)] = np.nan
     near = fusion.near(cnn, reach=fusion.reach_px(pixel_m)) if pick.any() else cnn  # once, for both uses
     if pick.any():

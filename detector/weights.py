@@ -25,7 +25,7 @@ from torch import nn
 
 from detector.errors import InputError, MissingFileError, OutputExistsError, first_line
 from detector.files import atomic
-from detector.model import ARCHITECTURES, MODEL_BANDS, build, fuse_batchnorm
+from detector.model import ARCHITECTURES, EVIDENCE, MODEL_BANDS, build, fuse_batchnorm
 
 FORMAT = "site-change-detector/change-cnn"
 VERSION = 1
@@ -56,9 +56,14 @@ class LoadedModel:
                              f"{self.card['tile_px']}-px tiles, needs at least {least}): "
                              "raise --tile-px or lower --bin")
 
+    @property
+    def evidence(self) -> tuple[str, ...]:
+        """The evidence the network reads beside the bands (:data:`detector.model.EVIDENCE`); () for none."""
+        return tuple(self.card.get("evidence", ()))
+
     def record(self) -> dict[str, Any]:
         """What ``run.json`` says about the model."""
-        keep = ("name", "architecture", "bands", "tile_px", "parameters", "trained_on", "seed", "metrics")
+        keep = ("name", "architecture", "bands", "evidence", "tile_px", "parameters", "trained_on", "seed", "metrics")
         return {"path": str(self.path), "sha256": self.sha256, **{k: self.card.get(k) for k in keep}}
 
 
@@ -86,7 +91,7 @@ def load(path: Path, *, for_training: bool = False) -> LoadedModel:
     data = path.read_bytes()
     blob = _read(data, path)
     card = _card(blob, path)
-    network = build(card["architecture"], tuple(card["bands"]))
+    network = build(card["architecture"], tuple(card["bands"]), evidence=tuple(card.get("evidence", ())))
     try:
         network.load_state_dict(blob["state_dict"])
     except (RuntimeError, TypeError) as exc:
@@ -126,4 +131,7 @@ def _card(blob: dict[str, Any], path: Path) -> dict[str, Any]:
     if tuple(card.get("bands", ())) != MODEL_BANDS or not isinstance(card.get("tile_px"), int):
         raise InputError(f"{path} expects bands {card.get('bands')} and tile_px {card.get('tile_px')}; "
                          f"this detector expects bands {list(MODEL_BANDS)} and an integer tile_px")
+    if not set(card.get("evidence", ())) <= set(EVIDENCE):
+        raise InputError(f"{path} reads evidence {card.get('evidence')}; this detector gives {list(EVIDENCE)}: "
+                         "retrain it with this version")
     return card

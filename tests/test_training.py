@@ -313,3 +313,23 @@ def test_bands_names_the_bands_of_image_pairs_for_train_and_evaluate(pairs: Path
     assert main(["-q", "train", "--data", str(pairs), "--out", str(tmp_path / "m.pt"), "--epochs", "1", "--steps",
                  "1", "--tile-px", "32", "--bands", "blue,red,green"]) == 0
     assert weights.load(tmp_path / "m.pt").card["settings"]["bands"] == "blue,red,green"
+
+
+def test_a_model_that_reads_the_classical_evidence_trains_and_runs(pairs: Path, scene: Scene, tmp_path: Path) -> None:
+    tiles = cut_tiles(load_scenes(pairs), 32, evidence=("classical",))
+    assert tiles.inputs.shape[1] == 2 * len(MODEL_BANDS) + 1
+    evidence = tiles.inputs[:, -1]
+    built = tiles.target >= 0.5
+    assert evidence.min() >= 0 and evidence.max() <= 1
+    assert evidence[built].mean() > 3 * evidence[tiles.target == 0].mean()  # the planted blocks stand out
+    model = tmp_path / "m.pt"
+    assert main(["-q", "train", "--data", str(pairs), "--out", str(model), "--epochs", "1", "--steps", "2",
+                 "--tile-px", "32", "--batch", "4", "--evidence", "classical"]) == 0
+    assert weights.load(model).evidence == ("classical",)
+    tuned = TrainConfig(data=(pairs,), out=tmp_path / "tuned.pt", init=model, tile_px=32, batch=4, epochs=1,
+                        steps_per_epoch=1, keep_worse=True)
+    assert train(tuned)["evidence"] == ["classical"]  # the model fine-tuned keeps what it reads
+    out = tmp_path / "run"
+    assert main(["-q", "run", "--before", str(scene.before), "--after", str(scene.after), "--out", str(out),
+                 "--model", str(model), "--method", "cnn", "--cell-m", "600"]) == 0
+    assert json.loads((out / "run.json").read_text())["model"]["evidence"] == ["classical"]

@@ -1,7 +1,7 @@
 """Training augmentation of network-ready tiles (see :func:`detector.model.adapt`).
 
-Array contract: ``inputs`` float32 ``(N, 2B, H, W)`` (B bands of the before
-date, then B of the after date, standardized); ``target`` float32
+Array contract: ``inputs`` float32 ``(N, 2B + E, H, W)`` (B bands of the before
+date, then B of the after date, standardized, then E evidence channels); ``target`` float32
 ``(N, H, W)``, NaN = unknown.  Randomness comes only from the ``rng`` passed in.
 
 Per tile: a random 90-degree rotation and flip; the dates swapped (half the
@@ -40,7 +40,8 @@ def augment_batch(inputs: np.ndarray, target: np.ndarray, rng: np.random.Generat
                                                                                                  np.ndarray]:
     """An augmented copy of a batch; see the module docstring.  ``strength`` "strong" also distorts both
     dates' radiometry (:func:`radiometry`), for ground unlike the training cities'."""
-    bands = inputs.shape[1] // 2
+    bands = len(MODEL_BANDS)
+    dates = slice(0, 2 * bands)  # the evidence channels after them move with the ground, nothing else
     xs, ys = [], []
     for x, y in zip(inputs, target, strict=True):
         if zoom > 1 and rng.random() < zoom_share:
@@ -51,8 +52,8 @@ def augment_batch(inputs: np.ndarray, target: np.ndarray, rng: np.random.Generat
             x, y = x[:, :, ::-1], y[:, ::-1]
         x = np.array(x, dtype=np.float32)
         if rng.random() < 0.5:
-            x = np.concatenate([x[bands:], x[:bands]])
-        after = x[bands:]
+            x[dates] = np.concatenate([x[bands:2 * bands], x[:bands]])
+        after = x[bands:2 * bands]
         present = np.abs(after).reshape(bands, -1).max(axis=1) > 0
         nodata = np.all(after == 0, axis=0)
         after *= rng.uniform(1 - gain, 1 + gain, (bands, 1, 1)).astype(np.float32)
@@ -62,9 +63,9 @@ def augment_batch(inputs: np.ndarray, target: np.ndarray, rng: np.random.Generat
         after[:, nodata] = 0.0
         if max_shift and rng.random() < 0.5:
             dy, dx = rng.uniform(-max_shift, max_shift, 2)
-            x[bands:] = ndimage.shift(after, (0, dy, dx), order=1, mode="nearest")
+            x[bands:2 * bands] = ndimage.shift(after, (0, dy, dx), order=1, mode="nearest")
         if strength == "strong":
-            x = radiometry(x, bands, rng)
+            x[dates] = radiometry(x[dates], bands, rng)
         if rng.random() < band_drop:
             x[OPTIONAL] = 0.0
             x[[bands + i for i in OPTIONAL]] = 0.0

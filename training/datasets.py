@@ -60,13 +60,14 @@ class Scene:
     target: np.ndarray  # (H, W) float32: 1 change, 0 no change, NaN unknown
     names: tuple[str, ...]  # canonical band names of the C bands
     weak: float = float("nan")  # 1.0: a reviewed site that changed somewhere inside (target all NaN)
+    pixel_m: float = 10.0  # ground size of a pixel (the classical evidence is scored in metres)
 
 
 @dataclass(frozen=True, slots=True)
 class Tiles:
     """Network-ready tiles: inputs from :func:`detector.model.adapt` and their targets."""
 
-    inputs: np.ndarray  # (N, 2 * len(MODEL_BANDS), T, T) float32
+    inputs: np.ndarray  # (N, 2 * len(MODEL_BANDS) + len(evidence), T, T) float32
     target: np.ndarray  # (N, T, T) float32, NaN = unknown
     weak: np.ndarray  # (N,) float32, NaN = pixel labels only
     block: np.ndarray  # (N,) int: the block of the scene the tile comes from (the unit of the split)
@@ -224,7 +225,7 @@ def load_reviewed(folder: Path, *, sites_file: Path | None = None, margin_px: in
             if label == 0:
                 target[inside] = 0.0
             scenes.append(Scene(f"{folder.name}/{site_id}", first.read(window), second.read(window), target, names,
-                                weak=1.0 if label == 1 else float("nan")))
+                                weak=1.0 if label == 1 else float("nan"), pixel_m=abs(grid.transform.a)))
     return scenes
 
 
@@ -234,14 +235,17 @@ def _site_window(bounds: tuple[float, float, float, float], grid: Grid, area: Wi
 
 
 
-def cut_tiles(scenes: list[Scene], tile: int, *, scales: tuple[int, ...] = (1,)) -> Tiles:
+def cut_tiles(scenes: list[Scene], tile: int, *, scales: tuple[int, ...] = (1,),
+              evidence: tuple[str, ...] = ()) -> Tiles:
     """Cut scenes into network-ready tiles of ``tile`` px at each scale.
 
     Each scene is split into blocks of ``tile * max(scales)`` px (blocks
     over the edge padded with NaN, so every pixel is in one block); a block gives
     ``(s')**2`` tiles at scale ``s`` (block-averaged by ``s``).  Tiles of one
     block share its ``block`` number, so a split by block keeps every tile of
-    a piece of ground on one side.
+    a piece of ground on one side.  ``evidence`` ("classical") adds the
+    classical change score of each tile, scored as ``detector run`` scores it
+    (:func:`tile_evidence`), as a channel after the bands.
     """
     parts: list[tuple[np.ndarray, np.ndarray, float, int, str]] = []
     side = tile * max(scales)
@@ -249,20 +253,42 @@ def cut_tiles(scenes: list[Scene], tile: int, *, scales: tuple[int, ...] = (1,))
     for scene in scenes:
         for b, a, t in _blocks(scene, side):
             for s in scales:
-                for rows, cols in _grid(side // s, tile):
-                    bb, ab = bin_mean(b, s)[:, rows, cols], bin_mean(a, s)[:, rows, cols]
-                    tb = bin_mean(t[None], s)[0, rows, cols]
-                    if np.isnan(bb).all() or (np.isnan(tb).all() and np.isnan(scene.weak)):
-                        continue  # padding only, or nothing known about it
-                    if not np.isnan(scene.weak) and np.isnan(bb[0]).mean() > 0.5:
-                        continue  # a sliver of a reviewed site: its label says nothing about it
-                    parts.append((adapt(bb[None], ab[None], scene.names)[0], tb, scene.weak, block, scene.name))
+                picked = [(bin_mean(b, s)[:, rows, cols], bin_mean(a, s)[:, rows, cols],
+                           bin_mean(t[None], s)[0, rows, cols]) for rows, cols in _grid(side // s, tile)]
+                picked = [(bb, ab, tb) for bb, ab, tb in picked if _useful(bb, tb, scene)]
+                if not picked:
+                    continue
+                bb, ab, tb = (np.stack(x) for x in zip(*picked, strict=True))
+                extra = tile_evidence(bb, ab, scene.names, pixel_m=scene.pixel_m * s, factor=s) if evidence else None
+                for x, y in zip(adapt(bb, ab, scene.names, evidence=extra), tb, strict=True):
+                    parts.append((x, y, scene.weak, block, scene.name))
             block += 1
     if not parts:
         raise InputError("no tiles: the training scenes are empty")
     inputs, target, weak, blocks, source = zip(*parts, strict=True)
     return Tiles(np.stack(inputs), np.stack(target).astype(np.float32), np.array(weak, np.float32),
                  np.array(blocks), np.array(source))
+
+
+def _useful(before: np.ndarray, target: np.ndarray, scene: Scene) -> bool:
+    if np.isnan(before).all() or (np.isnan(target).all() and np.isnan(scene.weak)):
+        return False  # padding only, or nothing known about it
+    return np.isnan(scene.weak) or np.isnan(before[0]).mean() <= 0.5  # a sliver of a reviewed site says nothing
+
+
+def tile_evidence(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], *, pixel_m: float,
+                  factor: int = 1) -> np.ndarray:
+    """The classical change score of tiles block-averaged by ``factor``, as ``detector run`` scores them with
+    its defaults (normalized, registered): shape (N, 1, H, W), float32, NaN = nodata."""
+    from detector.change import score_tiles
+    from detector.config import ScanOptions
+
+    scan = ScanOptions()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        found = score_tiles(before, after, names, pixel_m=pixel_m, max_shift_px=scan.max_shift_px / factor,
+                            min_peak=scan.min_peak, params=scan.params)
+    return found.score[:, None]
 
 
 def _blocks(scene: Scene, side: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:

@@ -19,7 +19,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from detector import weights
 from detector.errors import InputError
-from detector.model import ARCHITECTURES, MODEL_BANDS, build, parameter_count, predict
+from detector.model import ARCHITECTURES, EVIDENCE, MODEL_BANDS, build, parameter_count, predict
 from training.augment import STRENGTHS, augment_batch
 from training.datasets import Tiles, cut_tiles, groups, load_scenes, split
 from training.evaluation import pixel_metrics
@@ -63,6 +63,7 @@ class TrainConfig:
     keep_worse: bool = False  # write a model that validates worse than its --init
     bands: str | None = None  # --bands: the bands of image pairs' files (detector.bands)
     ema: float = 0.0  # decay of an exponential moving average of the weights (0: none), validated and kept
+    evidence: tuple[str, ...] = ()  # evidence the network reads beside the bands (detector.model.EVIDENCE)
     notes: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -81,6 +82,8 @@ class TrainConfig:
                              f"{self.out / 'model.pt'}")
         if not 0 <= self.ema < 1:
             raise InputError(f"--ema is {self.ema}: give a decay in [0, 1) (0: no average)")
+        if not set(self.evidence) <= set(EVIDENCE):
+            raise InputError(f"--evidence {','.join(self.evidence)}: choose from {', '.join(EVIDENCE)}")
         if not 0 <= self.val_fraction < 1:
             raise InputError(f"--val-fraction is {self.val_fraction}: give a value in [0, 1)")
 
@@ -112,12 +115,13 @@ def prepare(config: TrainConfig) -> Tiles:
     """Load the scenes under every ``--data`` folder and cut them into tiles."""
     scenes = [scene for folder in config.data for scene in load_scenes(folder, bands=config.bands)]
     log.info("%d scenes from %s", len(scenes), ", ".join(str(d) for d in config.data))
-    return cut_tiles(scenes, config.tile_px, scales=config.scales)
+    return cut_tiles(scenes, config.tile_px, scales=config.scales, evidence=config.evidence)
 
 
 def train(config: TrainConfig, *, progress: Progress | None = None) -> dict[str, Any]:
     """Train, write the best model to ``config.out``; return its card."""
     start = time.perf_counter()
+    config = with_init(config)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     tiles = prepare(config)
@@ -158,10 +162,18 @@ def warn_if_unmeasurable(tiles: Tiles, idx: np.ndarray) -> bool:
     return False
 
 
-def start_network(config: TrainConfig) -> tuple[torch.nn.Module, str]:
-    """A fresh network, or the one in ``config.init`` (whose architecture then wins)."""
+def with_init(config: TrainConfig) -> TrainConfig:
+    """``config`` with the architecture and evidence of the model it fine-tunes (``config.init``), which win."""
     if config.init is None:
-        return build(config.architecture), config.architecture
+        return config
+    card = weights.load(config.init, for_training=True).card
+    return replace(config, architecture=card["architecture"], evidence=tuple(card.get("evidence", ())))
+
+
+def start_network(config: TrainConfig) -> tuple[torch.nn.Module, str]:
+    """A fresh network, or the one in ``config.init`` (see :func:`with_init`)."""
+    if config.init is None:
+        return build(config.architecture, evidence=config.evidence), config.architecture
     loaded = weights.load(config.init, for_training=True)
     return loaded.network, loaded.card["architecture"]
 
@@ -248,6 +260,7 @@ def model_card(config: TrainConfig, architecture: str, tiles: Tiles, train_idx: 
         "name": config.name,
         "architecture": architecture,
         "bands": list(MODEL_BANDS),
+        "evidence": list(config.evidence),
         "required_bands": ["blue", "green", "red"],
         "tile_px": config.tile_px,
         "parameters": parameter_count(network),

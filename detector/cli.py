@@ -231,7 +231,8 @@ def train_command(args: argparse.Namespace, argv: list[str]) -> int:
                          batch=args.batch, epochs=args.epochs, steps_per_epoch=args.steps, lr=args.lr,
                          val_fraction=args.val_fraction, patience=args.patience, max_minutes=args.max_minutes,
                          seed=args.seed, init=init, keep_worse=args.keep_worse, bands=args.bands,
-                         evidence=() if args.evidence == "none" else (args.evidence,), notes={"command": ["detector", *argv]})
+                         evidence=() if args.evidence == "none" else (args.evidence,),
+                         notes={"command": ["detector", *argv]})
     card = train(config, progress=None if args.quiet else _epoch_line)
     best = card["metrics"]["validation"]
     print(f"best epoch {best['epoch']}: validation P {best['precision']:.3f} R {best['recall']:.3f} "

@@ -89,7 +89,7 @@ def keep_ids(candidates: gpd.GeoDataFrame, earlier: gpd.GeoDataFrame | None) -> 
         shapely.area(shapely.union(new[pairs[0]], old[pairs[1]])), 1e-18)
     out = candidates.copy()
     ids = out["site_id"].to_numpy(dtype=object)
-    for n, o, v in sorted(zip(pairs[0], pairs[1], iou, strict=True), key=lambda t: -t[2]):
+    for n, o, v in sorted(zip(pairs[0], pairs[1], iou, strict=True), key=lambda t: t[2]):  # the best one last
         if v > 0.5:
             ids[n] = earlier["site_id"].iloc[o]
     out["site_id"] = ids

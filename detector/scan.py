@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import functools
+import itertools
 import logging
 import os
 import queue
+import tempfile
 import threading
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +24,7 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from aoi.cells import pixel_size_m
-from detector import fusion
+from detector import calibration, fusion
 from detector.binning import bin_any, bin_mean, unbin
 from detector.change import score_tiles
 from detector.config import ScanOptions
@@ -56,7 +57,6 @@ class Accumulated:
     applied: np.ndarray  # (Z,)
     polygons: list[tuple[int, float, Any]]  # (zone, mean score, shapely geometry in grid CRS)
     cnn: list[bool]  # per tile scored: whether the CNN ran on it
-    agreement: np.ndarray  # (2,): classically changed pixels, and of those where the CNN agrees (fusion)
     obscured: np.ndarray  # (Z,) pixels of each zone obscured (cloud, shadow, snow) in either date
 
 
@@ -72,8 +72,28 @@ class UnitResult:
     polygons: list[tuple[int, float, Any]]  # (zone, mean score, geometry in the grid CRS)
     score: np.ndarray  # (H, W) over unit.core, NaN outside the zones
     cnn: bool  # the CNN ran on this tile
-    agreement: np.ndarray  # (2,) :func:`detector.fusion.agreement_counts` of the tile's read window
     obscured: np.ndarray  # (len(unit.zones),) pixels of each zone obscured in either date
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """A batch's two voters before they are combined: kept until the scene's calibration is known.
+
+    ``classical, cnn``: (N, h, w) at the bin's resolution (``cnn`` 0 on tiles
+    it skipped, NaN where ``classical`` is); ``ran`` (N,); ``shift`` (N, 2) in
+    grid pixels, ``peak`` and ``applied`` (N,); ``obscured`` (H, W) over the
+    batch's read window; ``counts`` :func:`detector.calibration.counts`.
+    """
+
+    batch: Batch
+    classical: np.ndarray
+    cnn: np.ndarray
+    ran: np.ndarray
+    shift: np.ndarray
+    peak: np.ndarray
+    applied: np.ndarray
+    obscured: np.ndarray
+    counts: np.ndarray
 
 
 class BatchScorer:
@@ -90,23 +110,35 @@ class BatchScorer:
         lon, lat = centre_lonlat(grid, Window(0, 0, grid.width, grid.height))
         self.pixel_m = float(np.mean(pixel_size_m(grid.crs, grid.transform, lon, lat)))
 
-    def __call__(self, batch: Batch, before: RawWindow, after: RawWindow) -> list[UnitResult]:
+    def evidence(self, batch: Batch, before: RawWindow, after: RawWindow) -> Evidence:
+        """Both voters on a batch read (the CNN only where ``scan.method`` asks for it)."""
         factor = self.scan.bin
         first = cut_tiles(before, batch, factor=factor)
-        obscured = before.obscured | after.obscured
         tiles = score_tiles(first, cut_tiles(after, batch, factor=factor),
                             self.names, pixel_m=self.pixel_m * factor,
                             max_shift_px=self.scan.max_shift_px / factor, min_peak=self.scan.min_peak,
                             params=self.scan.params)
-        score, cnn, agreement = method_score(self.scan, self.model, self.names, tiles.score, first, tiles.after,
-                                             pixel_m=self.pixel_m * factor)
-        return [self.unit_result(unit, score[i], tiles.shift[i] * factor, float(tiles.peak[i]),
-                                 bool(tiles.applied[i]), bool(cnn[i]), agreement[i],
-                                 obscured[core_slices(unit.core, batch.read)])
-                for i, unit in enumerate(batch.units)]
+        cnn, ran = cnn_scores(self.scan, self.model, self.names, tiles.score, first, tiles.after)
+        near = fusion.near(cnn, reach=fusion.reach_px(self.pixel_m * factor))
+        rule = self.scan.rule
+        considered = fusion.candidates(tiles.score, threshold=min(rule.pixel_threshold, rule.threshold)) & ran
+        counts = calibration.counts(tiles.score, cnn, near, considered, pixel_threshold=rule.pixel_threshold)
+        return Evidence(batch, tiles.score, cnn, ran, tiles.shift * factor, tiles.peak, tiles.applied,
+                        before.obscured | after.obscured, counts)
+
+    def results(self, found: Evidence, method: str, scale: calibration.Calibration) -> list[UnitResult]:
+        """The batch's tiles scored by ``method`` with the scene's calibration ``scale``."""
+        score = combined(method, found.classical, found.cnn, scale, pixel_m=self.pixel_m * self.scan.bin)
+        return [self.unit_result(unit, score[i], found.shift[i], float(found.peak[i]), bool(found.applied[i]),
+                                 bool(found.ran[i]), found.obscured[core_slices(unit.core, found.batch.read)])
+                for i, unit in enumerate(found.batch.units)]
+
+    def __call__(self, batch: Batch, before: RawWindow, after: RawWindow) -> list[UnitResult]:
+        """One pass, for a method without a CNN (nothing to calibrate)."""
+        return self.results(self.evidence(batch, before, after), self.scan.method, calibration.NONE)
 
     def unit_result(self, unit: Unit, tile_score: np.ndarray, shift: np.ndarray, peak: float,
-                    applied: bool, cnn: bool, agreement: np.ndarray, obscured: np.ndarray) -> UnitResult:
+                    applied: bool, cnn: bool, obscured: np.ndarray) -> UnitResult:
         full = unbin(tile_score, self.scan.bin, (int(unit.read.height), int(unit.read.width)))
         score = full[core_slices(unit.core, unit.read)]
         transform = window_transform(unit.core, self.grid.transform)
@@ -116,7 +148,7 @@ class BatchScorer:
                                    pixel_threshold=self.scan.rule.pixel_threshold)
         cloud = np.bincount(labels[obscured], minlength=len(unit.zones) + 1)[1:]
         return UnitResult(unit, hist, shift, peak, applied, polygons,
-                          np.where(labels > 0, score, np.float32(np.nan)), cnn, agreement, cloud)
+                          np.where(labels > 0, score, np.float32(np.nan)), cnn, cloud)
 
 
 def core_slices(core: Window, read: Window) -> tuple[slice, slice]:
@@ -125,20 +157,17 @@ def core_slices(core: Window, read: Window) -> tuple[slice, slice]:
     return slice(r, r + int(core.height)), slice(c, c + int(core.width))
 
 
-def method_score(scan: ScanOptions, model: LoadedModel | None, names: tuple[str, ...], classical: np.ndarray,
-                 before: np.ndarray, after: np.ndarray, *, pixel_m: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The score of ``scan.method`` from the classical score and the (registered) tiles.
+def cnn_scores(scan: ScanOptions, model: LoadedModel | None, names: tuple[str, ...], classical: np.ndarray,
+               before: np.ndarray, after: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The CNN's change probability on the tiles ``scan.method`` runs it on (0 elsewhere, NaN where the
+    classical score is), and which tiles those are (N,).
 
-    Shapes: classical (N, H, W); before, after (N, C, H, W).  Returns the
-    score (N, H, W), which tiles the CNN ran on (N,) and each tile's
-    agreement counts (N, 2) for the domain check (zeros where no CNN
-    ran).  See :mod:`detector.methods` and :mod:`detector.fusion`.
+    Shapes: classical (N, H, W); before, after (N, C, H, W) (registered).
     """
     method = METHODS[scan.method]
     rule = scan.rule
     pick = method.cnn_tiles(classical, min(rule.pixel_threshold, rule.threshold))
     cnn = np.zeros_like(classical)
-    agreement = np.zeros((len(classical), 2), np.int64)
     if pick.any():
         if model is None:
             raise ValueError(f"method {method.name} needs a model")
@@ -147,14 +176,36 @@ def method_score(scan: ScanOptions, model: LoadedModel | None, names: tuple[str,
         evidence = classical[pick][:, None] if model.evidence else None  # EVIDENCE: the classical score
         cnn[pick] = predict(model.network, adapt(before[pick], after[pick], names, evidence=evidence))
     cnn[np.isnan(classical)] = np.nan
-    near = fusion.near(cnn, reach=fusion.reach_px(pixel_m)) if pick.any() else cnn  # once, for both uses
+    return cnn, pick
+
+
+def combined(method: str, classical: np.ndarray, cnn: np.ndarray, scale: calibration.Calibration, *,
+             pixel_m: float) -> np.ndarray:
+    """The score of ``method`` from both voters, the CNN calibrated by ``scale`` (:mod:`detector.calibration`)
+    first (see :mod:`detector.methods` and :mod:`detector.fusion`)."""
+    cnn = calibration.apply(cnn, scale)
+    return METHODS[method].combine(classical, cnn, fusion.near(cnn, reach=fusion.reach_px(pixel_m)))
+
+
+def method_score(scan: ScanOptions, model: LoadedModel | None, names: tuple[str, ...], classical: np.ndarray,
+                 before: np.ndarray, after: np.ndarray, *, pixel_m: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The uncalibrated score of ``scan.method`` from the classical score and the (registered) tiles, in one
+    pass (the timeline's, whose series are scored a few dates at a time).
+
+    Shapes: classical (N, H, W); before, after (N, C, H, W).  Returns the
+    score (N, H, W), which tiles the CNN ran on (N,) and each tile's
+    agreement counts (N, 2) for the domain check (zeros where no CNN ran).
+    """
+    cnn, pick = cnn_scores(scan, model, names, classical, before, after)
+    agreement = np.zeros((len(classical), 2), np.int64)
     if pick.any():
-        agreement[pick] = fusion.agreement_counts(classical[pick], near[pick], pixel_threshold=rule.pixel_threshold)
-    return method.combine(classical, cnn, near), pick, agreement
+        near = fusion.near(cnn[pick], reach=fusion.reach_px(pixel_m))
+        agreement[pick] = fusion.agreement_counts(classical[pick], near, pixel_threshold=scan.rule.pixel_threshold)
+    return combined(scan.method, classical, cnn, calibration.NONE, pixel_m=pixel_m), pick, agreement
 
 
 def read_in_background(dates: tuple[DateSource, DateSource], names: tuple[str, ...], grid: Grid,
-                       batches: list[Batch], *, depth: int) -> Iterator[tuple[Batch, RawWindow, RawWindow]]:
+                       batches: list[Batch], *, depth: int) -> Generator[tuple[Batch, RawWindow, RawWindow]]:
     """Yield each batch with the raw before and after windows, read in order by one background thread.
 
     One thread keeps the files open, so blocks shared by neighbouring batches
@@ -217,22 +268,91 @@ def cut_tiles(raw: RawWindow, batch: Batch, *, factor: int) -> np.ndarray:
     return tiles
 
 
-def score_zones(scan: ScanOptions, dates: tuple[DateSource, DateSource], names: tuple[str, ...], grid: Grid,
-                zones: Zones, raster: ScoreRaster, progress: Progress | None,
-                model: LoadedModel | None = None, *, workers: int = 0) -> Accumulated:
-    """Score every batch (read in the background, scored by ``workers`` threads, 0: one per core) and gather
-    the results."""
-    count = len(zones.frame)
-    acc = Accumulated(np.zeros((count, BINS + 1), np.int64), np.full((count, 2), np.nan),
-                      np.full(count, np.nan), np.zeros(count, bool), [], [], np.zeros(2, np.int64),
-                      np.zeros(count, np.int64))
+def score_scene(scan: ScanOptions, dates: tuple[DateSource, DateSource], names: tuple[str, ...], grid: Grid,
+                zones: Zones, new_raster: Callable[[], ScoreRaster], progress: Progress | None,
+                model: LoadedModel | None = None, *, workers: int = 0) -> Scored:
+    """Score a scene with ``scan.method`` into a new raster (the caller discards ``Scored.raster`` when done).
+
+    A method without a CNN scores each batch as it is read.  One with a CNN
+    first gathers both voters over the whole scene (kept on disk,
+    :class:`Spill`), then calibrates the CNN to the scene
+    (:mod:`detector.calibration`) and checks it against the classical
+    evidence (:func:`detector.fusion.domain_check`); then every batch is
+    combined, by the classical evidence alone where the CNN is out of its
+    domain and the method falls back (:mod:`detector.methods`).
+    """
     scorer = BatchScorer(scan, names, grid, zones, model)
     workers = workers or os.cpu_count() or 1
-    done = 0
+    done = counter(progress, len(zones.batches))
+    read = closing(read_in_background(dates, names, grid, zones.batches, depth=workers))
+    if not METHODS[scan.method].uses_model:
+        with read as batches, warnings.catch_warnings(), into_raster(new_raster) as raster:
+            warnings.simplefilter("ignore", RuntimeWarning)
+            acc = gather(threaded(scorer, batches, workers=workers, done=done), zones, raster)
+            return Scored(acc, scan, None, raster)
+    with Spill() as spill, warnings.catch_warnings(), one_torch_thread(model):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with read as batches:
+            for found in threaded(scorer.evidence, batches, workers=workers, done=done):
+                spill.add(found)
+        check, applied, scale = scene_rule(scan, spill.counts)
+        with into_raster(new_raster) as raster:
+            acc = gather(threaded(lambda found: scorer.results(found, applied.method, scale), ((f,) for f in spill),
+                                  workers=workers), zones, raster)
+            return Scored(acc, applied, check, raster)
 
-    def gather(results: list[UnitResult]) -> None:
-        nonlocal done
-        for result in results:
+
+def scene_rule(scan: ScanOptions, counts: np.ndarray) -> tuple[dict[str, Any], ScanOptions, calibration.Calibration]:
+    """The scene's calibration and domain check (recorded as ``check``, with the calibration), and the options
+    that apply: ``scan``, or its method's fall-back where the CNN is out of its domain."""
+    method = METHODS[scan.method]
+    scale = calibration.calibrate(counts, min_changed=fusion.MIN_CHANGED_PX)
+    check = {**fusion.domain_check(calibration.agreement(counts, scale, agrees_at=fusion.AGREES_AT)),
+             "calibration": scale.record()}
+    if check["in_domain"]:
+        return check, scan, scale
+    log.warning("the CNN agrees on %.1f%% of the %d classically changed pixels (under %.0f%%): it looks out of "
+                "its domain here; %s", 100 * (check["agreement"] or 0), check["classical_changed_px"],
+                100 * check["min_agreement"], f"scoring with {method.falls_back_to} alone" if method.falls_back_to
+                else "its scores may miss change (--method fused falls back to classical)")
+    if method.falls_back_to is None:
+        return check, scan, scale
+    return check, replace(scan, method=method.falls_back_to, model=None), calibration.NONE
+
+
+def threaded(fn: Callable[..., Any], items: Iterator[tuple[Any, ...]], *, workers: int,
+             done: Callable[[], None] | None = None) -> Iterator[Any]:
+    """``fn(*item)`` for each item, on ``workers`` threads, yielded in order (``done()`` after each); at most
+    ``workers`` wait."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque[Future] = deque()
+        for item in items:
+            pending.append(pool.submit(fn, *item))
+            while len(pending) > workers:
+                yield pending.popleft().result()
+                if done is not None:
+                    done()
+        while pending:
+            yield pending.popleft().result()
+            if done is not None:
+                done()
+
+
+def counter(progress: Progress | None, total: int) -> Callable[[], None] | None:
+    """A ``done()`` for :func:`threaded` that tells ``progress`` how many of ``total`` are done."""
+    if progress is None:
+        return None
+    count = itertools.count(1)
+    return lambda: progress(next(count), total)
+
+
+def gather(results: Iterator[list[UnitResult]], zones: Zones, raster: ScoreRaster) -> Accumulated:
+    """The per-zone results of every batch's tiles, their scores written to ``raster``."""
+    count = len(zones.frame)
+    acc = Accumulated(np.zeros((count, BINS + 1), np.int64), np.full((count, 2), np.nan),
+                      np.full(count, np.nan), np.zeros(count, bool), [], [], np.zeros(count, np.int64))
+    for batch in results:
+        for result in batch:
             picks = list(result.unit.zones)
             acc.hist[picks] += result.hist
             acc.shift[picks] = result.shift
@@ -240,29 +360,16 @@ def score_zones(scan: ScanOptions, dates: tuple[DateSource, DateSource], names: 
             acc.applied[picks] = result.applied
             acc.polygons.extend(result.polygons)
             acc.cnn.append(result.cnn)
-            acc.agreement[:] += result.agreement
             acc.obscured[picks] += result.obscured
             raster.write(result.score, result.unit.core, merge=not zones.cell_mode)
-        done += 1
-        if progress is not None:
-            progress(done, len(zones.batches))
-
-    with ThreadPoolExecutor(max_workers=workers) as pool, warnings.catch_warnings(), one_torch_thread(model):
-        warnings.simplefilter("ignore", RuntimeWarning)
-        pending: deque[Future] = deque()
-        for batch, before, after in read_in_background(dates, names, grid, zones.batches, depth=workers):
-            pending.append(pool.submit(scorer, batch, before, after))
-            while len(pending) > workers:
-                gather(pending.popleft().result())
-        while pending:
-            gather(pending.popleft().result())
     return acc
 
 
 @dataclass(frozen=True, slots=True)
 class Scored:
     """A scene scored: what was gathered, the options that applied (``classical`` where the CNN abstained),
-    and the domain check of :func:`detector.fusion.domain_check` (None for a method without a CNN)."""
+    and the domain check of :func:`detector.fusion.domain_check` with the CNN's calibration (None for a method
+    without a CNN)."""
 
     acc: Accumulated
     scan: ScanOptions
@@ -270,40 +377,48 @@ class Scored:
     raster: ScoreRaster
 
 
-def score_scene(scan: ScanOptions, dates: tuple[DateSource, DateSource], names: tuple[str, ...], grid: Grid,
-                zones: Zones, new_raster: Callable[[], ScoreRaster], progress: Progress | None,
-                model: LoadedModel | None = None, *, workers: int = 0) -> Scored:
-    """Score a scene with ``scan.method``; where the CNN is out of its domain and the method has a fall-back
-    (:mod:`detector.methods`), score it again with that, into a new raster.  The caller discards
-    ``Scored.raster`` when it is done with it."""
-    method = METHODS[scan.method]
-    run = functools.partial(_scan_into, new_raster, dates, names, grid, zones, progress, workers=workers)
-    acc, raster = run(scan, model)
-    check = fusion.domain_check(acc.agreement) if method.uses_model else None
-    if check is None or check["in_domain"]:
-        return Scored(acc, scan, check, raster)
-    log.warning("the CNN agrees on %.1f%% of the %d classically changed pixels (under %.0f%%): it looks out of "
-                "its domain here; %s", 100 * (check["agreement"] or 0), check["classical_changed_px"],
-                100 * check["min_agreement"], f"scoring with {method.falls_back_to} alone" if method.falls_back_to
-                else "its scores may miss change (--method fused falls back to classical)")
-    if method.falls_back_to is None:
-        return Scored(acc, scan, check, raster)
-    raster.discard()
-    fallback = replace(scan, method=method.falls_back_to, model=None)
-    again, raster = run(fallback, None)
-    return Scored(replace(again, cnn=acc.cnn), fallback, check, raster)
-
-
-def _scan_into(new_raster: Callable[[], ScoreRaster], dates: tuple[DateSource, DateSource], names: tuple[str, ...],
-               grid: Grid, zones: Zones, progress: Progress | None, scan: ScanOptions, model: LoadedModel | None, *,
-               workers: int) -> tuple[Accumulated, ScoreRaster]:
-    """:func:`score_zones` into a new raster, discarded if the scan fails."""
+@contextmanager
+def into_raster(new_raster: Callable[[], ScoreRaster]) -> Iterator[ScoreRaster]:
+    """A new raster, discarded if the scan fails."""
     raster = new_raster()
     try:
-        return score_zones(scan, dates, names, grid, zones, raster, progress, model, workers=workers), raster
+        yield raster
     except BaseException:
         raster.discard()
         raise
+
+
+class Spill:
+    """The :class:`Evidence` of a scene's batches, its arrays kept in a temporary file until the scene's
+    calibration is known (memory stays flat however large the scene); ``counts`` sums their calibration
+    counts.  Added to and read by one thread."""
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile(prefix="detector-evidence-")
+        self._kept: list[tuple[Evidence, int]] = []
+        self.counts = np.zeros(calibration.SIZE, np.int64)
+
+    def add(self, found: Evidence) -> None:
+        offset = self._file.seek(0, os.SEEK_END)
+        for array in (found.classical, found.cnn, found.obscured):
+            np.save(self._file, array)
+        self._kept.append((replace(found, classical=EMPTY, cnn=EMPTY, obscured=EMPTY), offset))
+        self.counts += found.counts
+
+    def __iter__(self) -> Iterator[Evidence]:
+        for found, offset in self._kept:
+            self._file.seek(offset)
+            classical, cnn, obscured = (np.load(self._file) for _ in range(3))
+            yield replace(found, classical=classical, cnn=cnn, obscured=obscured)
+
+    def __enter__(self) -> Spill:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
+
+
+EMPTY = np.zeros(0, np.float32)
 
 
 @contextmanager

@@ -12,6 +12,11 @@ can go under: where the CNN says nothing, strong classical evidence still
 scores ``FLOOR`` of itself (a classical 0.8 stays 0.56), so the CNN can lower
 a score but never veto it.  Both are in [0, 1], so the fused score is too.
 
+**The CNN is calibrated to the scene first** (:mod:`detector.calibration`):
+its probabilities are shifted so that it calls as many pixels changed as
+the classical score does, so ``cnn_near`` means about the same on any
+ground; the agreement below is measured on the calibrated CNN.
+
 **No veto out of its domain.**  Where the CNN has never seen ground like
 the scene's (a desert, snow, an RGB frame of another sensor) its
 probabilities collapse towards 0 and a product of the two would veto every

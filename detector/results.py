@@ -120,6 +120,11 @@ def applied_rule(scene: Scored) -> dict[str, Any] | None:
                f"{scene.check['min_agreement']:.0%}: out of its domain")
         if METHODS[scene.scan.method].uses_model:
             why += " (kept: the method was asked for)"
+    scale = scene.check.get("calibration") or {}
+    if METHODS[scene.scan.method].uses_model and scale.get("cnn_probability_matched") is not None:
+        why += (f"; the CNN calibrated to the scene by {scale['shift_logit']:+.2f} logits (a probability of "
+                f"{scale['cnn_probability_matched']:.3g} counts as 0.5: it then calls as many pixels changed as "
+                f"the classical score, {scale['classical_changed_px']:,})")
     return {"rule": scene.scan.method, "why": why, **scene.check}
 
 

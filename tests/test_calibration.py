@@ -97,4 +97,6 @@ def test_a_run_records_the_calibration_and_fused_and_cnn_share_it(scene, tmp_pat
         applied = json.loads((out / "run.json").read_text())["fusion_applied"]
         shifts[method] = applied["calibration"]["shift_logit"]
         assert applied["calibration"]["classical_changed_px"] >= 200
+        assert "the CNN calibrated to the scene by" in applied["why"]
+        assert "the CNN calibrated to the scene by" in (out / "report.html").read_text(encoding="utf-8")
     assert shifts["cnn"] == shifts["fused"]

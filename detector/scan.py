@@ -189,19 +189,28 @@ def combined(method: str, classical: np.ndarray, cnn: np.ndarray, scale: calibra
 
 def method_score(scan: ScanOptions, model: LoadedModel | None, names: tuple[str, ...], classical: np.ndarray,
                  before: np.ndarray, after: np.ndarray, *, pixel_m: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The uncalibrated score of ``scan.method`` from the classical score and the (registered) tiles, in one
-    pass (the timeline's, whose series are scored a few dates at a time).
+    """The score of ``scan.method`` from the classical score and the (registered) tiles, each tile its own
+    scene: its CNN calibrated on itself (the timeline's, whose tiles are one site at one date each).
 
     Shapes: classical (N, H, W); before, after (N, C, H, W).  Returns the
     score (N, H, W), which tiles the CNN ran on (N,) and each tile's
-    agreement counts (N, 2) for the domain check (zeros where no CNN ran).
+    agreement counts (N, 2) of the calibrated CNN for the domain check
+    (zeros where no CNN ran).
     """
-    cnn, pick = cnn_scores(scan, model, names, classical, before, after)
+    cnn, ran = cnn_scores(scan, model, names, classical, before, after)
+    score = np.array(classical)
     agreement = np.zeros((len(classical), 2), np.int64)
-    if pick.any():
-        near = fusion.near(cnn[pick], reach=fusion.reach_px(pixel_m))
-        agreement[pick] = fusion.agreement_counts(classical[pick], near, pixel_threshold=scan.rule.pixel_threshold)
-    return combined(scan.method, classical, cnn, calibration.NONE, pixel_m=pixel_m), pick, agreement
+    rule = scan.rule
+    near = fusion.near(cnn, reach=fusion.reach_px(pixel_m))
+    considered = fusion.candidates(classical, threshold=min(rule.pixel_threshold, rule.threshold)) & ran
+    for i in range(len(classical)):  # a loop over scenes, not pixels
+        one = slice(i, i + 1)
+        total = calibration.counts(classical[one], cnn[one], near[one], considered[one],
+                                   pixel_threshold=rule.pixel_threshold)
+        scale = calibration.calibrate(total, min_changed=fusion.MIN_CHANGED_PX)
+        agreement[i] = calibration.agreement(total, scale, agrees_at=fusion.AGREES_AT) if ran[i] else 0
+        score[one] = combined(scan.method, classical[one], cnn[one], scale, pixel_m=pixel_m)
+    return score, ran, agreement
 
 
 def read_in_background(dates: tuple[DateSource, DateSource], names: tuple[str, ...], grid: Grid,

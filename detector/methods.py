@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from detector import fusion
+from detector.inference import predictor
 
 if TYPE_CHECKING:  # torch is imported only when a model is used
     from detector.config import ScanOptions
@@ -87,6 +88,7 @@ def load_model(scan: ScanOptions, names: tuple[str, ...]) -> LoadedModel | None:
     model = _weights(str(path), stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0)
     model.check_bands(names)
     model.check_tile(scan.tile_px // scan.bin)
+    predictor(model, scan.backend)  # made here, once, so that its cost and its errors belong to the planning
     return model
 
 

@@ -142,10 +142,11 @@ def method_score(scan: ScanOptions, model: LoadedModel | None, names: tuple[str,
     if pick.any():
         if model is None:
             raise ValueError(f"method {method.name} needs a model")
-        from detector.model import adapt, predict
+        from detector.inference import predictor
+        from detector.model import adapt
 
         evidence = classical[pick][:, None] if model.evidence else None  # EVIDENCE: the classical score
-        cnn[pick] = predict(model.network, adapt(before[pick], after[pick], names, evidence=evidence))
+        cnn[pick] = predictor(model, scan.backend)(adapt(before[pick], after[pick], names, evidence=evidence))
     cnn[np.isnan(classical)] = np.nan
     near = fusion.near(cnn, reach=fusion.reach_px(pixel_m)) if pick.any() else cnn  # once, for both uses
     if pick.any():

@@ -24,10 +24,12 @@ from rasterio.windows import transform as window_transform
 
 from aoi.cells import pixel_size_m
 from detector import fusion
+from detector.adapter import adapt
 from detector.binning import bin_any, bin_mean, unbin
 from detector.change import score_tiles
 from detector.config import ScanOptions
 from detector.imagery import DateReader, DateSource, Grid, RawWindow
+from detector.inference import predictor
 from detector.methods import METHODS
 from detector.outputs import ScoreRaster
 from detector.scoring import BINS, change_components, zone_histograms
@@ -142,9 +144,6 @@ def method_score(scan: ScanOptions, model: LoadedModel | None, names: tuple[str,
     if pick.any():
         if model is None:
             raise ValueError(f"method {method.name} needs a model")
-        from detector.inference import predictor
-        from detector.model import adapt
-
         evidence = classical[pick][:, None] if model.evidence else None  # EVIDENCE: the classical score
         cnn[pick] = predictor(model, scan.backend)(adapt(before[pick], after[pick], names, evidence=evidence))
     cnn[np.isnan(classical)] = np.nan
@@ -316,8 +315,9 @@ def one_torch_thread(model: LoadedModel | None) -> Iterator[None]:
 
     The worker threads already keep every core busy, and torch's own thread
     pool stalls when another core is busy (``../shared/PERFORMANCE.md``).
+    A model read from its ONNX export (no network) never touches torch.
     """
-    if model is None:
+    if model is None or model.network is None:
         yield
         return
     import torch

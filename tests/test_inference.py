@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -85,3 +87,50 @@ def test_without_onnxruntime_auto_runs_in_torch_and_onnxruntime_is_refused(
                  str(tmp_path / "refused"), "--method", "cnn", "--backend", "onnxruntime"])
     err = capsys.readouterr().err
     assert code == 2 and "onnxruntime" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_shipped_export_is_of_the_shipped_weights() -> None:
+    """Fails after the weights are retrained until ``python scripts/export_onnx.py`` is rerun (a stale export is
+    ignored by run, which then exports in memory: right scores, a slower start)."""
+    ort = inference.onnxruntime_module()
+    session = inference._session(ort, inference.export_path(default_model_path()).read_bytes())
+    meta = session.get_modelmeta().custom_metadata_map
+    loaded = weights.load(default_model_path())
+    assert meta["source_sha256"] == loaded.sha256, "rerun python scripts/export_onnx.py"
+    assert json.loads(meta["card"]) == loaded.card
+    x = inputs(12, (2, 64, 64))
+    assert np.abs(session.run(None, {"x": x})[0] - inference.torch_predictor(loaded.network)(x)).max() <= \
+        inference.TOLERANCE
+
+
+def test_a_model_with_a_matching_export_runs_without_torch(scene, tmp_path: Path) -> None:
+    code = ("import sys; from detector.cli import main; "
+            f"code = main(['-q', 'run', '--before', {str(scene.before)!r}, '--after', {str(scene.after)!r}, "
+            f"'--out', {str(tmp_path / 'out')!r}, '--method', 'cnn']); "
+            "print(code, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split()[-2:] == ["0", "False"], done.stderr
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert record["model"]["backend"]["name"] == "onnxruntime"
+    assert record["model"]["sha256"] == weights.load(default_model_path()).sha256
+
+
+def test_an_export_of_other_weights_is_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tmp_path / "m.pt"
+    model.write_bytes(default_model_path().read_bytes())
+    import torch
+
+    torch.manual_seed(0)
+    other = weights.load(default_model_path())
+    other = weights.LoadedModel(fuse_batchnorm(build("ef-fpn-s").eval()), other.card, model, other.sha256)
+    monkeypatch.setattr(inference, "_predictors", {})
+    inference.write_export(other, inference.export_path(model))
+    assert inference.load(model).network is None  # the export matches the file: read without torch
+    monkeypatch.setattr(inference, "_predictors", {})
+    weights.save(weights.load(default_model_path(), for_training=True).network, {**other.card, "name": "changed"},
+                 model)  # other bytes: the export is stale
+    loaded = inference.load(model)
+    assert loaded.network is not None and loaded.card["name"] == "changed"
+    x = inputs(12, (2, 64, 64))
+    expected = inference.torch_predictor(weights.load(default_model_path()).network)(x)
+    assert np.abs(inference.predictor(loaded)(x) - expected).max() <= inference.TOLERANCE

@@ -7,10 +7,11 @@ float32 in [0, 1]``, exactly as :func:`detector.model.predict` does.  The
 folded) to ONNX in memory, once per process and model, with dynamic batch,
 height and width, and runs it in an ONNX Runtime session of one thread: the
 scan's worker threads already keep every core busy, as with torch
-(:func:`detector.scan.one_torch_thread`).  On the 2-core development machine
-the same network goes 2.5x faster in ONNX Runtime than in torch
-(``../shared/PERFORMANCE.md``; README *Measured*).  Both backends give the
-same probabilities within :data:`TOLERANCE` (``tests/test_inference.py``).
+(:func:`detector.scan.one_torch_thread`).  Against the torch path (batch norm
+folded, ``channels_last``, one thread per call) its compute measured about
+even on the 2-core development machine (README *Measured*); what it saves is
+the start, where a matching export lets the run skip torch.  Both backends
+give the same probabilities within :data:`TOLERANCE` (``tests/test_inference.py``).
 
 Backends: ``auto`` (ONNX Runtime when ``onnxruntime`` imports; torch
 otherwise: ``pip install '.[onnx]'``), ``onnxruntime`` (refused with one line

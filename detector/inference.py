@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from detector.adapter import STRIDE
-from detector.errors import InputError
+from detector.errors import InputError, first_line
 from detector.files import atomic
 from detector.weights import LoadedModel
 
@@ -129,9 +129,13 @@ def load(path: Path, backend: str = "auto") -> LoadedModel:
     ort = onnxruntime_module() if backend != "torch" else None
     if ort is not None and exported.is_file() and Path(path).is_file():
         sha256 = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-        session = _session(ort, exported.read_bytes())
-        meta = session.get_modelmeta().custom_metadata_map
-        if meta.get("source_sha256") == sha256:
+        try:
+            session = _session(ort, exported.read_bytes())
+        except Exception as exc:  # ONNX Runtime's own errors: a damaged or foreign file beside the model
+            log.warning("%s is not an ONNX model ONNX Runtime reads (%s): ignored", exported, first_line(exc))
+            session = None
+        meta = session.get_modelmeta().custom_metadata_map if session is not None else {}
+        if session is not None and meta.get("source_sha256") == sha256:
             model = LoadedModel(None, json.loads(meta["card"]), Path(path), sha256)
             with _lock:
                 _predictors[(sha256, backend)] = Predictor("onnxruntime", ort.__version__,

@@ -134,3 +134,12 @@ def test_an_export_of_other_weights_is_ignored(tmp_path: Path, monkeypatch: pyte
     x = inputs(12, (2, 64, 64))
     expected = inference.torch_predictor(weights.load(default_model_path()).network)(x)
     assert np.abs(inference.predictor(loaded)(x) - expected).max() <= inference.TOLERANCE
+
+
+def test_a_damaged_export_is_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tmp_path / "m.pt"
+    model.write_bytes(default_model_path().read_bytes())
+    inference.export_path(model).write_bytes(b"not an onnx model")
+    monkeypatch.setattr(inference, "_predictors", {})
+    loaded = inference.load(model)
+    assert loaded.network is not None and inference.predictor(loaded).backend == "onnxruntime"

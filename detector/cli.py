@@ -16,6 +16,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from detector import __version__
 from detector.bands import PRESETS
 from detector.errors import DetectorError, first_line
+from detector.inference import BACKENDS
 from detector.memory import keep_freed_memory
 from detector.methods import DEFAULT as DEFAULT_METHOD
 from detector.methods import NAMES as METHOD_NAMES
@@ -89,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--method", choices=METHOD_NAMES, default=DEFAULT_METHOD,
                      help="score: classical evidence, the CNN, or both fused (default fused; see README)")
     run.add_argument("--model", type=Path, help="model file from `detector train` (default: the shipped weights)")
+    run.add_argument("--backend", choices=BACKENDS, default="auto",
+                     help="where the CNN runs: onnxruntime (pip install '.[onnx]'), torch, or auto (onnxruntime "
+                          "when installed); the scores are the same")
     run.add_argument("--reviews", type=Path,
                      help="sites.geojson whose review_status/reviewer/notes are carried over by site_id "
                           "(default: the sites.geojson already in --out)")
@@ -266,7 +270,7 @@ def detect_command(args: argparse.Namespace, argv: list[str]) -> int:
         before_mask=args.before_mask, after_mask=args.after_mask, cloud_detector=args.cloud_detector,
         site=SiteOptions(buffer_m=args.buffer_m, id_col=args.id_col, lon_col=args.lon_col, lat_col=args.lat_col),
         scan=ScanOptions(tile_px=args.tile_px, max_shift_px=args.max_shift_px, min_area_m2=args.min_area_m2,
-                         bin=args.bin, method=args.method, model=args.model,
+                         bin=args.bin, method=args.method, model=args.model, backend=args.backend,
                          rule=ScoreRule(threshold=args.threshold, pixel_threshold=args.pixel_threshold)),
         review=ReviewOptions(reviews=args.reviews, labels=args.labels, max_flags=args.max_flags,
                              target_precision=args.target_precision, chips=args.chips),

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from detector import methods
+from detector import inference, methods
 from detector.change import ChangeParams
 from detector.options import REQUIRED, OptionError, check, literal, option
 from detector.scoring import ScoreRule
@@ -41,7 +41,8 @@ class ScanOptions:
     """What the scan computes: tiles, registration, binning, the method and its model, the score rule.
 
     ``method`` picks the score (:mod:`detector.methods`); ``model`` None
-    means the shipped weights.  ``bin`` scores blocks of ``bin`` x ``bin``
+    means the shipped weights; ``backend`` is where the CNN runs (:mod:`detector.inference`: ``auto``,
+    ``onnxruntime`` or ``torch``), which changes its speed, not its scores.  ``bin`` scores blocks of ``bin`` x ``bin``
     pixels.  ``rule`` holds the pixel and site thresholds.
     """
 
@@ -53,6 +54,7 @@ class ScanOptions:
     bin: int = option(2, int, low=0, high=16)
     method: str = option(methods.DEFAULT, str, choices=methods.NAMES)
     model: Path | None = option(None, Path)
+    backend: str = option("auto", str, choices=inference.BACKENDS)
     rule: ScoreRule = field(default_factory=ScoreRule)
     params: ChangeParams = field(default_factory=ChangeParams)
 

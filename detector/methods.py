@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from detector import fusion
+from detector.inference import predictor
 
 if TYPE_CHECKING:  # torch is imported only when a model is used
     from detector.config import ScanOptions
@@ -84,15 +85,17 @@ def load_model(scan: ScanOptions, names: tuple[str, ...]) -> LoadedModel | None:
         return None
     path = model_path(scan)
     stat = path.stat() if path.is_file() else None
-    model = _weights(str(path), stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0)
+    model = _weights(str(path), stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0, scan.backend)
     model.check_bands(names)
     model.check_tile(scan.tile_px // scan.bin)
+    predictor(model, scan.backend)  # made here, once, so that its cost and its errors belong to the planning
     return model
 
 
 @functools.lru_cache(maxsize=2)
-def _weights(path: str, mtime_ns: int, size: int) -> LoadedModel:
-    """A model file read once per process (a batch worker scores many sites); a changed file is read again."""
-    from detector import weights
+def _weights(path: str, mtime_ns: int, size: int, backend: str) -> LoadedModel:
+    """A model file read once per process (a batch worker scores many sites); a changed file is read again.
+    Read from its ONNX export, without torch, where there is a matching one (:func:`detector.inference.load`)."""
+    from detector import inference
 
-    return weights.load(Path(path))
+    return inference.load(Path(path), backend)

@@ -19,7 +19,6 @@ scan masks them out afterwards).
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -28,63 +27,7 @@ from torch import nn
 from torch.nn import functional
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-MODEL_BANDS = ("blue", "green", "red", "nir", "swir16", "swir22")
-STRIDE = 8  # the network's coarsest level is 1/8 of the input
-CLIP = 6.0  # standardized values are clipped to +-CLIP spreads
-EVIDENCE = ("classical",)  # evidence a network may read beside the bands: the classical change score
-
-
-def adapt(before: np.ndarray, after: np.ndarray, names: tuple[str, ...],
-          bands: tuple[str, ...] = MODEL_BANDS, *, evidence: np.ndarray | None = None) -> np.ndarray:
-    """Arrange two dates as the network's input.
-
-    Parameters
-    ----------
-    before, after : ndarray, shape (N, C, H, W), float32, NaN = nodata
-    names : canonical names of the C bands
-    bands : the bands the network expects, in order
-    evidence : ndarray, shape (N, E, H, W), float32 in [0, 1], NaN = nodata, or None: per-pixel evidence
-        the network also reads (a model whose card lists ``evidence``, see :data:`EVIDENCE`), as is
-
-    Returns
-    -------
-    ndarray, shape (N, 2 * len(bands) + E, H, W), float32, no NaN
-    """
-    n, _, h, w = before.shape
-    extra = 0 if evidence is None else evidence.shape[1]
-    out = np.zeros((n, 2 * len(bands) + extra, h, w), dtype=np.float32)
-    if evidence is not None:
-        out[:, 2 * len(bands):] = np.nan_to_num(evidence, nan=0.0)
-    for slot, band in enumerate(bands):
-        if band in names:
-            i = names.index(band)
-            out[:, slot] = standardize(before[:, i])
-            out[:, len(bands) + slot] = standardize(after[:, i])
-    return out
-
-
-def standardize(x: np.ndarray) -> np.ndarray:
-    """Per-tile robust standardization of one band: ``(x - median) / (1.4826 MAD)``, NaN -> 0.
-
-    Statistics come from every 4th pixel; the spread is floored at 1 % of the
-    median so a flat tile (saturated, water, all nodata) does not blow up.
-
-    Parameters
-    ----------
-    x : ndarray, shape (N, H, W), float32, NaN = nodata
-
-    Returns
-    -------
-    ndarray, shape (N, H, W), float32 in [-CLIP, CLIP]
-    """
-    sample = x[:, ::4, ::4].reshape(len(x), -1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        centre = np.nan_to_num(np.nanmedian(sample, axis=1))
-        spread = np.nan_to_num(1.4826 * np.nanmedian(np.abs(sample - centre[:, None]), axis=1))
-    spread = np.maximum(spread, 0.01 * (np.abs(centre) + 1.0))
-    z = (x - centre[:, None, None]) / spread[:, None, None]
-    return np.nan_to_num(np.clip(z, -CLIP, CLIP), nan=0.0).astype(np.float32)
+from detector.adapter import CLIP, EVIDENCE, MODEL_BANDS, STRIDE, adapt, standardize  # noqa: F401  (their old home)
 
 
 def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:

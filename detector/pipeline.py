@@ -23,6 +23,7 @@ from detector.config import RunConfig
 from detector.errors import InputError
 from detector.files import file_record, write_json
 from detector.imagery import DateSource, Grid, match_bands, open_date, overlap_window, reference_grid
+from detector.inference import predictor
 from detector.methods import METHODS, load_model
 from detector.outputs import NewFolder, ScoreRaster, check_out, write_geojson
 from detector.report import render
@@ -208,7 +209,8 @@ def run_record(config: RunConfig, inputs: dict[str, Any], names: tuple[str, ...]
         "method": config.scan.method,
         "fusion": METHODS[config.scan.method].rule,
         "fusion_applied": applied_rule(scene),
-        "model": model.record() if model is not None else None,
+        "model": None if model is None else {**model.record(),
+                                             "backend": predictor(model, config.scan.backend).record()},
         "bands": list(names),
         "grid": {"crs": grid.crs.to_string(), "transform": list(grid.transform)[:6],
                  "width": grid.width, "height": grid.height,

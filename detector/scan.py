@@ -25,10 +25,12 @@ from rasterio.windows import transform as window_transform
 
 from aoi.cells import pixel_size_m
 from detector import calibration, fusion
+from detector.adapter import adapt
 from detector.binning import bin_any, bin_mean, unbin
 from detector.change import score_tiles
 from detector.config import ScanOptions
 from detector.imagery import DateReader, DateSource, Grid, RawWindow
+from detector.inference import predictor
 from detector.methods import METHODS
 from detector.outputs import ScoreRaster
 from detector.scoring import BINS, change_components, zone_histograms
@@ -171,10 +173,8 @@ def cnn_scores(scan: ScanOptions, model: LoadedModel | None, names: tuple[str, .
     if pick.any():
         if model is None:
             raise ValueError(f"method {method.name} needs a model")
-        from detector.model import adapt, predict
-
         evidence = classical[pick][:, None] if model.evidence else None  # EVIDENCE: the classical score
-        cnn[pick] = predict(model.network, adapt(before[pick], after[pick], names, evidence=evidence))
+        cnn[pick] = predictor(model, scan.backend)(adapt(before[pick], after[pick], names, evidence=evidence))
     cnn[np.isnan(classical)] = np.nan
     return cnn, pick
 
@@ -266,14 +266,17 @@ def cut_tiles(raw: RawWindow, batch: Batch, *, factor: int) -> np.ndarray:
     each unit NaN-padded to the batch's tile shape (h, w).
     """
     h, w = (n // factor for n in batch.tile_shape)
-    tiles = np.full((len(batch.units), raw.values.shape[0], h, w), np.nan, dtype=np.float32)
+    tiles = np.empty((len(batch.units), raw.values.shape[0], h, w), dtype=np.float32)  # each value written once
     for i, unit in enumerate(batch.units):
         rows, cols = core_slices(unit.read, batch.read)
         binned = raw.physical(bin_mean(raw.values[:, rows, cols], factor))
         holes = bin_any(raw.invalid[rows, cols], factor)
         if holes.any():
             binned[:, holes] = np.nan
-        tiles[i, :, :binned.shape[1], :binned.shape[2]] = binned
+        bh, bw = binned.shape[1:]
+        tiles[i, :, :bh, :bw] = binned
+        tiles[i, :, bh:] = np.nan
+        tiles[i, :, :bh, bw:] = np.nan
     return tiles
 
 
@@ -436,8 +439,9 @@ def one_torch_thread(model: LoadedModel | None) -> Iterator[None]:
 
     The worker threads already keep every core busy, and torch's own thread
     pool stalls when another core is busy (``../shared/PERFORMANCE.md``).
+    A model read from its ONNX export (no network) never touches torch.
     """
-    if model is None:
+    if model is None or model.network is None:
         yield
         return
     import torch

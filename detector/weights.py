@@ -18,14 +18,13 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from detector.errors import InputError, MissingFileError, OutputExistsError, first_line
 from detector.files import atomic
-from detector.model import ARCHITECTURES, EVIDENCE, MODEL_BANDS, build, fuse_batchnorm
+
+if TYPE_CHECKING:  # torch is imported by what reads or writes weights, not by a model read from its ONNX export
+    from torch import nn
 
 FORMAT = "site-change-detector/change-cnn"
 VERSION = 1
@@ -34,9 +33,13 @@ REQUIRED_BANDS = ("blue", "green", "red")
 
 @dataclass(frozen=True, slots=True)
 class LoadedModel:
-    """A model ready for :func:`detector.model.predict`, with its card and file hash."""
+    """A model ready for :func:`detector.model.predict`, with its card and file hash.
 
-    network: nn.Module
+    ``network`` is None for a model read from its ONNX export without torch
+    (:func:`detector.inference.load`): it runs only in ONNX Runtime.
+    """
+
+    network: nn.Module | None
     card: dict[str, Any]
     path: Path
     sha256: str
@@ -71,6 +74,8 @@ def save(network: nn.Module, card: dict[str, Any], path: Path) -> None:
     """Write weights and card to ``path`` (a temporary file first, then renamed)."""
     if path.is_dir():
         raise OutputExistsError(f"{path} is a folder: give a file name for the model, such as {path / 'model.pt'}")
+    import torch
+
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
     with atomic(path) as tmp:
@@ -83,6 +88,8 @@ def load(path: Path, *, for_training: bool = False) -> LoadedModel:
     Returns the network in eval mode with batch norm folded in (for
     inference), or as trained (``for_training``, to fine-tune).
     """
+    from detector.model import build, fuse_batchnorm
+
     path = Path(path)
     if path.is_dir():
         raise InputError(f"model file {path} is a folder: give a file written by `detector train`")
@@ -104,6 +111,8 @@ def load(path: Path, *, for_training: bool = False) -> LoadedModel:
 
 
 def _read(data: bytes, path: Path) -> dict[str, Any]:
+    import torch
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "pickle protocol 4" notices on foreign files
@@ -121,6 +130,8 @@ def _read(data: bytes, path: Path) -> dict[str, Any]:
 
 
 def _card(blob: dict[str, Any], path: Path) -> dict[str, Any]:
+    from detector.model import ARCHITECTURES, EVIDENCE, MODEL_BANDS
+
     try:
         card = json.loads(blob["card"])
     except (KeyError, TypeError, json.JSONDecodeError):

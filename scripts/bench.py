@@ -14,13 +14,15 @@ own:
 - ``cnn``: inference of the shipped model alone on random 256 x 256 tiles of
   6 bands x 2 dates, batched, batch norm folded, channels_last: one call
   with 2 torch threads, and 2 Python threads with 1 torch thread each (what
-  ``run`` does), at batches of 2 to 16 tiles (``run`` passes 4).
+  ``run`` does), at batches of 2 to 16 tiles (``run`` passes 4); then the same
+  network exported to ONNX Runtime (``--backend onnxruntime``), at batch 4, one
+  call of a 2-thread session and 2 Python threads over 1-thread sessions.
 
 Prints megapixels per second (spatial pixels of both dates), wall time, peak
 resident memory and the ratio of the run's speed to each read's.
 
     python scripts/bench.py [--size 10980] [--data /tmp/detector-bench] [--repeat 1] [--bin 2]
-                            [--methods classical,fused] [--skip-runs]
+                            [--methods classical,fused] [--backend auto] [--skip-runs]
 """
 
 from __future__ import annotations
@@ -112,7 +114,29 @@ def cnn_rate(*, tiles: int = 256, batch: int = 4, split_threads: bool) -> float:
     return tiles / (time.perf_counter() - start)
 
 
-def child(kind: str, paths: tuple[Path, Path], out: Path, bin_factor: int = 2) -> dict[str, float]:
+def onnx_rate(*, tiles: int = 256, split_threads: bool) -> float:
+    """Tiles of 256 x 256 per second through the shipped model in ONNX Runtime, batches of 4."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from detector import inference, weights
+    from detector.methods import default_model_path
+
+    network = weights.load(default_model_path()).network
+    ort = inference.onnxruntime_module()
+    run = inference.onnx_predictor(network, ort, threads=1 if split_threads else 2)
+    data = np.random.default_rng(0).normal(size=(tiles, 12, 256, 256)).astype(np.float32)
+    run(data[:4])  # warm up
+    start = time.perf_counter()
+    if split_threads:
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(run, np.array_split(data, 2)))
+    else:
+        run(data)
+    return tiles / (time.perf_counter() - start)
+
+
+def child(kind: str, paths: tuple[Path, Path], out: Path, bin_factor: int = 2,
+          backend: str = "auto") -> dict[str, float]:
     """Run one measurement in a fresh process; return wall seconds and peak RSS in MB."""
     if kind in READS:
         code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench; " \
@@ -121,7 +145,7 @@ def child(kind: str, paths: tuple[Path, Path], out: Path, bin_factor: int = 2) -
     else:
         command = [sys.executable, "-m", "detector.cli", "-q", "run", "--before", str(paths[0]), "--after",
                    str(paths[1]), "--out", str(out / kind), "--overwrite", "--cell-m", "500", "--bin", str(bin_factor),
-                   "--method", kind.split(":")[1]]
+                   "--method", kind.split(":")[1], "--backend", backend]
     start = time.perf_counter()
     proc = subprocess.Popen(command)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -138,6 +162,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--bin", type=int, default=2, help="detector run --bin (2, the default; 1 = full resolution)")
     parser.add_argument("--methods", default="classical,fused", help="detector run --method values to time")
+    parser.add_argument("--backend", default="auto", help="detector run --backend (auto, onnxruntime, torch)")
     parser.add_argument("--skip-runs", action="store_true", help="only the CNN inference rate")
     args = parser.parse_args()
     if args.skip_runs:
@@ -150,7 +175,7 @@ def main() -> int:
     results: dict[str, list[dict[str, float]]] = {kind: [] for kind in (*READS, *runs)}
     for _ in range(args.repeat):
         for kind in results:
-            results[kind].append(child(kind, paths, args.data / "out", args.bin))
+            results[kind].append(child(kind, paths, args.data / "out", args.bin, args.backend))
     best = {k: min(v, key=lambda r: r["wall_s"]) for k, v in results.items()}
     for kind, r in best.items():
         print(f"{kind:>13}: {r['wall_s']:6.1f} s  {mpx / r['wall_s']:6.1f} Mpx/s  peak {r['peak_mb']:7.0f} MB")
@@ -173,6 +198,15 @@ def report_cnn() -> int:
             label = "2 threads x 1 torch thread" if split else "1 call, 2 torch threads"
             print(f"cnn inference ({label}, batch {batch:2d}): {rate:6.0f} tiles/s of 256 x 256 (target >= 150)",
                   flush=True)
+    from detector import inference
+
+    if inference.onnxruntime_module() is None:
+        print("cnn inference in ONNX Runtime: not installed (pip install '.[onnx]')")
+        return 0
+    for split in (False, True):
+        rate = max(onnx_rate(split_threads=split) for _ in range(2))
+        label = "2 threads x 1-thread session" if split else "1 call, 2-thread session"
+        print(f"cnn inference, ONNX Runtime ({label}, batch  4): {rate:6.0f} tiles/s of 256 x 256", flush=True)
     return 0
 
 

@@ -117,6 +117,8 @@ def evaluate(model: Path | None, data: tuple[Path, ...], out: Path, *, tile_px: 
     from training.datasets import cut_tiles, load_scenes
 
     loaded = weights.load(model or default_model_path())
+    if loaded.network is None:  # weights.load always gives one; the type also allows an ONNX-only model
+        raise ValueError(f"{loaded.path} was read without its network")
     scenes = [scene for folder in data for scene in load_scenes(folder, bands=bands)]
     tiles = cut_tiles(scenes, tile_px, scales=(scale,))
     prob = predict(loaded.network, tiles.inputs)

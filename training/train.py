@@ -175,6 +175,8 @@ def start_network(config: TrainConfig) -> tuple[torch.nn.Module, str]:
     if config.init is None:
         return build(config.architecture, evidence=config.evidence), config.architecture
     loaded = weights.load(config.init, for_training=True)
+    if loaded.network is None:  # weights.load always gives one; the type also allows an ONNX-only model
+        raise ValueError(f"{loaded.path} was read without its network")
     return loaded.network, loaded.card["architecture"]
 
 

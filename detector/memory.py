@@ -23,3 +23,13 @@ def keep_freed_memory() -> None:
     libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)
     libc.mallopt(M_TRIM_THRESHOLD, 512 * 2**20)
     libc.mallopt(M_TOP_PAD, 256 * 2**20)
+
+
+def give_back_freed_memory() -> None:
+    """Return the memory freed so far to the system (``malloc_trim``): between two phases of a scan, whose
+    threads would otherwise each keep what the other freed.  A no-op where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.malloc_trim(0)

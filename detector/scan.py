@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -31,6 +32,7 @@ from detector.change import score_tiles
 from detector.config import ScanOptions
 from detector.imagery import DateReader, DateSource, Grid, RawWindow
 from detector.inference import predictor
+from detector.memory import give_back_freed_memory
 from detector.methods import METHODS
 from detector.outputs import ScoreRaster
 from detector.scoring import BINS, change_components, zone_histograms
@@ -297,20 +299,24 @@ def score_scene(scan: ScanOptions, dates: tuple[DateSource, DateSource], names: 
     workers = workers or os.cpu_count() or 1
     done = counter(progress, len(zones.batches))
     read = closing(read_in_background(dates, names, grid, zones.batches, depth=workers))
-    if not METHODS[scan.method].uses_model:
-        with read as batches, warnings.catch_warnings(), into_raster(new_raster) as raster:
-            warnings.simplefilter("ignore", RuntimeWarning)
-            acc = gather(threaded(scorer, batches, workers=workers, done=done), zones, raster)
-            return Scored(acc, scan, None, raster)
-    with Spill() as spill, warnings.catch_warnings(), one_torch_thread(model):
+    # one pool for both phases: the same threads reuse the memory they freed (glibc keeps it per thread)
+    with ThreadPoolExecutor(max_workers=workers) as pool, warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        with read as batches:
-            for found in threaded(scorer.evidence, batches, workers=workers, done=done):
-                spill.add(found)
-        check, applied, scale = scene_rule(scan, spill.counts)
-        with into_raster(new_raster) as raster:
-            acc = gather(threaded(lambda found: scorer.results(found, applied.method, scale), ((f,) for f in spill),
-                                  workers=workers), zones, raster)
+        if not METHODS[scan.method].uses_model:
+            with read as batches, into_raster(new_raster) as raster:
+                acc = gather(threaded(pool, scorer, batches, workers=workers, done=done), zones, raster)
+                return Scored(acc, scan, None, raster)
+        with Spill() as spill, one_torch_thread(model):
+            with read as batches:
+                for found in threaded(pool, scorer.evidence, batches, workers=workers, done=done):
+                    spill.add(found)
+            give_back_freed_memory()  # the reader's blocks, freed in its thread: phase two allocates in others
+            check, applied, scale = scene_rule(scan, spill.counts)
+            # the reader's bound on GDAL's cache, so the raster's written blocks do not pile up in it
+            with rasterio.Env(GDAL_CACHEMAX=CACHE_MB * 2**20), into_raster(new_raster) as raster:
+                combine = functools.partial(scorer.results, method=applied.method, scale=scale)
+                acc = gather(threaded(pool, combine, ((f,) for f in spill), workers=workers), zones, raster)
+            give_back_freed_memory()  # what the combining threads freed, before the outputs are made
             return Scored(acc, applied, check, raster)
 
 
@@ -332,22 +338,21 @@ def scene_rule(scan: ScanOptions, counts: np.ndarray) -> tuple[dict[str, Any], S
     return check, replace(scan, method=method.falls_back_to, model=None), calibration.NONE
 
 
-def threaded(fn: Callable[..., Any], items: Iterator[tuple[Any, ...]], *, workers: int,
+def threaded(pool: ThreadPoolExecutor, fn: Callable[..., Any], items: Iterator[tuple[Any, ...]], *, workers: int,
              done: Callable[[], None] | None = None) -> Iterator[Any]:
-    """``fn(*item)`` for each item, on ``workers`` threads, yielded in order (``done()`` after each); at most
-    ``workers`` wait."""
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: deque[Future] = deque()
-        for item in items:
-            pending.append(pool.submit(fn, *item))
-            while len(pending) > workers:
-                yield pending.popleft().result()
-                if done is not None:
-                    done()
-        while pending:
+    """``fn(*item)`` for each item, on the ``pool``'s ``workers`` threads, yielded in order (``done()`` after
+    each); at most ``workers`` wait."""
+    pending: deque[Future] = deque()
+    for item in items:
+        pending.append(pool.submit(fn, *item))
+        while len(pending) > workers:
             yield pending.popleft().result()
             if done is not None:
                 done()
+    while pending:
+        yield pending.popleft().result()
+        if done is not None:
+            done()
 
 
 def counter(progress: Progress | None, total: int) -> Callable[[], None] | None:

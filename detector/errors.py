@@ -24,6 +24,10 @@ class OutputExistsError(DetectorError, FileExistsError):
     """The output folder holds results and ``--overwrite`` was not given."""
 
 
+class ScratchError(DetectorError, OSError):
+    """A temporary file of the run cannot be written (a full disk)."""
+
+
 def first_line(exc: BaseException, *, limit: int = 160) -> str:
     """The first line of an exception's text, at most ``limit`` characters: it goes into a one-line message."""
     text = str(exc).strip().splitlines()

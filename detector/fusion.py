@@ -98,17 +98,9 @@ def candidates(classical: np.ndarray, *, threshold: float) -> np.ndarray:
     return flat.max(axis=1) >= threshold ** (1 / EXPONENT)
 
 
-def agreement_counts(classical: np.ndarray, cnn: np.ndarray, *, reach: int = 0,
-                     pixel_threshold: float) -> np.ndarray:
-    """Per tile, the pixels the classical score counts as changed and, of those, where the CNN near them sees
-    change: shape (N, 2), int64."""
-    changed = np.nan_to_num(classical, nan=0.0) >= pixel_threshold
-    agrees = np.nan_to_num(near(cnn, reach=reach), nan=0.0) >= AGREES_AT
-    return np.stack([changed.sum(axis=(1, 2)), (changed & agrees).sum(axis=(1, 2))], axis=1).astype(np.int64)
-
-
 def domain_check(counts: np.ndarray) -> dict[str, Any]:
-    """Whether the CNN is heard in a scene, from :func:`agreement_counts` summed over its tiles.
+    """Whether the CNN is heard in a scene, from its classically changed pixels and, of those, the ones where
+    the CNN near them sees change (``counts``, :func:`detector.calibration.agreement`).
 
     Returns what ``run.json`` records: ``in_domain``, ``agreement`` (None
     when too few pixels changed to tell), the counts and the rule's limits.

@@ -123,8 +123,10 @@ def applied_rule(scene: Scored) -> dict[str, Any] | None:
     scale = scene.check.get("calibration") or {}
     if METHODS[scene.scan.method].uses_model and scale.get("cnn_probability_matched") is not None:
         why += (f"; the CNN calibrated to the scene by {scale['shift_logit']:+.2f} logits (a probability of "
-                f"{scale['cnn_probability_matched']:.3g} counts as 0.5: it then calls as many pixels changed as "
-                f"the classical score, {scale['classical_changed_px']:,})")
+                f"{scale['counts_as_half']:.3g} counts as 0.5: " +
+                (f"limited to {scale['max_shift_logit']:g} logits, so it calls fewer pixels changed than"
+                 if scale["limited"] else "it then calls as many pixels changed as") +
+                f" the classical score, {scale['classical_changed_px']:,})")
     return {"rule": scene.scan.method, "why": why, **scene.check}
 
 

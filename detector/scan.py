@@ -30,6 +30,7 @@ from detector.adapter import adapt
 from detector.binning import bin_any, bin_mean, unbin
 from detector.change import score_tiles
 from detector.config import ScanOptions
+from detector.errors import ScratchError, first_line
 from detector.imagery import DateReader, DateSource, Grid, RawWindow
 from detector.inference import predictor
 from detector.memory import give_back_freed_memory
@@ -123,16 +124,13 @@ class BatchScorer:
                             max_shift_px=self.scan.max_shift_px / factor, min_peak=self.scan.min_peak,
                             params=self.scan.params)
         cnn, ran = cnn_scores(self.scan, self.model, self.names, tiles.score, first, tiles.after)
-        near = fusion.near(cnn, reach=fusion.reach_px(self.pixel_m * factor))
-        rule = self.scan.rule
-        considered = fusion.candidates(tiles.score, threshold=min(rule.pixel_threshold, rule.threshold)) & ran
-        counts = calibration.counts(tiles.score, cnn, near, considered, pixel_threshold=rule.pixel_threshold)
+        counts = voter_counts(self.scan, tiles.score, cnn, ran, pixel_m=self.pixel_m * factor)
         return Evidence(batch, tiles.score, cnn, ran, tiles.shift * factor, tiles.peak, tiles.applied,
                         before.obscured | after.obscured, counts)
 
     def results(self, found: Evidence, method: str, scale: calibration.Calibration) -> list[UnitResult]:
         """The batch's tiles scored by ``method`` with the scene's calibration ``scale``."""
-        score = combined(method, found.classical, found.cnn, scale, pixel_m=self.pixel_m * self.scan.bin)
+        score = combined(method, found.classical, found.cnn, found.ran, scale, pixel_m=self.pixel_m * self.scan.bin)
         return [self.unit_result(unit, score[i], found.shift[i], float(found.peak[i]), bool(found.applied[i]),
                                  bool(found.ran[i]), found.obscured[core_slices(unit.core, found.batch.read)])
                 for i, unit in enumerate(found.batch.units)]
@@ -169,8 +167,7 @@ def cnn_scores(scan: ScanOptions, model: LoadedModel | None, names: tuple[str, .
     Shapes: classical (N, H, W); before, after (N, C, H, W) (registered).
     """
     method = METHODS[scan.method]
-    rule = scan.rule
-    pick = method.cnn_tiles(classical, min(rule.pixel_threshold, rule.threshold))
+    pick = method.cnn_tiles(classical, scan.rule.lowest)
     cnn = np.zeros_like(classical)
     if pick.any():
         if model is None:
@@ -181,12 +178,42 @@ def cnn_scores(scan: ScanOptions, model: LoadedModel | None, names: tuple[str, .
     return cnn, pick
 
 
-def combined(method: str, classical: np.ndarray, cnn: np.ndarray, scale: calibration.Calibration, *,
-             pixel_m: float) -> np.ndarray:
-    """The score of ``method`` from both voters, the CNN calibrated by ``scale`` (:mod:`detector.calibration`)
-    first (see :mod:`detector.methods` and :mod:`detector.fusion`)."""
-    cnn = calibration.apply(cnn, scale)
+def combined(method: str, classical: np.ndarray, cnn: np.ndarray, ran: np.ndarray, scale: calibration.Calibration,
+             *, pixel_m: float) -> np.ndarray:
+    """The score of ``method`` from both voters, the CNN of the tiles it ran on (``ran``) calibrated by
+    ``scale`` (:mod:`detector.calibration`) first (see :mod:`detector.methods` and :mod:`detector.fusion`)."""
+    if not METHODS[method].uses_model:
+        return classical
+    cnn = np.array(cnn)
+    cnn[ran] = calibration.apply(cnn[ran], scale)
     return METHODS[method].combine(classical, cnn, fusion.near(cnn, reach=fusion.reach_px(pixel_m)))
+
+
+def voter_counts(scan: ScanOptions, classical: np.ndarray, cnn: np.ndarray, ran: np.ndarray, *,
+                 pixel_m: float) -> np.ndarray:
+    """:func:`detector.calibration.counts` of a batch, on the tiles where the classical evidence could make a
+    change (the fused score's prefilter, :func:`detector.fusion.candidates`) and the CNN ran; zeros for a
+    method without a CNN."""
+    if not METHODS[scan.method].uses_model:
+        return np.zeros(calibration.SIZE, np.int64)
+    considered = fusion.candidates(classical, threshold=scan.rule.lowest) & ran
+    near = fusion.near(cnn, reach=fusion.reach_px(pixel_m))
+    return calibration.counts(classical, cnn, near, considered, pixel_threshold=scan.rule.pixel_threshold)
+
+
+def scale_of(counts: np.ndarray) -> calibration.Calibration:
+    """The CNN's calibration in a scene, from its :func:`voter_counts`."""
+    return calibration.calibrate(counts, min_changed=fusion.MIN_CHANGED_PX)
+
+
+def agreement_of(counts: np.ndarray) -> np.ndarray:
+    """The domain check's counts (:func:`detector.fusion.domain_check`) of a scene, from its :func:`voter_counts`.
+
+    Judged on the CNN *before* calibration: a CNN that says nothing about the
+    ground, once shifted to call as many pixels as the classical evidence,
+    would agree with it by chance within 15 m.
+    """
+    return calibration.agreement(counts, calibration.NONE, agrees_at=fusion.AGREES_AT)
 
 
 def method_score(scan: ScanOptions, model: LoadedModel | None, names: tuple[str, ...], classical: np.ndarray,
@@ -196,22 +223,16 @@ def method_score(scan: ScanOptions, model: LoadedModel | None, names: tuple[str,
 
     Shapes: classical (N, H, W); before, after (N, C, H, W).  Returns the
     score (N, H, W), which tiles the CNN ran on (N,) and each tile's
-    agreement counts (N, 2) of the calibrated CNN for the domain check
-    (zeros where no CNN ran).
+    agreement counts (N, 2) for the domain check (zeros where no CNN ran).
     """
     cnn, ran = cnn_scores(scan, model, names, classical, before, after)
-    score = np.array(classical)
+    score = combined(scan.method, classical, cnn, ran, calibration.NONE, pixel_m=pixel_m)  # tiles skipped too
     agreement = np.zeros((len(classical), 2), np.int64)
-    rule = scan.rule
-    near = fusion.near(cnn, reach=fusion.reach_px(pixel_m))
-    considered = fusion.candidates(classical, threshold=min(rule.pixel_threshold, rule.threshold)) & ran
-    for i in range(len(classical)):  # a loop over scenes, not pixels
+    for i in np.flatnonzero(ran):  # a loop over scenes, not pixels
         one = slice(i, i + 1)
-        total = calibration.counts(classical[one], cnn[one], near[one], considered[one],
-                                   pixel_threshold=rule.pixel_threshold)
-        scale = calibration.calibrate(total, min_changed=fusion.MIN_CHANGED_PX)
-        agreement[i] = calibration.agreement(total, scale, agrees_at=fusion.AGREES_AT) if ran[i] else 0
-        score[one] = combined(scan.method, classical[one], cnn[one], scale, pixel_m=pixel_m)
+        counts = voter_counts(scan, classical[one], cnn[one], ran[one], pixel_m=pixel_m)
+        agreement[i] = agreement_of(counts)
+        score[one] = combined(scan.method, classical[one], cnn[one], ran[one], scale_of(counts), pixel_m=pixel_m)
     return score, ran, agreement
 
 
@@ -324,9 +345,8 @@ def scene_rule(scan: ScanOptions, counts: np.ndarray) -> tuple[dict[str, Any], S
     """The scene's calibration and domain check (recorded as ``check``, with the calibration), and the options
     that apply: ``scan``, or its method's fall-back where the CNN is out of its domain."""
     method = METHODS[scan.method]
-    scale = calibration.calibrate(counts, min_changed=fusion.MIN_CHANGED_PX)
-    check = {**fusion.domain_check(calibration.agreement(counts, scale, agrees_at=fusion.AGREES_AT)),
-             "calibration": scale.record()}
+    scale = scale_of(counts)
+    check = {**fusion.domain_check(agreement_of(counts)), "calibration": scale.record()}
     if check["in_domain"]:
         return check, scan, scale
     log.warning("the CNN agrees on %.1f%% of the %d classically changed pixels (under %.0f%%): it looks out of "
@@ -417,9 +437,14 @@ class Spill:
 
     def add(self, found: Evidence) -> None:
         offset = self._file.seek(0, os.SEEK_END)
-        for array in (found.classical, found.cnn, found.obscured):
-            np.save(self._file, array)
-        self._kept.append((replace(found, classical=EMPTY, cnn=EMPTY, obscured=EMPTY), offset))
+        try:
+            for array in (found.classical, found.cnn, found.obscured):
+                np.save(self._file, array)
+        except OSError as exc:
+            raise ScratchError(f"the scan's temporary file in {tempfile.gettempdir()} cannot grow past "
+                               f"{offset / 2**20:.0f} MB ({first_line(exc)}): free space there, or point TMPDIR "
+                               "at a disk with room") from None
+        self._kept.append((replace(found, classical=EMPTY, cnn=EMPTY, obscured=EMPTY, counts=EMPTY), offset))
         self.counts += found.counts
 
     def __iter__(self) -> Iterator[Evidence]:

@@ -37,6 +37,11 @@ class ScoreRule:
     def __post_init__(self) -> None:
         check(self)
 
+    @property
+    def lowest(self) -> float:
+        """The lower of the two thresholds: a pixel under it neither changes nor lifts a site to a flag."""
+        return min(self.pixel_threshold, self.threshold)
+
     def describe(self, threshold: float) -> str:
         """The flagging rule in words at ``threshold``, for ``run.json``, ``batch.json`` and the report."""
         return (f"flagged = score >= {threshold} and valid_fraction >= {self.min_valid}; score = {self.quantile:g} "

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detector.fusion import candidates, fuse
+from detector.fusion import candidates, fuse, near
 
 
 def test_fused_needs_both_voters_above_its_floor_and_passes_nodata_through() -> None:
@@ -60,14 +60,15 @@ def test_the_prefilter_changes_no_changed_pixel_in_a_real_run(scene, tmp_path) -
 
 
 def test_agreement_counts_and_the_domain_check() -> None:
-    from detector.fusion import MIN_AGREEMENT, MIN_CHANGED_PX, agreement_counts, domain_check
+    from detector.calibration import NONE, agreement, counts
+    from detector.fusion import MIN_AGREEMENT, MIN_CHANGED_PX, domain_check
 
     classical = np.zeros((2, 10, 10), np.float32)
     classical[0, :5] = 0.9  # 50 changed pixels in tile 0
     cnn = np.zeros_like(classical)
     cnn[0, 0, :4] = 0.8  # the CNN sees change at 4 of them
-    counts = agreement_counts(classical, cnn, reach=1, pixel_threshold=0.5)
-    assert counts.tolist() == [[50, 2 * 5], [0, 0]]  # within one pixel of those: rows 0-1, columns 0-4
+    found = counts(classical, cnn, near(cnn, reach=1), np.array([True, False]), pixel_threshold=0.5)
+    assert agreement(found, NONE, agrees_at=0.5).tolist() == [50, 2 * 5]  # within one pixel: rows 0-1, cols 0-4
     assert domain_check(np.array([MIN_CHANGED_PX - 1, 0]))["in_domain"]  # too little change to tell
     low = domain_check(np.array([1000, int(1000 * MIN_AGREEMENT) - 1]))
     assert not low["in_domain"] and low["agreement"] < MIN_AGREEMENT

@@ -333,3 +333,6 @@ def test_a_model_that_reads_the_classical_evidence_trains_and_runs(pairs: Path, 
     assert main(["-q", "run", "--before", str(scene.before), "--after", str(scene.after), "--out", str(out),
                  "--model", str(model), "--method", "cnn", "--cell-m", "600"]) == 0
     assert json.loads((out / "run.json").read_text())["model"]["evidence"] == ["classical"]
+    assert main(["-q", "evaluate", "--data", str(pairs), "--model", str(model), "--out", str(tmp_path / "e"),
+                 "--tile-px", "32"]) == 0  # evaluated with the evidence it reads
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["model"]["evidence"] == ["classical"]

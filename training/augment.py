@@ -5,12 +5,15 @@ date, then B of the after date, standardized, then E evidence channels); ``targe
 ``(N, H, W)``, NaN = unknown.  Randomness comes only from the ``rng`` passed in.
 
 Per tile: a random 90-degree rotation and flip; the dates swapped (half the
-time: change is change either way); the after date's bands jittered in gain
+time: change is change either way; never with evidence channels, whose
+classical score reads the dates in order); the after date's bands jittered in gain
 and offset (what per-tile standardization leaves of a radiometric difference)
 plus noise; the after date shifted by up to ``max_shift`` px, bilinearly, in
 half the tiles (a residual misregistration: at 10 m a whole pixel is the
 size of the buildings to find, so the jitter stays sub-pixel); and NIR/SWIR dropped (``band_drop`` of the tiles that
-have them), so RGB-only imagery is scored by the same weights; and a share of
+have them), so RGB-only imagery is scored by the same weights (evidence
+channels keep the score of all bands: on RGB-only imagery ``run``'s is of
+three); and a share of
 the tiles magnified by up to ``zoom`` (a random crop scaled back up), so
 imagery finer than the training data, or upsampled from a coarser sensor, is
 not foreign.
@@ -51,7 +54,7 @@ def augment_batch(inputs: np.ndarray, target: np.ndarray, rng: np.random.Generat
         if flip:
             x, y = x[:, :, ::-1], y[:, ::-1]
         x = np.array(x, dtype=np.float32)
-        if rng.random() < 0.5:
+        if rng.random() < 0.5 and x.shape[0] == 2 * bands:  # evidence (directional) would not match swapped dates
             x[dates] = np.concatenate([x[bands:2 * bands], x[:bands]])
         after = x[bands:2 * bands]
         present = np.abs(after).reshape(bands, -1).max(axis=1) > 0

@@ -39,6 +39,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
+from aoi.cells import pixel_size_m
 from detector.bands import band_names
 from detector.binning import bin_mean
 from detector.errors import InputError, MissingFileError, first_line
@@ -46,6 +47,7 @@ from detector.imagery import DateReader, Grid, match_bands, open_date, overlap_w
 from detector.model import adapt
 from detector.reviews import site_labels
 from detector.tiling import bounds_window, pad
+from detector.zones import centre_lonlat
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg")
 
@@ -211,6 +213,7 @@ def load_reviewed(folder: Path, *, sites_file: Path | None = None, margin_px: in
     grid = reference_grid(before, names)
     area = overlap_window(grid, after)
     shapes = sites.to_crs(grid.crs).geometry
+    pixel_m = float(np.mean(pixel_size_m(grid.crs, grid.transform, *centre_lonlat(grid, area))))
     scenes = []
     with DateReader(before, names, grid) as first, DateReader(after, names, grid) as second:
         for (site_id, label), shape in zip(zip(sites["site_id"], labels, strict=True), shapes, strict=True):
@@ -225,7 +228,7 @@ def load_reviewed(folder: Path, *, sites_file: Path | None = None, margin_px: in
             if label == 0:
                 target[inside] = 0.0
             scenes.append(Scene(f"{folder.name}/{site_id}", first.read(window), second.read(window), target, names,
-                                weak=1.0 if label == 1 else float("nan"), pixel_m=abs(grid.transform.a)))
+                                weak=1.0 if label == 1 else float("nan"), pixel_m=pixel_m))
     return scenes
 
 

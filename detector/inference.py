@@ -185,7 +185,8 @@ def _make(model: LoadedModel, backend: str) -> Predictor:
         if backend == "onnxruntime":
             raise InputError("--backend onnxruntime: onnxruntime (or onnx, to export the model) is not installed: "
                              "pip install '.[onnx]', or choose --backend torch or auto")
-        log.info("onnxruntime is not installed: the CNN runs in torch (pip install '.[onnx]')")
+        log.info("%s is not installed: the CNN runs in torch (pip install '.[onnx]')",
+                 "onnxruntime" if ort is None else "onnx (to export the model)")
     return torch_predictor(network)
 
 

@@ -10,6 +10,7 @@ model run in ONNX Runtime never imports torch (:mod:`detector.inference`).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 
@@ -70,3 +71,27 @@ def standardize(x: np.ndarray) -> np.ndarray:
     spread = np.maximum(spread, 0.01 * (np.abs(centre) + 1.0))
     z = (x - centre[:, None, None]) / spread[:, None, None]
     return np.nan_to_num(np.clip(z, -CLIP, CLIP), nan=0.0).astype(np.float32)
+
+
+def in_batches(inputs: np.ndarray, run: Callable[[np.ndarray], np.ndarray], *, batch: int) -> np.ndarray:
+    """``run`` (a network's probabilities of tiles whose sides are multiples of :data:`STRIDE`) over
+    ``inputs`` ``batch`` tiles at a time, the edges of any other size replicated and cut off again.
+
+    Parameters
+    ----------
+    inputs : ndarray, shape (N, C, H, W), float32, as made by :func:`adapt`
+    run : maps (n, C, H', W') float32 to (n, H', W') float32
+
+    Returns
+    -------
+    ndarray, shape (N, H, W), float32
+    """
+    n, _, h, w = inputs.shape
+    ph, pw = -h % STRIDE, -w % STRIDE
+    out = np.empty((n, h, w), dtype=np.float32)
+    for start in range(0, n, batch):
+        x = np.ascontiguousarray(inputs[start:start + batch], dtype=np.float32)
+        if ph or pw:
+            x = np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode="edge")
+        out[start:start + batch] = run(x)[:, :h, :w]
+    return out

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from detector.adapter import STRIDE
+from detector.adapter import in_batches
 from detector.errors import InputError, first_line
 from detector.files import atomic
 from detector.weights import LoadedModel
@@ -84,15 +84,7 @@ class Predictor:
         -------
         ndarray, shape (N, H, W), float32 in [0, 1]
         """
-        n, _, h, w = inputs.shape
-        ph, pw = -h % STRIDE, -w % STRIDE
-        out = np.empty((n, h, w), dtype=np.float32)
-        for start in range(0, n, BATCH):
-            x = np.ascontiguousarray(inputs[start:start + BATCH], dtype=np.float32)
-            if ph or pw:
-                x = np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode="edge")
-            out[start:start + BATCH] = self.run(x)[:, :h, :w]
-        return out
+        return in_batches(inputs, self.run, batch=BATCH)
 
     def record(self) -> dict[str, str]:
         """What ``run.json`` says about where the CNN ran."""
@@ -211,7 +203,7 @@ def torch_predictor(network: Any) -> Predictor:
 
 
 def _torch_run(predict: Callable[..., np.ndarray], network: Any, x: np.ndarray) -> np.ndarray:
-    return predict(network, x, batch=BATCH)
+    return predict(network, x, batch=len(x))  # one batch of in_batches, already padded
 
 
 def onnx_predictor(network: Any, ort: ModuleType, *, threads: int = 1) -> Predictor:

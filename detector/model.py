@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from detector.adapter import CLIP, EVIDENCE, MODEL_BANDS, STRIDE, adapt, standardize  # noqa: F401  (their old home)
+from detector.adapter import CLIP, EVIDENCE, MODEL_BANDS, STRIDE, adapt, in_batches, standardize  # noqa: F401  (their old home)
 
 
 def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -119,15 +119,11 @@ def predict(model: nn.Module, inputs: np.ndarray, *, batch: int = 4) -> np.ndarr
     -------
     ndarray, shape (N, H, W), float32 in [0, 1]
     """
-    n, _, h, w = inputs.shape
-    ph, pw = -h % STRIDE, -w % STRIDE
-    out = np.empty((n, h, w), dtype=np.float32)
     model.eval()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        tiles = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
+        return torch.sigmoid(model(tiles))[:, 0].numpy()
+
     with torch.inference_mode():
-        for start in range(0, n, batch):
-            x = torch.from_numpy(np.ascontiguousarray(inputs[start:start + batch]))
-            if ph or pw:
-                x = functional.pad(x, (0, pw, 0, ph), mode="replicate")
-            x = x.contiguous(memory_format=torch.channels_last)
-            out[start:start + batch] = torch.sigmoid(model(x))[:, 0, :h, :w].numpy()
-    return out
+        return in_batches(inputs, run, batch=batch)

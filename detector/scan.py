@@ -320,7 +320,7 @@ def score_scene(scan: ScanOptions, dates: tuple[DateSource, DateSource], names: 
     workers = workers or os.cpu_count() or 1
     done = counter(progress, len(zones.batches))
     read = closing(read_in_background(dates, names, grid, zones.batches, depth=workers))
-    # one pool for both phases: the same threads reuse the memory they freed (glibc keeps it per thread)
+    # one pool of worker threads for both phases
     with ThreadPoolExecutor(max_workers=workers) as pool, warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         if not METHODS[scan.method].uses_model:

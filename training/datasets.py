@@ -256,8 +256,9 @@ def cut_tiles(scenes: list[Scene], tile: int, *, scales: tuple[int, ...] = (1,),
     for scene in scenes:
         for b, a, t in _blocks(scene, side):
             for s in scales:
-                picked = [(bin_mean(b, s)[:, rows, cols], bin_mean(a, s)[:, rows, cols],
-                           bin_mean(t[None], s)[0, rows, cols]) for rows, cols in _grid(side // s, tile)]
+                first, second, known = bin_mean(b, s), bin_mean(a, s), bin_mean(t[None], s)[0]
+                picked = [(first[:, rows, cols], second[:, rows, cols], known[rows, cols])
+                          for rows, cols in _grid(side // s, tile)]
                 picked = [(bb, ab, tb) for bb, ab, tb in picked if _useful(bb, tb, scene)]
                 if not picked:
                     continue

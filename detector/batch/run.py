@@ -134,9 +134,10 @@ def scored_batch(config: BatchConfig, sites: gpd.GeoDataFrame, scenes: list[Scen
     tic = time.perf_counter()
     with Staging(config.out) as staging:
         finished = finish_sites(config, store, sites["site_id"].tolist(), scenes, staging) if store.done else None
+        flagged = int(finished.sites["flagged"].sum()) if finished is not None else 0
         record = batch_record(config, store, total, run, threshold=None if finished is None else finished.threshold,
-                              flagged=int(finished.sites["flagged"].sum()) if finished is not None else 0,
-                              seconds=time.perf_counter() - start, ran=len(tasks))
+                              counts={"sites": total, **task_counts(store), "flagged": flagged,
+                                      "ran_this_time": len(tasks)}, seconds=time.perf_counter() - start)
         if finished is not None:
             record["review_state"] = finished.review_state
         record["finish_seconds"] = round(time.perf_counter() - tic, 2)  # ranks, verdicts, budget, chips
@@ -163,14 +164,14 @@ def scanned_region(config: BatchConfig, spec: Region, region: gpd.GeoDataFrame, 
     tic = time.perf_counter()
     with Staging(config.out) as staging:
         finished = finish_region(config, store, staging) if store.done else None
+        counts = {"blocks": plan.blocks, **task_counts(store), "cells": 0, "flagged": 0, "candidates": 0,
+                  "ran_this_time": len(plan.tasks)}
+        if finished is not None:
+            counts.update(cells=len(finished.cells), flagged=int(finished.cells["flagged"].sum()),
+                          candidates=len(finished.candidates))
         record = batch_record(config, store, plan.blocks, run,
-                              threshold=None if finished is None else finished.threshold,
-                              flagged=int(finished.cells["flagged"].sum()) if finished is not None else 0,
-                              seconds=time.perf_counter() - start, ran=len(plan.tasks))
-        record["counts"] = {"blocks": plan.blocks, "done": len(store.done), "failed": len(store.failed),
-                            "cells": 0 if finished is None else len(finished.cells), "flagged": record["counts"][
-                                "flagged"], "candidates": 0 if finished is None else len(finished.candidates),
-                            "ran_this_time": len(plan.tasks)}
+                              threshold=None if finished is None else finished.threshold, counts=counts,
+                              seconds=time.perf_counter() - start)
         record["region"] = {"area_km2": round(plan.area_km2, 3), "cell_m": spec.cell_m,
                             "block_cells": spec.block_cells, "grid": asdict(plan.grid)}
         record["fields"] = [*record["fields"], KEY]
@@ -211,9 +212,14 @@ def check_same_batch(config: BatchConfig) -> None:
                          f"give a new [output] dir in {config.path}, or restore the earlier settings")
 
 
+def task_counts(store: ResultStore) -> dict[str, int]:
+    """The tasks (sites or blocks) done and failed over all runs."""
+    return {"done": len(store.done), "failed": len(store.failed)}
+
+
 def batch_record(config: BatchConfig, store: ResultStore, total: int, run: Runner, *,
-                 threshold: dict[str, Any] | None, flagged: int, seconds: float, ran: int) -> dict[str, Any]:
-    """What ``batch.json`` says: the configuration, the method and threshold, the counts, where it ran, the
+                 threshold: dict[str, Any] | None, counts: dict[str, int], seconds: float) -> dict[str, Any]:
+    """What ``batch.json`` says: the configuration, the method and threshold, the ``counts``, where it ran, the
     versions (the caller adds the review state the next end of the batch starts from)."""
     failed = store.failed
     return {
@@ -221,8 +227,7 @@ def batch_record(config: BatchConfig, store: ResultStore, total: int, run: Runne
         "config": config.to_json(),
         **finish_record(config, threshold),
         "complete": len(store.done) + len(failed) == total,
-        "counts": {"sites": total, "done": len(store.done), "failed": len(failed), "flagged": flagged,
-                   "ran_this_time": ran},
+        "counts": counts,
         "failed": failed,
         "executor": run.name,
         "seconds_this_time": round(seconds, 2),

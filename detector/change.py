@@ -7,7 +7,7 @@ or pixels in Python.  The result of :func:`change_score` is a per-pixel score
 in [0, 1] (NaN where either date has no data).
 
 The score is
-``magnitude * (1 - greening) * (floor + (1 - floor) * construction * (1 - greening nearby))``:
+``magnitude * (1 - greening) * (1 - melting nearby) * (floor + (1 - floor) * construction * (1 - greening nearby))``:
 
 - *magnitude*: the change vector length ``m`` of the radiometrically
   normalized bands, in units of each band's unchanged-pixel noise, mapped to
@@ -16,7 +16,11 @@ The score is
   structure-tensor energy of brightness, spread over ``support_m``) and, where a
   SWIR band exists, an increase of the built-up index NDBI;
 - *greening*: an increase of NDVI (or, with RGB only, of the excess-green
-  index), so that a field turning green does not score like a compound.
+  index), so that a field turning green does not score like a compound;
+- *melting* (:func:`melting`): snow in the before date and not in the after, so that
+  the ground that a melted drift uncovers, with its ridges and tracks, is not
+  taken for new walls.  Its maximum over the edge evidence's support takes
+  the whole score down, the edges of the drift's rim included.
 
 Change with no sign of construction stays under ``floor`` (0.5, the default
 pixel threshold).  Greening is measured per pixel (averaged over 3 x 3), so
@@ -48,6 +52,10 @@ class ChangeParams:
     ndbi_gain: float = 0.1
     green_gain: float = 0.15
     exg_gain: float = 0.1
+    snow_bright: float = 1.35
+    snow_ramp: float = 0.35
+    snow_ndsi: float = 0.4
+    snow_neutral: float = -0.08
     support_m: float = 40.0
     sample_step: int = 4
     unchanged_quantile: float = 0.5
@@ -164,12 +172,13 @@ def index_gain(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], fi
     """
     if first not in names or second not in names:
         return None
+    return _difference(after, names, first, second) - _difference(before, names, first, second)
+
+
+def _difference(x: np.ndarray, names: tuple[str, ...], first: str, second: str) -> np.ndarray:
+    """(first - second) / (first + second) of tiles (N, C, H, W) that hold both bands, shape (N, H, W)."""
     i, j = names.index(first), names.index(second)
-
-    def nd(x: np.ndarray) -> np.ndarray:
-        return (x[:, i] - x[:, j]) / np.maximum(np.abs(x[:, i] + x[:, j]), 1e-6)
-
-    return nd(after) - nd(before)
+    return (x[:, i] - x[:, j]) / np.maximum(np.abs(x[:, i] + x[:, j]), 1e-6)
 
 
 def greening(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], *,
@@ -192,6 +201,64 @@ def greening(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], *,
         return np.zeros(before.shape[:1] + before.shape[2:], dtype=np.float32)
     smooth = ndimage.uniform_filter(np.nan_to_num(gain), (1, 3, 3))
     return np.clip(smooth / scale, 0.0, 1.0)
+
+
+def snow_cover(x: np.ndarray, lit: np.ndarray, names: tuple[str, ...], *, params: ChangeParams) -> np.ndarray:
+    """How much each pixel looks like snow, 0..1, shape (N, H, W); the bands must tell (:func:`snow_bands`).
+
+    Snow is the brightest ground of a tile: ``lit`` (the visible mean over
+    the tile's median, :func:`relative_light`) at ``snow_bright`` and more
+    (full at ``snow_ramp`` above it); and it is cold, NDSI (green - swir16) / (green + swir16) over
+    ``snow_ndsi`` (full 0.2 above), or, with no SWIR band, neutral or
+    bluish, (blue - red) / (blue + red) over ``snow_neutral`` (full 0.06 above):
+    bare desert and sand, as bright, are red; and where a NIR band tells, darker
+    in it than in green ((green - nir) / (green + nir) over 0, full at 0.05),
+    which bright roofs and concrete are not.
+    """
+    bright = np.clip((lit - params.snow_bright) / params.snow_ramp, 0.0, 1.0)
+    if snow_bands(names) == "swir16":
+        return bright * np.clip((_difference(x, names, "green", "swir16") - params.snow_ndsi) / 0.2, 0.0, 1.0)
+    snow = bright * np.clip((_difference(x, names, "blue", "red") - params.snow_neutral) / 0.06, 0.0, 1.0)
+    if "nir" in names and "green" in names:  # snow is darker in the NIR than in green; roofs and concrete are not
+        snow *= np.clip(_difference(x, names, "green", "nir") / 0.05, 0.0, 1.0)
+    return snow
+
+
+def snow_bands(names: tuple[str, ...]) -> str | None:
+    """What tells snow from other bright ground: ``swir16`` (with green), ``visible`` (blue and red) or None."""
+    if "green" in names and "swir16" in names:
+        return "swir16"
+    return "visible" if "blue" in names and "red" in names else None
+
+
+def melting(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], light: tuple[np.ndarray, np.ndarray], *,
+            params: ChangeParams, reach: int) -> np.ndarray:
+    """Snow of the before date gone in the after date, within ``reach`` x ``reach`` pixels, 0..1, shape (N, H, W).
+
+    Only snow lost counts, never snow that fell: new roofs look like fresh
+    snow, white ones in the visible bands and blue or white metal ones even
+    by NDSI (most of what looked like snow in mumbai's after date is its
+    labelled new construction), while what a melted drift uncovers is never
+    a roof that was there.  Tiles whose before date has no ground as bright
+    as snow are skipped.
+    """
+    out = np.zeros(before.shape[:1] + before.shape[2:], dtype=np.float32)
+    lit_b = relative_light(light[0])
+    flat = np.nan_to_num(lit_b.reshape(len(lit_b), -1))
+    pick = (flat.max(axis=1) > params.snow_bright) & (snow_bands(names) is not None)
+    if not pick.any():
+        return out
+    lost = (snow_cover(before[pick], lit_b[pick], names, params=params)
+            - snow_cover(after[pick], relative_light(light[1][pick]), names, params=params))
+    # snow lies over ground, not in single pixels: a bright roof that went counts a ninth
+    out[pick] = ndimage.maximum_filter(ndimage.uniform_filter(np.clip(np.nan_to_num(lost), 0.0, 1.0), (1, 3, 3)),
+                                       (1, reach, reach))
+    return out
+
+
+def relative_light(light: np.ndarray) -> np.ndarray:
+    """Brightness (N, H, W) over its tile's median (on every fourth pixel), shape (N, H, W)."""
+    return light / np.maximum(_nanquantile(light[:, None, ::4, ::4], 0.5)[:, 0], 1e-6)
 
 
 def _support(pixel_m: float, params: ChangeParams) -> int:
@@ -243,10 +310,13 @@ def change_score(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], 
     sigma = noise(before, after, params=params)
     m = magnitude(before, after, sigma)
     strength = _saturate(m - params.m_low, params.m_scale)
+    light = light if light is not None else (brightness(before, names), brightness(after, names))
     built = construction(before, after, names, pixel_m=pixel_m, params=params, light=light)
     green = greening(before, after, names, params=params)
     near_green = ndimage.maximum_filter(green, (1, 3, 3))
-    score = strength * (1 - green) * (params.floor + (1 - params.floor) * built * (1 - near_green))
+    # the edges a drift's rim leaves reach as far as the edge evidence
+    near_snow = melting(before, after, names, light, params=params, reach=_support(pixel_m, params))
+    score = strength * (1 - green) * (1 - near_snow) * (params.floor + (1 - params.floor) * built * (1 - near_green))
     return score.astype(np.float32)
 
 

@@ -2,8 +2,10 @@
 
 Generates (once, cached in ``--data``) a 10980 x 10980, 4-band (blue, green,
 red, nir), uint16, DEFLATE-tiled GeoTIFF pair in UTM with new compounds planted
-in the after date, then measures, each in a fresh process so peak memory is its
-own:
+in the after date (``quiet``), and a second after date (``noisy``) that also
+has square-edged patches of ground that changed level, enough to flag over a
+thousand cells; then measures for each of ``--scenes``, each in a fresh
+process so peak memory is its own:
 
 - ``plain``: a plain rasterio read of both files, whole, with rasterio's
   default settings (``rasterio.open(path).read()``: GDAL decodes on one thread);
@@ -22,7 +24,7 @@ Prints megapixels per second (spatial pixels of both dates), wall time, peak
 resident memory and the ratio of the run's speed to each read's.
 
     python scripts/bench.py [--size 10980] [--data /tmp/detector-bench] [--repeat 1] [--bin 2]
-                            [--methods classical,fused] [--backend auto] [--skip-runs]
+                            [--methods classical,fused] [--backend auto] [--scenes quiet,noisy] [--skip-runs]
 """
 
 from __future__ import annotations
@@ -49,8 +51,10 @@ READS = {"plain": None, "threaded": "ALL_CPUS"}
 LEVELS = np.array([900, 1100, 1300, 2600], dtype=np.float32)[:, None, None]
 
 
-def scene_rows(rng: np.random.Generator, rows: slice, size: int, *, after: bool) -> np.ndarray:
-    """Rows of a synthetic scene: smooth fields, texture, noise; compounds in the after date."""
+def scene_rows(rng: np.random.Generator, rows: slice, size: int, *, after: bool,
+               patches: np.ndarray | None = None) -> np.ndarray:
+    """Rows of a synthetic scene: smooth fields, texture, noise; compounds in the after date, and there the
+    ``patches`` (K, 5: row, col, height, width, change of level) of the noisy scene."""
     y = np.arange(rows.start, rows.stop, dtype=np.float32)[:, None]
     x = np.arange(size, dtype=np.float32)[None, :]
     fields = ((np.floor(y / 97) * 7 + np.floor(x / 131) * 3) % 5) * 60
@@ -61,15 +65,40 @@ def scene_rows(rng: np.random.Generator, rows: slice, size: int, *, after: bool)
         block = ((y // 1500) % 3 == 1) & ((x // 1500) % 3 == 1) & ((y % 1500) < 300) & ((x % 1500) < 400)
         roofs = block & ((y % 20) < 10) & ((x % 30) < 22)
         data = np.where(roofs[None], LEVELS * 3.2, data)
+    for r, c, h, w, step in patches if patches is not None else ():
+        top, bottom = max(int(r), rows.start), min(int(r + h), rows.stop)
+        if top < bottom:
+            data[:, top - rows.start:bottom - rows.start, int(c):int(c + w)] += step
     return np.clip(data, 1, 65535).astype(np.uint16)
 
 
-def make_pair(folder: Path, size: int) -> tuple[Path, Path]:
+# The noisy scene: fields ploughed, flooded or cleared between the dates, square-edged patches of
+# 3-15 pixels a side that change level, enough of them that over a thousand 500 m cells flag.
+PATCHES_PER_MPX = 15
+
+
+def noisy_patches(size: int) -> np.ndarray:
+    """(K, 5) patches of the noisy scene's after date: row, column, height, width, change of level."""
+    rng = np.random.default_rng(7)
+    count = int(PATCHES_PER_MPX * size * size / 1e6)
+    corner = rng.integers(0, size - 16, size=(count, 2))
+    sides = rng.integers(3, 16, size=(count, 2))
+    step = rng.choice([-1.0, 1.0], size=count) * rng.uniform(250, 600, size=count)
+    return np.column_stack([corner, sides, step])
+
+
+SCENES = ("quiet", "noisy")
+
+
+def make_pair(folder: Path, size: int, scene: str = "quiet") -> tuple[Path, Path]:
+    """The bench pair of ``scene`` (the two scenes share the before date), written once into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    paths = (folder / f"before_{size}_2017-06-01.tif", folder / f"after_{size}_2018-06-01.tif")
+    tag = "" if scene == "quiet" else f"{scene}_"
+    paths = (folder / f"before_{size}_2017-06-01.tif", folder / f"after_{size}_{tag}2018-06-01.tif")
     profile = dict(driver="GTiff", width=size, height=size, count=4, dtype="uint16", crs="EPSG:32645",
                    transform=from_origin(399960, 4900020, 10, 10), tiled=True, blockxsize=512, blockysize=512,
                    compress="deflate", interleave="pixel", NUM_THREADS="ALL_CPUS")
+    patches = noisy_patches(size) if scene == "noisy" else None
     for path, after in zip(paths, (False, True), strict=True):
         if path.exists():
             continue
@@ -77,7 +106,8 @@ def make_pair(folder: Path, size: int) -> tuple[Path, Path]:
         with atomic(path, suffix=".tif") as tmp, rasterio.open(tmp, "w", **profile) as dst:
             for r0 in range(0, size, 512):
                 rows = slice(r0, min(r0 + 512, size))
-                dst.write(scene_rows(rng, rows, size, after=after), window=Window(0, r0, size, rows.stop - r0))
+                dst.write(scene_rows(rng, rows, size, after=after, patches=patches if after else None),
+                          window=Window(0, r0, size, rows.stop - r0))
             for i, name in enumerate(BANDS, start=1):
                 dst.set_band_description(i, name)
     return paths
@@ -164,31 +194,42 @@ def main() -> int:
     parser.add_argument("--methods", default="classical,fused", help="detector run --method values to time")
     parser.add_argument("--backend", default="auto", help="detector run --backend (auto, onnxruntime, torch)")
     parser.add_argument("--skip-runs", action="store_true", help="only the CNN inference rate")
+    parser.add_argument("--scenes", default=",".join(SCENES), help="quiet (compounds only), noisy (and patches that "
+                        "flag over a thousand cells)")
     args = parser.parse_args()
     if args.skip_runs:
         return report_cnn()
+    for scene in args.scenes.split(","):
+        if scene not in SCENES:
+            raise SystemExit(f"--scenes: {scene!r} is not one of {', '.join(SCENES)}")
+        bench_scene(args, scene)
+    return report_cnn()  # last: a child forked after it would report this process's memory as its own peak
+
+
+def bench_scene(args: argparse.Namespace, scene: str) -> None:
+    """The reads and runs of one scene, each in a fresh process, best of ``--repeat``; printed."""
     tic = time.perf_counter()
-    paths = make_pair(args.data, args.size)
-    print(f"pair ready in {time.perf_counter() - tic:.0f} s: {[p.stat().st_size // 2**20 for p in paths]} MiB")
+    paths = make_pair(args.data, args.size, scene)
+    print(f"{scene} pair ready in {time.perf_counter() - tic:.0f} s: {[p.stat().st_size // 2**20 for p in paths]} MiB")
     mpx = 2 * args.size * args.size / 1e6
     runs = [f"run:{m}" for m in args.methods.split(",")]
+    out = args.data / "out" / scene
     results: dict[str, list[dict[str, float]]] = {kind: [] for kind in (*READS, *runs)}
     for _ in range(args.repeat):
         for kind in results:
-            results[kind].append(child(kind, paths, args.data / "out", args.bin, args.backend))
+            results[kind].append(child(kind, paths, out, args.bin, args.backend))
     best = {k: min(v, key=lambda r: r["wall_s"]) for k, v in results.items()}
     for kind, r in best.items():
-        print(f"{kind:>13}: {r['wall_s']:6.1f} s  {mpx / r['wall_s']:6.1f} Mpx/s  peak {r['peak_mb']:7.0f} MB")
+        print(f"{scene} {kind:>13}: {r['wall_s']:6.1f} s  {mpx / r['wall_s']:6.1f} Mpx/s  peak {r['peak_mb']:7.0f} MB")
     for run in runs:
         for kind in READS:
             ratio = best[kind]["wall_s"] / best[run]["wall_s"]
-            print(f"{run} speed / {kind} read speed = {ratio:.2f}")
-        timings = json.loads((args.data / "out" / run / "run.json").read_text())["timings_s"]
-        print(f"{run} stages (--bin {args.bin}): {timings}; peak {best[run]['peak_mb']:.0f} MB")
-        counts = json.loads((args.data / "out" / run / "run.json").read_text())["counts"]
-        if "cnn_tiles" in counts:
-            print(f"{run}: CNN ran on {counts['cnn_tiles']} of {counts['tiles']} tiles")
-    return report_cnn()  # last: a child forked after it would report this process's memory as its own peak
+            print(f"{scene} {run} speed / {kind} read speed = {ratio:.2f}")
+        record = json.loads((out / run / "run.json").read_text())
+        print(f"{scene} {run} stages (--bin {args.bin}): {record['timings_s']}; peak {best[run]['peak_mb']:.0f} MB")
+        counts = record["counts"]
+        print(f"{scene} {run}: {counts['flagged']} of {counts['sites']} cells flagged, {counts['candidates']} "
+              f"candidates; the CNN ran on {counts['cnn_tiles']} of {counts['tiles']} tiles", flush=True)
 
 
 def report_cnn() -> int:

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detector.change import ChangeParams, change_score, greening, normalize, score_tiles
+from detector.change import ChangeParams, change_score, greening, melting, normalize, score_tiles
 
 NAMES = ("blue", "green", "red", "nir")
 
@@ -48,6 +48,41 @@ def test_a_field_turning_green_does_not_score_like_a_compound() -> None:
     assert np.nanquantile(field[:, 30:66, 30:66], 0.9) < 0.2 < np.nanquantile(compound[:, 30:66, 30:66], 0.9)
     green = greening(before, with_green_field(before), NAMES, params=ChangeParams())
     assert green[:, 40:56, 40:56].min() > 0.9
+
+
+def with_snow_drifts(x: np.ndarray, names: tuple[str, ...] = NAMES) -> np.ndarray:
+    """Bright, slightly blue drifts, darker in the NIR and far darker in swir16, over a block of the tile."""
+    out = x.copy()
+    level = {"blue": 3100.0, "green": 3050.0, "red": 3000.0, "nir": 2500.0, "swir16": 400.0}
+    for r in range(30, 66, 9):  # streaks, as snow lies in gullies: long straight edges
+        for k, name in enumerate(names):
+            out[:, k, r:r + 4, 30:66] = level[name]
+    return out
+
+
+def test_snow_that_melted_does_not_score_like_a_compound() -> None:
+    before = bare_ground()
+    melted = change_score(with_snow_drifts(before), bare_ground(seed=1), NAMES, pixel_m=10.0)
+    compound = change_score(before, with_compound(bare_ground(seed=1)), NAMES, pixel_m=10.0)
+    assert np.nanquantile(melted[:, 26:70, 26:70], 0.99) < 0.1
+    assert np.nanquantile(compound[:, 30:66, 30:66], 0.9) > 0.7
+
+
+def test_new_roofs_are_not_taken_for_snow_and_snow_that_melted_is_with_swir_too() -> None:
+    before = bare_ground()
+    roofs = with_compound(bare_ground(seed=1))  # 3000 in every band: as bright and neutral as snow
+    light = tuple(x[:, :3].mean(axis=1) for x in (before, roofs))
+    assert melting(before, roofs, NAMES, light, params=ChangeParams(), reach=1).max() == 0.0
+    # nor, where a NIR band tells, white roofs (or a concrete pad) that went: as bright in the NIR as in green
+    assert melting(roofs, before, NAMES, light[::-1], params=ChangeParams(), reach=1).max() == 0.0
+    swir = (*NAMES, "swir16")
+    dry = np.concatenate([bare_ground(), np.full((2, 1, 96, 96), 1500.0, np.float32)], axis=1)
+    snowy = with_snow_drifts(dry, swir)
+    light = tuple(x[:, :3].mean(axis=1) for x in (snowy, dry))
+    assert melting(snowy, dry, swir, light, params=ChangeParams(), reach=1)[:, 31:33, 31:65].min() > 0.9
+    # blue metal roofs are as cold as snow by NDSI (mumbai's new ones): snow that fell never counts
+    assert melting(dry, snowy, swir, light[::-1], params=ChangeParams(), reach=1).max() == 0.0
+    assert np.nanquantile(change_score(dry, snowy, swir, pixel_m=10.0)[:, 30:66, 30:66], 0.9) > 0.5
 
 
 def test_nodata_flows_through_as_nan_without_spreading() -> None:

@@ -243,9 +243,10 @@ def melting(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], light
     as snow are skipped.
     """
     out = np.zeros(before.shape[:1] + before.shape[2:], dtype=np.float32)
+    if snow_bands(names) is None:
+        return out
     lit_b = relative_light(light[0])
-    flat = np.nan_to_num(lit_b.reshape(len(lit_b), -1))
-    pick = (flat.max(axis=1) > params.snow_bright) & (snow_bands(names) is not None)
+    pick = np.nan_to_num(lit_b.reshape(len(lit_b), -1)).max(axis=1) > params.snow_bright
     if not pick.any():
         return out
     lost = (snow_cover(before[pick], lit_b[pick], names, params=params)

@@ -18,6 +18,7 @@ import psutil
 import pyogrio
 import pytest
 import rasterio
+from batch_cli import batch, sites_of
 from catalog_data import make_catalog
 from conftest import SHARED
 from shapely.geometry import box
@@ -26,14 +27,6 @@ from detector.batch.store import Outcome, ResultStore
 from detector.cli import main
 
 ALL_SITES = 4  # the conftest sites; "far away" lies outside every scene
-
-
-def batch(config: Path, *args: str) -> int:
-    return main(["-q", "batch", str(config), *args])
-
-
-def sites_of(out: Path) -> gpd.GeoDataFrame:
-    return pyogrio.read_dataframe(out / "sites.gpkg", layer="sites").sort_values("site_id").reset_index(drop=True)
 
 
 @pytest.fixture(scope="module")

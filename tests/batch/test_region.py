@@ -17,6 +17,7 @@ import psutil
 import pyogrio
 import pytest
 import shapely
+from batch_cli import batch, sites_of
 from conftest import lonlat
 from region_data import ACROSS, INSIDE, make_region
 
@@ -25,14 +26,6 @@ from detector.cli import main
 
 CELLS = 20 * 20
 BLOCKS = 16
-
-
-def batch(config: Path, *args: str) -> int:
-    return main(["-q", "batch", str(config), *args])
-
-
-def cells_of(out: Path) -> gpd.GeoDataFrame:
-    return pyogrio.read_dataframe(out / "sites.gpkg", layer="sites").sort_values("site_id").reset_index(drop=True)
 
 
 def outline(box: tuple[int, int, int, int]) -> shapely.Polygon:
@@ -52,7 +45,7 @@ def test_a_compound_across_a_block_border_is_one_candidate(region: Path) -> None
     out = region.parent / "results"
     found = gpd.read_file(out / "candidates.geojson")
     assert len(found) == 2 and found["site_id"].str.startswith("cand-").all()
-    cells = cells_of(out).set_index("site_id")
+    cells = sites_of(out).set_index("site_id")
     for box in (ACROSS, INSIDE):
         mine = found[found.intersects(outline(box))]
         assert len(mine) == 1, box
@@ -71,7 +64,7 @@ def test_a_compound_across_a_block_border_is_one_candidate(region: Path) -> None
 
 def test_every_cell_of_the_region_is_stored_once_with_its_block_and_pair(region: Path) -> None:
     out = region.parent / "results"
-    cells = cells_of(out)
+    cells = sites_of(out)
     assert len(cells) == CELLS and cells["site_id"].is_unique
     assert set(cells["site_id"]) == {f"r{r}c{c}" for r in range(20) for c in range(20)}
     assert cells.groupby("block_id").size().eq(25).all() and cells["block_id"].nunique() == BLOCKS
@@ -138,7 +131,7 @@ def test_kill_9_at_any_moment_then_resume_loses_and_repeats_nothing(region: Path
     assert kills == 3
     assert not orphans, f"processes of the killed batch still alive: {orphans}"
     assert subprocess.run(command, timeout=300).returncode == 0
-    killed, whole = cells_of(config.parent / "results"), cells_of(region.parent / "results")
+    killed, whole = sites_of(config.parent / "results"), sites_of(region.parent / "results")
     assert killed["site_id"].is_unique and len(killed) == CELLS
     paths = ["before_source", "after_source"]  # the two folders' own paths
     pd.testing.assert_frame_equal(killed.drop(columns=paths), whole.drop(columns=paths))
@@ -163,7 +156,7 @@ def test_dask_local_cluster_gives_the_same_candidates_as_local_processes(region:
     config = make_region(tmp_path / "dask")
     assert batch(config, "--dask", "local:2") == 0
     same_candidates(config.parent / "results", region.parent / "results")
-    a, b = cells_of(config.parent / "results"), cells_of(region.parent / "results")
+    a, b = sites_of(config.parent / "results"), sites_of(region.parent / "results")
     paths = ["before_source", "after_source"]
     pd.testing.assert_frame_equal(a.drop(columns=paths), b.drop(columns=paths))
     assert json.loads((config.parent / "results" / "batch.json").read_text())["executor"] == "dask local:2"

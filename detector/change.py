@@ -52,6 +52,7 @@ class ChangeParams:
     ndbi_gain: float = 0.1
     green_gain: float = 0.15
     exg_gain: float = 0.1
+    exg_brighter: float = 0.1
     snow_bright: float = 1.35
     snow_ramp: float = 0.35
     snow_ndsi: float = 0.4
@@ -185,18 +186,25 @@ def greening(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], *,
              params: ChangeParams) -> np.ndarray:
     """How much the ground turned green, 0..1 per pixel, shape (N, H, W).
 
-    NDVI gain where a NIR band exists, else excess-green gain, averaged over
-    3 x 3 pixels so that the colour noise of compressed RGB counts less.
+    NDVI gain where a NIR band exists, else the gain of excess green
+    (2g - r - b) / (r + g + b), counted only where the visible bands did not
+    brighten: leaves are darker than the soil they cover, while new white or
+    grey roofs on red desert, less red than the ground and so "greener" by
+    that index, are far brighter (full weight at the same brightness, none
+    from ``exg_brighter`` brighter up).  Averaged over 3 x 3 pixels so that
+    the colour noise of compressed RGB counts less.
     """
     gain = index_gain(before, after, names, "nir", "red")
     scale = params.green_gain
     if gain is None and all(n in names for n in VISIBLE):
-        r, g, b = (names.index(n) for n in ("red", "green", "blue"))
+        pick = [names.index(n) for n in ("red", "green", "blue")]
+        sum_b, sum_a = (np.maximum(np.abs(x[:, pick].sum(axis=1)), 1e-6) for x in (before, after))
 
-        def exg(x: np.ndarray) -> np.ndarray:
-            return (2 * x[:, g] - x[:, r] - x[:, b]) / np.maximum(np.abs(x[:, [r, g, b]].sum(axis=1)), 1e-6)
+        def exg(x: np.ndarray, total: np.ndarray) -> np.ndarray:
+            return (3 * x[:, pick[1]] - total) / total
 
-        gain, scale = exg(after) - exg(before), params.exg_gain
+        darker = np.clip(1 - (sum_a / sum_b - 1) / params.exg_brighter, 0.0, 1.0)
+        gain, scale = (exg(after, sum_a) - exg(before, sum_b)) * darker, params.exg_gain
     if gain is None:
         return np.zeros(before.shape[:1] + before.shape[2:], dtype=np.float32)
     smooth = ndimage.uniform_filter(np.nan_to_num(gain), (1, 3, 3))

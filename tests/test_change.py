@@ -50,6 +50,20 @@ def test_a_field_turning_green_does_not_score_like_a_compound() -> None:
     assert green[:, 40:56, 40:56].min() > 0.9
 
 
+def test_white_roofs_on_red_desert_are_not_a_field_turning_green_in_rgb() -> None:
+    """Excess green rises when red ground turns white (it is less red), but white roofs are far brighter than
+    the ground and leaves darker: the roofs must not count as greening."""
+    rgb = ("red", "green", "blue")
+    desert = bare_ground()[:, [3, 1, 0]]  # red 1300 > green 900 > blue 800
+    roofs = with_compound(bare_ground(seed=1)[:, [3, 1, 0]])
+    assert greening(desert, roofs, rgb, params=ChangeParams())[:, 31:34, 31:65].max() < 0.05  # inside a roof
+    assert np.nanquantile(change_score(desert, roofs, rgb, pixel_m=10.0)[:, 30:66, 30:66], 0.9) > 0.7
+    field = bare_ground(seed=1)[:, [3, 1, 0]]
+    field[:, 0, 30:66, 30:66] *= 0.5
+    field[:, 1, 30:66, 30:66] *= 1.4
+    assert greening(desert, field, rgb, params=ChangeParams())[:, 40:56, 40:56].min() > 0.9
+
+
 def with_snow_drifts(x: np.ndarray, names: tuple[str, ...] = NAMES) -> np.ndarray:
     """Bright, slightly blue drifts, darker in the NIR and far darker in swir16, over a block of the tile."""
     out = x.copy()

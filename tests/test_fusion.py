@@ -20,6 +20,15 @@ def test_fused_needs_both_voters_above_its_floor_and_passes_nodata_through() -> 
     assert np.isclose(fused[0, 0, 4], FLOOR * 0.9)  # a silent CNN lowers strong classical evidence, no more
 
 
+def test_a_confident_cnn_lifts_weak_classical_evidence_by_lift_at_most() -> None:
+    from detector.fusion import LIFT
+
+    classical = np.array([[[0.0, 0.2, 0.3, 0.34, 0.6]]], dtype=np.float32)
+    fused = fuse(classical, np.ones_like(classical))
+    assert np.allclose(fused, np.minimum(np.sqrt(classical), classical + LIFT))
+    assert (fused[0, 0, :4] < 0.5).all() and fused[0, 0, 4] > 0.7  # the CNN alone flags nothing
+
+
 @settings(max_examples=50, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), threshold=st.floats(0.05, 0.95))
 def test_tiles_skipped_by_the_prefilter_could_not_reach_the_threshold(seed: int, threshold: float) -> None:

@@ -16,7 +16,8 @@ The score is
   structure-tensor energy of brightness, spread over ``support_m``) and, where a
   SWIR band exists, an increase of the built-up index NDBI;
 - *greening*: an increase of NDVI (or, with RGB only, of the excess-green
-  index), so that a field turning green does not score like a compound;
+  index where the visible bands did not brighten), so that a field turning
+  green does not score like a compound;
 - *melting* (:func:`melting`): snow in the before date and not in the after, so that
   the ground that a melted drift uncovers, with its ridges and tracks, is not
   taken for new walls.  Its maximum over the edge evidence's support takes

@@ -48,8 +48,8 @@ The rule makes a cheap prefilter exact where it matters: the fused score is
 at most ``min(max(classical ** EXPONENT, FLOOR * classical), classical + LIFT)``,
 so where the classical score is under ``max(t ** (1 / EXPONENT), t - LIFT)``
 (``t`` the lower of the pixel and site thresholds, and ``t ** (1 / EXPONENT)
-<= t / FLOOR``) the fused score is under ``t`` whatever the CNN says.  A tile with no such pixel
-skips the CNN and its fused scores are ``FLOOR * classical``: which pixels
+<= t / FLOOR``) the fused score is under ``t`` whatever the CNN says.  A
+tile with no such pixel skips the CNN and its fused scores are ``FLOOR * classical``: which pixels
 count as changed and which sites are flagged stay exactly as without the
 prefilter; scores under the thresholds may be lower.
 

@@ -372,7 +372,9 @@ def test_ctrl_c_is_one_line_and_exit_130(scene: Scene, tmp_path: Path) -> None:
         process = subprocess.Popen([sys.executable, "-m", "detector.cli", "run", "--before", str(scene.before),
                                     "--after", str(scene.after), "--out", str(tmp_path / str(k)), "--cell-m", "300",
                                     "--backend", "torch"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                   # a suite started in the background (`cmd &`) ignores SIGINT, and so would the run
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         time.sleep(delay)
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=60)

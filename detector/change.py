@@ -184,7 +184,7 @@ def _difference(x: np.ndarray, names: tuple[str, ...], first: str, second: str) 
 
 
 def greening(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], *,
-             params: ChangeParams) -> np.ndarray:
+             params: ChangeParams, light: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """How much the ground turned green, 0..1 per pixel, shape (N, H, W).
 
     NDVI gain where a NIR band exists, else the gain of excess green
@@ -193,19 +193,18 @@ def greening(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], *,
     grey roofs on red desert, less red than the ground and so "greener" by
     that index, are far brighter (full weight at the same brightness, none
     from ``exg_brighter`` brighter up).  Averaged over 3 x 3 pixels so that
-    the colour noise of compressed RGB counts less.
+    the colour noise of compressed RGB counts less.  ``light`` is the
+    brightness of both dates when the caller has it already.
     """
     gain = index_gain(before, after, names, "nir", "red")
     scale = params.green_gain
     if gain is None and all(n in names for n in VISIBLE):
-        pick = [names.index(n) for n in ("red", "green", "blue")]
-        sum_b, sum_a = (np.maximum(np.abs(x[:, pick].sum(axis=1)), 1e-6) for x in (before, after))
-
-        def exg(x: np.ndarray, total: np.ndarray) -> np.ndarray:
-            return (3 * x[:, pick[1]] - total) / total
-
-        darker = np.clip(1 - (sum_a / sum_b - 1) / params.exg_brighter, 0.0, 1.0)
-        gain, scale = (exg(after, sum_a) - exg(before, sum_b)) * darker, params.exg_gain
+        light_b, light_a = light if light is not None else (brightness(before, names), brightness(after, names))
+        light_b, light_a = np.maximum(np.abs(light_b), 1e-6), np.maximum(np.abs(light_a), 1e-6)
+        g = names.index("green")
+        # excess green (2g - r - b) / (r + g + b) is green over the visible mean, less 1
+        darker = np.clip(1 - (light_a / light_b - 1) / params.exg_brighter, 0.0, 1.0)
+        gain, scale = (after[:, g] / light_a - before[:, g] / light_b) * darker, params.exg_gain
     if gain is None:
         return np.zeros(before.shape[:1] + before.shape[2:], dtype=np.float32)
     smooth = ndimage.uniform_filter(np.nan_to_num(gain), (1, 3, 3))
@@ -322,7 +321,7 @@ def change_score(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], 
     strength = _saturate(m - params.m_low, params.m_scale)
     light = light if light is not None else (brightness(before, names), brightness(after, names))
     built = construction(before, after, names, pixel_m=pixel_m, params=params, light=light)
-    green = greening(before, after, names, params=params)
+    green = greening(before, after, names, params=params, light=light)
     near_green = ndimage.maximum_filter(green, (1, 3, 3))
     # the edges a drift's rim leaves reach as far as the edge evidence
     near_snow = melting(before, after, names, light, params=params, reach=_support(pixel_m, params))

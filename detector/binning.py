@@ -47,7 +47,12 @@ def bin_any(mask: np.ndarray, factor: int) -> np.ndarray:
 
 def unbin(x: np.ndarray, factor: int, shape: tuple[int, int]) -> np.ndarray:
     """Repeat each value over its block, edge-padded or cut to ``shape`` (rows, cols)."""
-    full = x if factor == 1 else np.repeat(np.repeat(x, factor, axis=-2), factor, axis=-1)
+    if factor == 1:
+        full = x
+    else:  # one copy: each value broadcast over a (factor, factor) block
+        h, w = x.shape[-2:]
+        block = np.broadcast_to(x[..., :, None, :, None], (*x.shape[:-2], h, factor, w, factor))
+        full = block.reshape((*x.shape[:-2], h * factor, w * factor))
     full = full[..., :shape[0], :shape[1]]
     pad = [(0, 0)] * (x.ndim - 2) + [(0, shape[0] - full.shape[-2]), (0, shape[1] - full.shape[-1])]
     return np.pad(full, pad, mode="edge") if any(p[1] for p in pad) else full

@@ -67,11 +67,13 @@ def zone_histograms(score: np.ndarray, labels: np.ndarray, zones: int) -> np.nda
     -------
     ndarray, shape (Z, BINS + 1), int64: column BINS counts nodata pixels.
     """
-    inside = labels > 0
-    values = score[inside]
-    bins = np.where(np.isfinite(values), np.clip((np.nan_to_num(values) * BINS).astype(np.int64), 0, BINS - 1), BINS)
-    keys = (labels[inside].astype(np.int64) - 1) * (BINS + 1) + bins
-    return np.bincount(keys, minlength=zones * (BINS + 1)).reshape(zones, BINS + 1)
+    scaled = score * np.float32(BINS)
+    nodata = ~np.isfinite(scaled)
+    np.clip(scaled, 0, BINS - 1, out=scaled)
+    scaled[nodata] = BINS
+    # every pixel counted, those outside every zone under "zone -1" (row 0, dropped): no masked copies
+    keys = labels.astype(np.intp) * (BINS + 1) + scaled.astype(np.intp)
+    return np.bincount(keys.ravel(), minlength=(zones + 1) * (BINS + 1)).reshape(zones + 1, BINS + 1)[1:]
 
 
 def site_table(hist: np.ndarray, expected_px: np.ndarray, pixel_area_m2: np.ndarray, *,

@@ -20,6 +20,19 @@ def test_histograms_count_every_pixel_of_each_zone() -> None:
     assert hist[1].sum() == 2 and hist[1, BINS - 2] == 1 and hist[1, BINS - 1] == 1
 
 
+@given(st.integers(0, 2**32 - 1), st.integers(1, 5))
+def test_histograms_match_a_pixel_by_pixel_count(seed: int, zones: int) -> None:
+    rng = np.random.default_rng(seed)
+    score = rng.uniform(-0.1, 1.1, size=(2, 7, 9)).astype(np.float32)
+    score[rng.random(score.shape) < 0.2] = np.nan
+    labels = rng.integers(0, zones + 1, size=score.shape)
+    expected = np.zeros((zones, BINS + 1), np.int64)
+    for value, label in zip(score.ravel(), labels.ravel(), strict=True):
+        if label:
+            expected[label - 1, BINS if np.isnan(value) else min(max(int(value * BINS), 0), BINS - 1)] += 1
+    assert np.array_equal(zone_histograms(score, labels, zones), expected)
+
+
 def test_site_table_scores_flags_and_reports_coverage() -> None:
     rng = np.random.default_rng(0)
     busy = np.r_[rng.uniform(0, 0.2, 800), rng.uniform(0.8, 1.0, 200)]

@@ -30,8 +30,8 @@ The scan gathers :func:`counts` over the scene's tiles, then
 :func:`calibrate` gives the shift, and :func:`apply` applies it before the
 two voters are combined (:mod:`detector.fusion`); ``run.json`` records it
 (``fusion_applied.calibration``).  Measured across the five fold models,
-run as users run it (README, model card): fused pooled F1 0.267 -> 0.292,
-the CNN's 0.273 -> 0.323.
+run as users run it (README, model card), before the lift cap and the
+greening gate: fused pooled F1 0.267 -> 0.292, the CNN's 0.273 -> 0.323.
 
 Array contract: ``classical, cnn : ndarray, shape (N, H, W), float32`` in [0, 1], NaN = nodata;
 ``considered : (N,) bool``, the tiles the CNN is matched on.

@@ -37,8 +37,8 @@ pixels there is nothing to check against, and the rule stands.
 
 The floor is the no-veto rule itself (a cut of 30 % at most), the ceiling
 its mirror (a lift of 0.15 at most: without it the snowy 2018-03-22 frame
-flags the bare Facility #2; it costs 0.011 of pooled pixel F1 on the folds,
-0.292 to 0.281); the fall-back
+flags the bare Facility #2; it cost 0.011 of pooled pixel F1 on the folds,
+0.292 to 0.281, before greening was gated); the fall-back
 lies under the agreement of the OSCD cities seen by models that never trained
 on them (``scripts/eval_oscd.py --folds 5``); the exponent stays the
 geometric mean, because lower ones, better by pixel F1 on the folds, flood

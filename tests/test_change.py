@@ -50,6 +50,20 @@ def test_a_field_turning_green_does_not_score_like_a_compound() -> None:
     assert green[:, 40:56, 40:56].min() > 0.9
 
 
+def test_a_lot_that_gained_a_little_ndvi_without_becoming_vegetation_is_not_greening() -> None:
+    """Bare ground (NDVI 0.13) that became roofs, paving and young lawns (NDVI 0.25) gained NDVI but is not
+    vegetation: its change must keep its score; the same gain up to a field's NDVI (0.5 and more) is greening."""
+    before = bare_ground()
+    lot = before.copy()
+    lot[:, 2, 30:66, 30:66] *= 0.9
+    lot[:, 3, 30:66, 30:66] *= 1.15
+    assert greening(before, lot, NAMES, params=ChangeParams())[:, 31:65, 31:65].max() == 0.0
+    field = before.copy()
+    field[:, 2, 30:66, 30:66] *= 0.6
+    field[:, 3, 30:66, 30:66] *= 1.5
+    assert greening(before, field, NAMES, params=ChangeParams())[:, 31:65, 31:65].min() > 0.9
+
+
 def test_white_roofs_on_red_desert_are_not_a_field_turning_green_in_rgb() -> None:
     """Excess green rises when red ground turns white (it is less red), but white roofs are far brighter than
     the ground and leaves darker: the roofs must not count as greening."""
@@ -141,3 +155,14 @@ def test_the_vectorized_nanquantile_is_numpys(rows: int, h: int, w: int, q: floa
         warnings.simplefilter("ignore", RuntimeWarning)
         expected = np.nanquantile(x.reshape(rows, 2, -1), q, axis=-1)[..., None, None]
     assert np.allclose(_nanquantile(x, q), expected, equal_nan=True, atol=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 9), st.integers(1, 9), st.integers(0, 99))
+def test_the_shifted_maximum_is_scipys_maximum_filter(n: int, h: int, w: int, seed: int) -> None:
+    from scipy import ndimage
+
+    from detector.change import _max3
+
+    x = np.random.default_rng(seed).normal(size=(n, h, w)).astype(np.float32)
+    assert np.array_equal(_max3(x), ndimage.maximum_filter(x, (1, 3, 3)))

@@ -2,6 +2,7 @@
 trained on, scored against their change maps at the threshold the run chose itself.
 
     python scripts/eval_oscd.py --folds 5 [--models DIR] [--out DIR] [--methods classical,cnn,fused]
+                                [--bands ../shared/data/oscd-dev-bands]
     python scripts/eval_oscd.py --cities beihai,cupertino,pisa [--model FILE]
 
 With ``--folds K`` the ten cities of ``../shared/data/oscd-dev`` are split by
@@ -13,7 +14,8 @@ Without ``--folds`` every city listed is run with ``--model`` (default: the
 shipped weights, trained on all ten: in-domain figures, not generalization).
 
 Each run is ``detector run --before imgs_1 --after imgs_2`` in cell mode
-(``--cell-m`` 500), all else default.  Printed per city and pooled over all
+(``--cell-m`` 500), all else default; ``--bands`` adds each city's other band
+files (the date folders given to the run then link both sets).  Printed per city and pooled over all
 pixels: precision, recall, F1 and IoU of the pixels the run counts as
 changed (its recorded pixel threshold), pixel AP, cell AP (a cell is changed
 where at least ``--cell-min-m2`` of it is), and the worst city's F1, for
@@ -72,9 +74,27 @@ def fold_model(models: Path, index: int, k: int, train_on: list[Path]) -> Path:
     return path
 
 
-def run_city(city: Path, out: Path, method: str, model: Path | None, cell_m: float) -> dict[str, Any]:
-    """``detector run`` on one city as a user runs it; its run.json."""
-    command = [*DETECTOR, "run", "--before", str(city / "imgs_1"), "--after", str(city / "imgs_2"), "--out",
+def with_bands(city: Path, bands: Path | None, folder: Path) -> tuple[Path, Path]:
+    """The city's two date folders; with ``bands``, folders under ``folder`` that link the city's band files
+    and those of ``bands/<city>`` (e.g. ``oscd-dev-bands``: all 13 Sentinel-2 bands, as users download them)."""
+    if bands is None:
+        return city / "imgs_1", city / "imgs_2"
+    dates = []
+    for date in ("imgs_1", "imgs_2"):
+        merged = folder / date
+        merged.mkdir(parents=True, exist_ok=True)
+        for source in sorted((city / date).glob("*.tif")) + sorted((bands / city.name / date).glob("*.tif")):
+            if not (merged / source.name).exists():
+                (merged / source.name).symlink_to(source.resolve())
+        dates.append(merged)
+    return dates[0], dates[1]
+
+
+def run_city(city: Path, out: Path, method: str, model: Path | None, cell_m: float,
+             bands: Path | None = None) -> dict[str, Any]:
+    """``detector run`` on one city as a user runs it (``bands``: see :func:`with_bands`); its run.json."""
+    before, after = with_bands(city, bands, out.parent / "bands")
+    command = [*DETECTOR, "run", "--before", str(before), "--after", str(after), "--out",
                str(out), "--overwrite", "--cell-m", str(cell_m), "--method", method]
     if model is not None and METHODS[method].uses_model:
         command += ["--model", str(model)]
@@ -123,11 +143,11 @@ def city_numbers(score: np.ndarray, truth: np.ndarray, cells: np.ndarray, sites_
 
 
 def city_ap(city: Path, out: Path, *, method: str = "fused", model: Path | None = None, cell_m: float = 500.0,
-            cell_min_m2: float = 500.0) -> dict[str, Any]:
+            cell_min_m2: float = 500.0, bands: Path | None = None) -> dict[str, Any]:
     """Run one labelled city as a user would and measure it (see :func:`city_numbers`)."""
     import geopandas as gpd
 
-    record = run_city(city, out, method, model, cell_m)
+    record = run_city(city, out, method, model, cell_m, bands)
     sites = gpd.read_file(out / "sites.geojson")
     score, truth, cells = on_truth_grid(city, out, sites)
     if truth is None:
@@ -157,7 +177,7 @@ def labelled(args: argparse.Namespace, methods: list[str]) -> dict[str, Any]:
     for city, model in sorted(plan, key=lambda p: p[0].name):
         for method in methods:
             found = city_ap(city, args.out / "labelled" / city.name / method, method=method, model=model,
-                            cell_m=args.cell_m, cell_min_m2=args.cell_min_m2)
+                            cell_m=args.cell_m, cell_min_m2=args.cell_min_m2, bands=args.bands)
             results[method][city.name] = found
             print(f"{city.name:<12} {method:<10} {found['precision']:6.3f} {found['recall']:6.3f} {found['f1']:6.3f} "
                   f"{found['iou']:6.3f} {found['ap']:6.3f} {found['cell_ap']:7.3f} {found['chance']:7.3f}  "
@@ -212,6 +232,8 @@ def main() -> int:
     parser.add_argument("--model", type=Path, help="without --folds: model file (default: the shipped weights)")
     parser.add_argument("--cities", help="comma-separated cities (default: all)")
     parser.add_argument("--methods", default=",".join(NAMES), help=f"comma-separated: {', '.join(NAMES)}")
+    parser.add_argument("--bands", type=Path, help="also read each labelled city's band files from BANDS/<city> "
+                                                   "(e.g. ../shared/data/oscd-dev-bands: all 13 bands)")
     parser.add_argument("--cell-m", type=float, default=500.0)
     parser.add_argument("--cell-min-m2", type=float, default=500.0, help="changed area that makes a cell changed")
     args = parser.parse_args()

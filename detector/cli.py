@@ -438,7 +438,7 @@ def _epoch_line(epoch: int, row: dict) -> None:
 def _progress(done: int, total: int) -> None:
     width = 30
     filled = width * done // max(total, 1)
-    _status("scan", f"scoring [{'#' * filled}{'.' * (width - filled)}] {done}/{total} batches", done, total)
+    _status("scan", f"scoring [{'#' * filled}{'.' * (width - filled)}] {100 * done // max(total, 1)} %", done, total)
 
 
 def entry() -> int:

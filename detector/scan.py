@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 # Sentinel-2 tiles, so neighbouring tiles never decode a block twice.
 CACHE_MB = 300
 
-Progress = Callable[[int, int], None]
+Progress = Callable[[int, int], None]  # (done, total) passes over batches: one each, two with a CNN
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,16 +314,18 @@ def score_scene(scan: ScanOptions, dates: tuple[DateSource, DateSource], names: 
     (:mod:`detector.calibration`) and checks it against the classical
     evidence (:func:`detector.fusion.domain_check`); then every batch is
     combined, by the classical evidence alone where the CNN is out of its
-    domain and the method falls back (:mod:`detector.methods`).
+    domain and the method falls back (:mod:`detector.methods`).  ``progress``
+    hears of every batch in both phases.
     """
     scorer = BatchScorer(scan, names, grid, zones, model)
     workers = workers or os.cpu_count() or 1
-    done = counter(progress, len(zones.batches))
+    two_phases = METHODS[scan.method].uses_model
+    done = counter(progress, len(zones.batches) * (2 if two_phases else 1))
     read = closing(read_in_background(dates, names, grid, zones.batches, depth=workers))
     # one pool of worker threads for both phases
     with ThreadPoolExecutor(max_workers=workers) as pool, warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        if not METHODS[scan.method].uses_model:
+        if not two_phases:
             with read as batches, into_raster(new_raster) as raster:
                 acc = gather(threaded(pool, scorer, batches, workers=workers, done=done), zones, raster)
                 return Scored(acc, scan, None, raster)
@@ -336,7 +338,8 @@ def score_scene(scan: ScanOptions, dates: tuple[DateSource, DateSource], names: 
             # the reader's bound on GDAL's cache, so the raster's written blocks do not pile up in it
             with rasterio.Env(GDAL_CACHEMAX=CACHE_MB * 2**20), into_raster(new_raster) as raster:
                 combine = functools.partial(scorer.results, method=applied.method, scale=scale)
-                acc = gather(threaded(pool, combine, ((f,) for f in spill), workers=workers), zones, raster)
+                acc = gather(threaded(pool, combine, ((f,) for f in spill), workers=workers, done=done), zones,
+                             raster)
             give_back_freed_memory()  # what the combining threads freed, before the outputs are made
             return Scored(acc, applied, check, raster)
 

@@ -252,7 +252,7 @@ def test_quiet_after_the_command_and_plain_progress_lines_off_a_terminal(scene: 
     assert main([*args, "--out", str(tmp_path / "p"), "--tile-px", "64", "--bin", "1"]) == 0
     err = capsys.readouterr().err  # captured: not a terminal
     lines = [line for line in err.splitlines() if line.startswith("scoring")]
-    assert "\r" not in err and "\x1b" not in err and 2 <= len(lines) <= 11 and lines[-1].endswith("batches")
+    assert "\r" not in err and "\x1b" not in err and 2 <= len(lines) <= 11 and lines[-1].endswith("100 %")
 
 
 def test_the_help_says_what_the_tool_does(capsys) -> None:

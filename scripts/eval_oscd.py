@@ -14,8 +14,9 @@ Without ``--folds`` every city listed is run with ``--model`` (default: the
 shipped weights, trained on all ten: in-domain figures, not generalization).
 
 Each run is ``detector run --before imgs_1 --after imgs_2`` in cell mode
-(``--cell-m`` 500), all else default; ``--bands`` adds each city's other band
-files (the date folders given to the run then link both sets).  Printed per city and pooled over all
+(``--cell-m`` 500), all else default; ``--bands`` adds each city's other
+band files (the date folders given to the run then link both sets).
+Printed per city and pooled over all
 pixels: precision, recall, F1 and IoU of the pixels the run counts as
 changed (its recorded pixel threshold), pixel AP, cell AP (a cell is changed
 where at least ``--cell-min-m2`` of it is), and the worst city's F1, for

@@ -52,7 +52,7 @@ def test_a_field_turning_green_does_not_score_like_a_compound() -> None:
 
 def test_a_lot_that_gained_a_little_ndvi_without_becoming_vegetation_is_not_greening() -> None:
     """Bare ground (NDVI 0.13) that became roofs, paving and young lawns (NDVI 0.25) gained NDVI but is not
-    vegetation: its change must keep its score; the same gain up to a field's NDVI (0.5 and more) is greening."""
+    vegetation, so none of it is greening; the same kind of gain up to a field's NDVI (0.53) is."""
     before = bare_ground()
     lot = before.copy()
     lot[:, 2, 30:66, 30:66] *= 0.9

@@ -311,9 +311,11 @@ def construction(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], 
                  params: ChangeParams, light: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """Evidence specific to construction, 0..1 per pixel, shape (N, H, W).
 
-    Pixels without data in either date take the before brightness (or the
-    tile mean) in both dates, so the edge of a nodata area is never a new
-    edge.  ``light`` is the brightness of both dates when the caller has it
+    Straight edges that appeared, or NDBI that rose where the after date is
+    not vegetation (:func:`not_vegetation`), whichever is larger.  Pixels
+    without data in either date take the before brightness (or the tile
+    mean) in both dates, so the edge of a nodata area is never a new edge.
+    ``light`` is the brightness of both dates when the caller has it
     already.
     """
     light_b, light_a = light if light is not None else (brightness(before, names), brightness(after, names))
@@ -327,8 +329,25 @@ def construction(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], 
     evidence = _saturate(edges, params.edge_gain)
     ndbi = index_gain(before, after, names, "swir16", "nir")
     if ndbi is not None:
-        evidence = np.maximum(evidence, _saturate(np.nan_to_num(ndbi), params.ndbi_gain))
+        built = _saturate(ndbi, params.ndbi_gain) * not_vegetation(after, names, params=params)
+        evidence = np.maximum(evidence, np.nan_to_num(built))
     return evidence
+
+
+def not_vegetation(after: np.ndarray, names: tuple[str, ...], *, params: ChangeParams) -> np.ndarray | float:
+    """How surely the after date is not vegetation at each pixel, 0..1, shape (N, H, W) (1.0 without NIR or red).
+
+    Roofs, paving and bare ground have an NDVI near 0: full under
+    ``green_ndvi - green_ndvi_ramp``, none from ``green_ndvi`` (where
+    :func:`greening` starts to count vegetation).  NDBI also rises where
+    crops ripen, dry or are thinned and the ground stays green (on the OSCD
+    cities the false change among pixels that lost NDVI kept an NDVI of
+    0.10-0.30 in the after date, the labelled construction 0.0-0.2).
+    """
+    if "nir" not in names or "red" not in names:
+        return 1.0
+    vegetation = _difference(after, names, "nir", "red")
+    return np.clip((params.green_ndvi - vegetation) / params.green_ndvi_ramp, 0.0, 1.0)
 
 
 def change_score(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], *, pixel_m: float,

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detector.change import ChangeParams, change_score, greening, melting, normalize, score_tiles
+from detector.change import ChangeParams, change_score, construction, greening, melting, normalize, score_tiles
 
 NAMES = ("blue", "green", "red", "nir")
 
@@ -62,6 +62,25 @@ def test_a_lot_that_gained_a_little_ndvi_without_becoming_vegetation_is_not_gree
     field[:, 2, 30:66, 30:66] *= 0.6
     field[:, 3, 30:66, 30:66] *= 1.5
     assert greening(before, field, NAMES, params=ChangeParams())[:, 31:65, 31:65].min() > 0.9
+
+
+def test_a_crop_that_dried_is_not_construction_evidence_while_new_roofs_on_the_field_are() -> None:
+    """NDBI rises as much where a crop dries and stays green (NDVI 0.71 -> 0.41) as where the field became
+    roofs (NDVI 0.06): only the second is evidence of construction."""
+    six = ("blue", "green", "red", "nir", "swir16", "swir22")
+    rng = np.random.default_rng(0)
+
+    def field(levels: tuple[float, ...]) -> np.ndarray:
+        return (np.array(levels)[None, :, None, None] + rng.normal(scale=10, size=(2, 6, 96, 96))).astype(np.float32)
+
+    before = field((400, 600, 400, 2400, 1600, 900))
+    dried, roofs = before.copy(), before.copy()
+    dried[:, :, 30:66, 30:66] = field((450, 650, 800, 1900, 2200, 1200))[:, :, 30:66, 30:66]
+    roofs[:, :, 30:66, 30:66] = field((1400, 1450, 1500, 1700, 2000, 1600))[:, :, 30:66, 30:66]
+    params = ChangeParams()
+    edges_only = construction(before[:, :4], dried[:, :4], six[:4], pixel_m=10.0, params=params)  # no SWIR, no NDBI
+    np.testing.assert_array_equal(construction(before, dried, six, pixel_m=10.0, params=params), edges_only)
+    assert construction(before, roofs, six, pixel_m=10.0, params=params)[:, 42:54, 42:54].min() > 0.8
 
 
 def test_white_roofs_on_red_desert_are_not_a_field_turning_green_in_rgb() -> None:

@@ -14,7 +14,8 @@ The score is
   ``1 - exp(-(m - m_low) / m_scale)`` (0 under ``m_low``);
 - *construction*: the larger of new straight edges (an increase of oriented
   structure-tensor energy of brightness, spread over ``support_m``) and, where a
-  SWIR band exists, an increase of the built-up index NDBI;
+  SWIR band exists, an increase of the built-up index NDBI where the after date
+  is not vegetation (:func:`not_vegetation`);
 - *greening*: an increase of NDVI where the after date is vegetation (or,
   with RGB only, of the excess-green index where the visible bands did not
   brighten), so that a field turning green does not score like a compound;

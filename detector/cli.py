@@ -84,8 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_imagery_options(run)
     run.add_argument("--tile-px", type=int, default=512, help="tile size in pixels (512)")
     run.add_argument("--max-shift-px", type=float, default=8.0, help="largest misregistration corrected (8)")
-    run.add_argument("--bin", type=int, default=2,
-                     help="score on blocks of BIN x BIN pixels, repeated back onto the grid (2; 1 = full resolution)")
+    run.add_argument("--bin", type=int, default=0,
+                     help="score on blocks of BIN x BIN pixels, repeated back onto the grid (default 0: every pixel "
+                          "of imagery of 5 m or coarser, 2 x 2 blocks of finer imagery; 1 = every pixel)")
     run.add_argument("--workers", type=int, default=0, help="scoring threads (default: one per core)")
     run.add_argument("--method", choices=METHOD_NAMES, default=DEFAULT_METHOD,
                      help="score: classical evidence, the CNN, or both fused (default fused; see README)")

@@ -22,6 +22,13 @@ from detector.change import ChangeParams
 from detector.options import REQUIRED, OptionError, check, literal, option
 from detector.scoring import ScoreRule
 
+# Imagery of this pixel size or coarser (Sentinel-2, Landsat) is scored pixel by pixel by default, finer imagery
+# on blocks of 2 x 2 pixels: across the OSCD cities (10 m) every pixel scored better than blocks (fused F1 0.357
+# against 0.330, classical 0.295 against 0.278); on the Dabancheng frames (Sentinel-2 rendered at 3.4 m, finer
+# than the sensor) blocks dated the camp's parts better (0.80 of its first compound built by 2018-03-22, as seen,
+# against 0.65 pixel by pixel).  README, model card.
+FULL_RESOLUTION_M = 5.0
+
 
 @dataclass(frozen=True, slots=True)
 class SiteOptions:
@@ -43,7 +50,8 @@ class ScanOptions:
     ``method`` picks the score (:mod:`detector.methods`); ``model`` None
     means the shipped weights; ``backend`` is where the CNN runs (:mod:`detector.inference`: ``auto``,
     ``onnxruntime`` or ``torch``), which changes its speed, not its scores.  ``bin`` scores blocks of ``bin`` x ``bin``
-    pixels.  ``rule`` holds the pixel and site thresholds.
+    pixels; 0 (the default) lets :meth:`factor` choose from the imagery's pixel size.  ``rule`` holds the pixel and
+    site thresholds.
     """
 
     tile_px: int = option(512, int, low=16, high=8192)
@@ -51,12 +59,19 @@ class ScanOptions:
     max_shift_px: float = option(8.0, float, low=0, high=256, low_closed=True)
     min_peak: float = option(15.0, float, low=0, low_closed=True)
     min_area_m2: float = option(500.0, float, low=0, low_closed=True)
-    bin: int = option(2, int, low=0, high=16)
+    bin: int = option(0, int, low=0, high=16, low_closed=True)
     method: str = option(methods.DEFAULT, str, choices=methods.NAMES)
     model: Path | None = option(None, Path)
     backend: str = option("auto", str, choices=inference.BACKENDS)
     rule: ScoreRule = field(default_factory=ScoreRule)
     params: ChangeParams = field(default_factory=ChangeParams)
+
+    def factor(self, pixel_m: float) -> int:
+        """The side of the blocks the kernels score on imagery of ``pixel_m`` metres: ``bin``, or where it is 0
+        every pixel of imagery of :data:`FULL_RESOLUTION_M` or coarser and blocks of 2 x 2 of finer imagery."""
+        if self.bin:
+            return self.bin
+        return 1 if pixel_m >= FULL_RESOLUTION_M else 2
 
     def __post_init__(self) -> None:
         check(self)

@@ -87,7 +87,7 @@ def load_model(scan: ScanOptions, names: tuple[str, ...]) -> LoadedModel | None:
     stat = path.stat() if path.is_file() else None
     model = _weights(str(path), stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0, scan.backend)
     model.check_bands(names)
-    model.check_tile(scan.tile_px // scan.bin)
+    model.check_tile(scan.tile_px // (scan.bin or 2))  # bin 0: blocks of 2 at most (ScanOptions.factor)
     predictor(model, scan.backend)  # made here, once, so that its cost and its errors belong to the planning
     return model
 

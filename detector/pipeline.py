@@ -207,6 +207,7 @@ def run_record(config: RunConfig, inputs: dict[str, Any], names: tuple[str, ...]
         "parameters": config.to_json(),
         "threshold": threshold,
         "method": config.scan.method,
+        "bin_applied": scene.scan.bin,  # parameters.bin 0: the blocks chosen for the grid's pixel size
         "fusion": METHODS[config.scan.method].rule,
         "fusion_applied": applied_rule(scene),
         "model": None if model is None else {**model.record(),

@@ -104,7 +104,8 @@ class Evidence:
 class BatchScorer:
     """Scores batches of tiles already read; safe to call from several threads.
 
-    The kernels run on tiles block-averaged by ``scan.bin``; their scores are
+    The kernels run on tiles block-averaged by ``factor`` (``scan.bin``, or what it chooses for the grid's
+    pixel size: :meth:`detector.config.ScanOptions.factor`); their scores are
     repeated back onto the analysis grid, where zones, areas, polygons and the
     change raster are measured.  Shifts are reported in grid pixels.
     """
@@ -114,10 +115,11 @@ class BatchScorer:
         self.scan, self.names, self.grid, self.zones, self.model = scan, names, grid, zones, model
         lon, lat = centre_lonlat(grid, Window(0, 0, grid.width, grid.height))
         self.pixel_m = float(np.mean(pixel_size_m(grid.crs, grid.transform, lon, lat)))
+        self.factor = scan.factor(self.pixel_m)
 
     def evidence(self, batch: Batch, before: RawWindow, after: RawWindow) -> Evidence:
         """Both voters on a batch read (the CNN only where ``scan.method`` asks for it)."""
-        factor = self.scan.bin
+        factor = self.factor
         first = cut_tiles(before, batch, factor=factor)
         tiles = score_tiles(first, cut_tiles(after, batch, factor=factor),
                             self.names, pixel_m=self.pixel_m * factor,
@@ -130,7 +132,7 @@ class BatchScorer:
 
     def results(self, found: Evidence, method: str, scale: calibration.Calibration) -> list[UnitResult]:
         """The batch's tiles scored by ``method`` with the scene's calibration ``scale``."""
-        score = combined(method, found.classical, found.cnn, found.ran, scale, pixel_m=self.pixel_m * self.scan.bin)
+        score = combined(method, found.classical, found.cnn, found.ran, scale, pixel_m=self.pixel_m * self.factor)
         return [self.unit_result(unit, score[i], found.shift[i], float(found.peak[i]), bool(found.applied[i]),
                                  bool(found.ran[i]), found.obscured[core_slices(unit.core, found.batch.read)])
                 for i, unit in enumerate(found.batch.units)]
@@ -141,7 +143,7 @@ class BatchScorer:
 
     def unit_result(self, unit: Unit, tile_score: np.ndarray, shift: np.ndarray, peak: float,
                     applied: bool, cnn: bool, obscured: np.ndarray) -> UnitResult:
-        full = unbin(tile_score, self.scan.bin, (int(unit.read.height), int(unit.read.width)))
+        full = unbin(tile_score, self.factor, (int(unit.read.height), int(unit.read.width)))
         score = full[core_slices(unit.core, unit.read)]
         transform = window_transform(unit.core, self.grid.transform)
         labels = self.zones.labels(unit.zones, unit.core, transform)
@@ -328,7 +330,7 @@ def score_scene(scan: ScanOptions, dates: tuple[DateSource, DateSource], names: 
         if not two_phases:
             with read as batches, into_raster(new_raster) as raster:
                 acc = gather(threaded(pool, scorer, batches, workers=workers, done=done), zones, raster)
-                return Scored(acc, scan, None, raster)
+                return Scored(acc, replace(scan, bin=scorer.factor), None, raster)
         with Spill() as spill, one_torch_thread(model):
             with read as batches:
                 for found in threaded(pool, scorer.evidence, batches, workers=workers, done=done):
@@ -341,7 +343,7 @@ def score_scene(scan: ScanOptions, dates: tuple[DateSource, DateSource], names: 
                 acc = gather(threaded(pool, combine, ((f,) for f in spill), workers=workers, done=done), zones,
                              raster)
             give_back_freed_memory()  # what the combining threads freed, before the outputs are made
-            return Scored(acc, applied, check, raster)
+            return Scored(acc, replace(applied, bin=scorer.factor), check, raster)
 
 
 def scene_rule(scan: ScanOptions, counts: np.ndarray) -> tuple[dict[str, Any], ScanOptions, calibration.Calibration]:
@@ -407,7 +409,8 @@ def gather(results: Iterator[list[UnitResult]], zones: Zones, raster: ScoreRaste
 
 @dataclass(frozen=True, slots=True)
 class Scored:
-    """A scene scored: what was gathered, the options that applied (``classical`` where the CNN abstained),
+    """A scene scored: what was gathered, the options that applied (``classical`` where the CNN abstained, ``bin``
+    the blocks scored),
     and the domain check of :func:`detector.fusion.domain_check` with the CNN's calibration (None for a method
     without a CNN)."""
 

@@ -17,7 +17,7 @@ from aoi.cells import cell_frame, cell_pixels, pixel_size_m
 from detector.config import RunConfig, ScanOptions
 from detector.errors import InputError
 from detector.imagery import Grid
-from detector.tiling import Batch, pixel_windows, plan_cells, plan_sites
+from detector.tiling import Batch, pixel_windows, plan_cells, plan_sites, tiles_per_batch
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,8 @@ def plan_cell_zones(cell_m: float, scan: ScanOptions, grid: Grid, area: Window) 
                          f"give --cell-m {coarsest * MIN_CELL_PX:.0f} or more")
     cell_h, cell_w = cell_pixels(cell_m, pixel)
     cells, batches = plan_cells(area, cell_h=cell_h, cell_w=cell_w, tile_px=scan.tile_px,
-                                margin=scan.margin_px, height=grid.height, width=grid.width)
+                                margin=scan.margin_px, height=grid.height, width=grid.width,
+                                batch_tiles=tiles_per_batch(scan.tile_px, scan.factor(float(np.mean(pixel)))))
     n_cols = -(-int(area.width) // cell_w)
     frame = cell_frame(cells, (len(cells) // n_cols, n_cols), grid.transform, grid.crs)
     return Zones(frame, batches, windows=cells)

@@ -23,7 +23,7 @@ process so peak memory is its own:
 Prints megapixels per second (spatial pixels of both dates), wall time, peak
 resident memory and the ratio of the run's speed to each read's.
 
-    python scripts/bench.py [--size 10980] [--data /tmp/detector-bench] [--repeat 1] [--bin 2]
+    python scripts/bench.py [--size 10980] [--data /tmp/detector-bench] [--repeat 1] [--bin 0]
                             [--methods classical,fused] [--backend auto] [--scenes quiet,noisy] [--skip-runs]
 """
 
@@ -165,7 +165,7 @@ def onnx_rate(*, tiles: int = 256, split_threads: bool) -> float:
     return tiles / (time.perf_counter() - start)
 
 
-def child(kind: str, paths: tuple[Path, Path], out: Path, bin_factor: int = 2,
+def child(kind: str, paths: tuple[Path, Path], out: Path, bin_factor: int = 0,
           backend: str = "auto") -> dict[str, float]:
     """Run one measurement in a fresh process; return wall seconds and peak RSS in MB."""
     if kind in READS:
@@ -190,7 +190,8 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=10980)
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "detector-bench")
     parser.add_argument("--repeat", type=int, default=1)
-    parser.add_argument("--bin", type=int, default=2, help="detector run --bin (2, the default; 1 = full resolution)")
+    parser.add_argument("--bin", type=int, default=0, help="detector run --bin (0, the run's default: every pixel of "
+                        "the bench's 10 m scene)")
     parser.add_argument("--methods", default="classical,fused", help="detector run --method values to time")
     parser.add_argument("--backend", default="auto", help="detector run --backend (auto, onnxruntime, torch)")
     parser.add_argument("--skip-runs", action="store_true", help="only the CNN inference rate")
@@ -226,7 +227,8 @@ def bench_scene(args: argparse.Namespace, scene: str) -> None:
             ratio = best[kind]["wall_s"] / best[run]["wall_s"]
             print(f"{scene} {run} speed / {kind} read speed = {ratio:.2f}")
         record = json.loads((out / run / "run.json").read_text())
-        print(f"{scene} {run} stages (--bin {args.bin}): {record['timings_s']}; peak {best[run]['peak_mb']:.0f} MB")
+        print(f"{scene} {run} stages (bin_applied {record.get('bin_applied', args.bin)}): {record['timings_s']}; "
+              f"peak {best[run]['peak_mb']:.0f} MB")
         counts = record["counts"]
         print(f"{scene} {run}: {counts['flagged']} of {counts['sites']} cells flagged, {counts['candidates']} "
               f"candidates; the CNN ran on {counts['cnn_tiles']} of {counts['tiles']} tiles", flush=True)

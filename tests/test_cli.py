@@ -78,6 +78,7 @@ def test_run_json_records_inputs_parameters_and_threshold(site_run: Path, scene:
     assert record["inputs"]["before"]["files"][0]["sha256"] and record["inputs"]["sites"]["bytes"] > 0
     assert record["parameters"]["buffer_m"] == 250 and record["threshold"]["value"] == 0.5
     assert "rasterio" in record["versions"] and record["timings_s"]["total_s"] > 0
+    assert record["parameters"]["bin"] == 0 and record["bin_applied"] == 1  # 10 m pixels: every pixel scored
     assert not list(site_run.glob(".*tmp*"))
 
 

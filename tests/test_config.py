@@ -12,7 +12,7 @@ from detector.scoring import ScoreRule
 
 
 @pytest.mark.parametrize(("make", "message"), [
-    (lambda: ScanOptions(bin=2.5), "--bin is 2.5: give a whole number > 0 and <= 16"),
+    (lambda: ScanOptions(bin=2.5), "--bin is 2.5: give a whole number >= 0 and <= 16"),
     (lambda: ScanOptions(tile_px=300.7), "--tile-px is 300.7: give a whole number > 16 and <= 8192"),
     (lambda: ScanOptions(tile_px=True), "--tile-px is True"),
     (lambda: ScanOptions(tile_px=8), "--tile-px is 8"),
@@ -59,7 +59,27 @@ def test_values_are_converted_without_loss_and_nothing_else() -> None:
 
 def test_run_json_parameters_stay_one_flat_table() -> None:
     config = RunConfig(before=Path("a"), after=Path("b"), out=Path("c"), site=SiteOptions(buffer_m=250),
-                       scan=ScanOptions(bin=1), review=ReviewOptions(chips=3))
+                       scan=ScanOptions(bin=2), review=ReviewOptions(chips=3))
     table = config.to_json()
-    assert table["buffer_m"] == 250 and table["bin"] == 1 and table["chips"] == 3 and table["before"] == "a"
+    assert table["buffer_m"] == 250 and table["bin"] == 2 and table["chips"] == 3 and table["before"] == "a"
     assert table["rule"]["threshold"] == 0.5 and "site" not in table
+
+
+def test_run_on_the_command_line_has_the_defaults_of_a_batch_file() -> None:
+    """``detector run``'s flags default to the option types' own defaults, so a run and a batch score alike."""
+    from detector.cli import build_parser
+
+    args = build_parser().parse_args(["run", "--before", "a", "--after", "b", "--out", "c"])
+    scan, rule, site, review = ScanOptions(), ScoreRule(), SiteOptions(), ReviewOptions()
+    assert (args.bin, args.tile_px, args.max_shift_px, args.min_area_m2, args.method, args.backend) == (
+        scan.bin, scan.tile_px, scan.max_shift_px, scan.min_area_m2, scan.method, scan.backend)
+    assert (args.threshold, args.pixel_threshold, args.buffer_m, args.chips) == (
+        rule.threshold, rule.pixel_threshold, site.buffer_m, review.chips)
+
+
+def test_the_default_bin_scores_every_pixel_of_10_m_imagery_and_blocks_of_finer_frames() -> None:
+    """Every pixel of Sentinel-2 and Landsat (better across cities), 2 x 2 blocks of frames under 5 m (the
+    Dabancheng frames: the camp's parts dated better); a bin given is kept whatever the pixels."""
+    assert ScanOptions().bin == 0
+    assert [ScanOptions().factor(m) for m in (30.0, 10.0, 5.0, 4.99, 3.4, 0.5)] == [1, 1, 1, 2, 2, 2]
+    assert ScanOptions(bin=1).factor(0.5) == 1 and ScanOptions(bin=3).factor(10.0) == 3

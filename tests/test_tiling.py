@@ -7,7 +7,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rasterio.windows import Window
 
-from detector.tiling import cell_windows, intersect, pad, pixel_windows, plan_cells, plan_sites, union
+from detector.tiling import (
+    BATCH_PX,
+    cell_windows,
+    intersect,
+    pad,
+    pixel_windows,
+    plan_cells,
+    plan_sites,
+    tiles_per_batch,
+    union,
+)
 
 sizes = st.integers(min_value=1, max_value=300)
 
@@ -58,6 +68,16 @@ def test_tiles_partition_cells_and_reads_hold_cores(grid: tuple, cell_h: int, ce
             assert intersect(unit.read, Window(0, 0, width, height)) == unit.read
             assert union([unit.core] + [cells[z] for z in unit.zones]) == unit.core
         assert batch.tile_shape[0] <= max(tile_px, cell_h) + 2 * margin + cell_h
+
+
+def test_a_batch_of_large_tiles_at_full_resolution_is_one_tile_and_small_ones_stay_four() -> None:
+    assert tiles_per_batch(512, 2) == 4  # 256 x 256 scored per tile: four of them make BATCH_PX
+    assert tiles_per_batch(512, 1) == 1  # 512 x 512 scored: one is BATCH_PX already
+    assert tiles_per_batch(1024, 1) == 1 and tiles_per_batch(64, 1) == 4
+    for tile_px in range(16, 2049, 37):
+        for factor in (1, 2, 3, 4):
+            n = tiles_per_batch(tile_px, factor)
+            assert 1 <= n <= 4 and (n == 1 or n * (tile_px // factor) ** 2 <= BATCH_PX)
 
 
 @given(area_in_grid(), st.integers(0, 50))

@@ -135,7 +135,9 @@ def site_series(site: gpd.GeoDataFrame, scenes: list[Scene], rule: TimelineRule,
     sources = [s.date_source() for s in usable]
     names = common_bands(sources)
     grid = reference_grid(sources[0], names)
-    factor = max(rule.scan.bin, 1)
+    lon, lat = shapely.centroid(geom).x, shapely.centroid(geom).y
+    h, w = pixel_size_m(grid.crs, grid.transform, np.array([lon]), np.array([lat]))
+    factor = rule.scan.factor(float(np.sqrt(h[0] * w[0])))
     shape = site.to_crs(grid.crs).geometry.iloc[0]
     whole = Window(0, 0, grid.width, grid.height)
     core = intersect(bounds_window(shape.bounds, grid.transform), whole)
@@ -147,8 +149,6 @@ def site_series(site: gpd.GeoDataFrame, scenes: list[Scene], rule: TimelineRule,
     stack, obscured, valid = read_dates(sources, names, grid, window, factor)
     transform = window_transform(window, grid.transform) * Affine.scale(factor)
     inside = features.geometry_mask([shape], stack.shape[-2:], transform, invert=True)
-    lon, lat = shapely.centroid(geom).x, shapely.centroid(geom).y
-    h, w = pixel_size_m(grid.crs, grid.transform, np.array([lon]), np.array([lat]))
     pixel_m2 = float(h[0] * w[0]) * factor**2
     pixel_m = float(np.sqrt(pixel_m2))
     score, series.method, series.check = change_maps(stack, names, rule.scan, model, pixel_m=pixel_m)

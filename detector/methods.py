@@ -78,16 +78,16 @@ def model_path(scan: ScanOptions) -> Path:
     return Path(scan.model or default_model_path())
 
 
-def load_model(scan: ScanOptions, names: tuple[str, ...]) -> LoadedModel | None:
-    """The CNN of ``scan.model`` (default: the shipped weights), checked against the imagery; None when the
-    method uses no model."""
+def load_model(scan: ScanOptions, names: tuple[str, ...], *, factor: int = 1) -> LoadedModel | None:
+    """The CNN of ``scan.model`` (default: the shipped weights), checked against the imagery (its bands, and
+    tiles of ``scan.tile_px`` scored on blocks of ``factor``); None when the method uses no model."""
     if not METHODS[scan.method].uses_model:
         return None
     path = model_path(scan)
     stat = path.stat() if path.is_file() else None
     model = _weights(str(path), stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0, scan.backend)
     model.check_bands(names)
-    model.check_tile(scan.tile_px // (scan.bin or 2))  # bin 0: blocks of 2 at most (ScanOptions.factor)
+    model.check_tile(scan.tile_px // factor)
     predictor(model, scan.backend)  # made here, once, so that its cost and its errors belong to the planning
     return model
 

@@ -24,7 +24,6 @@ from rasterio import features
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
-from aoi.cells import pixel_size_m
 from detector import calibration, fusion
 from detector.adapter import adapt
 from detector.binning import bin_any, bin_mean, unbin
@@ -38,7 +37,7 @@ from detector.methods import METHODS
 from detector.outputs import ScoreRaster
 from detector.scoring import BINS, change_components, zone_histograms
 from detector.tiling import Batch, Unit
-from detector.zones import Zones, centre_lonlat
+from detector.zones import Zones, grid_pixel_m
 
 if TYPE_CHECKING:  # torch is imported only when a model is used
     from detector.weights import LoadedModel
@@ -113,8 +112,7 @@ class BatchScorer:
     def __init__(self, scan: ScanOptions, names: tuple[str, ...], grid: Grid, zones: Zones,
                  model: LoadedModel | None = None) -> None:
         self.scan, self.names, self.grid, self.zones, self.model = scan, names, grid, zones, model
-        lon, lat = centre_lonlat(grid, Window(0, 0, grid.width, grid.height))
-        self.pixel_m = float(np.mean(pixel_size_m(grid.crs, grid.transform, lon, lat)))
+        self.pixel_m = grid_pixel_m(grid)
         self.factor = scan.factor(self.pixel_m)
 
     def evidence(self, batch: Batch, before: RawWindow, after: RawWindow) -> Evidence:

@@ -57,7 +57,7 @@ class LoadedModel:
         if tile_px < least:
             raise InputError(f"tiles of {tile_px} px are too small for model {self.path} (trained on "
                              f"{self.card['tile_px']}-px tiles, needs at least {least}): "
-                             "raise --tile-px or lower --bin")
+                             "raise --tile-px or give a smaller --bin (1: every pixel)")
 
     @property
     def evidence(self) -> tuple[str, ...]:

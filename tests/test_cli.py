@@ -12,7 +12,7 @@ import geopandas as gpd
 import numpy as np
 import pytest
 import rasterio
-from conftest import COMPOUND, SHIFT_PX, Scene
+from conftest import COMPOUND, SHIFT_PX, UTM, Scene, ground, plant, write
 
 from detector.cli import main
 
@@ -80,6 +80,27 @@ def test_run_json_records_inputs_parameters_and_threshold(site_run: Path, scene:
     assert "rasterio" in record["versions"] and record["timings_s"]["total_s"] > 0
     assert record["parameters"]["bin"] == 0 and record["bin_applied"] == 1  # 10 m pixels: every pixel scored
     assert not list(site_run.glob(".*tmp*"))
+
+
+def test_frames_finer_than_5_m_are_scored_on_blocks_of_2_and_10_m_imagery_pixel_by_pixel(tmp_path: Path) -> None:
+    """The default ``--bin`` chooses from the pixel size (``ScanOptions.factor``); a bin given is kept."""
+    from rasterio.transform import from_origin
+
+    rng = np.random.default_rng(3)
+    before = ground(rng)
+    for pixel in (3.0, 10.0):
+        grid = from_origin(500000.0, 4800000.0, pixel, pixel)
+        write(tmp_path / f"b{pixel:g}.tif", before, UTM, grid, None)
+        write(tmp_path / f"a{pixel:g}.tif", plant(before) + rng.normal(scale=25, size=before.shape), UTM, grid, None)
+    for pixel, bin_given, applied in ((3.0, None, 2), (10.0, None, 1), (3.0, "1", 1)):
+        out = tmp_path / f"out{pixel:g}{bin_given}"
+        extra = ["--bin", bin_given] if bin_given else []
+        assert run_cli("-q", "run", "--before", tmp_path / f"b{pixel:g}.tif", "--after", tmp_path / f"a{pixel:g}.tif",
+                       "--out", out, "--cell-m", f"{40 * pixel:g}", "--method", "classical", *extra) == 0
+        record = json.loads((out / "run.json").read_text(encoding="utf-8"))
+        assert record["bin_applied"] == applied and record["parameters"]["bin"] == int(bin_given or 0)
+        cells = gpd.read_file(out / "sites.geojson")
+        assert cells["flagged"].any()  # the planted compound is found on blocks and pixel by pixel
 
 
 def test_cell_mode_ranks_the_compound_cells_first(scene: Scene, tmp_path: Path) -> None:

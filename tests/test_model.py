@@ -142,6 +142,12 @@ def test_run_refuses_a_bad_model_with_one_line_and_status_2(scene, tmp_path: Pat
     code = main(["-q", "run", "--before", str(scene.before), "--after", str(scene.after), "--out", str(out),
                  "--model", str(small), "--tile-px", "128"])
     assert code == 2 and "too small" in capsys.readouterr().err
+    # 10 m pixels are scored one by one by default: tiles of 256 px are 256 px for the model, on blocks 128
+    args = ["-q", "run", "--before", str(scene.before), "--after", str(scene.after), "--model", str(small),
+            "--tile-px", "256", "--sites", str(scene.sites)]
+    assert main([*args, "--out", str(out)]) == 0
+    assert main([*args, "--out", str(tmp_path / "blocks"), "--bin", "2"]) == 2
+    assert "tiles of 128 px are too small" in capsys.readouterr().err
 
 
 def test_the_shipped_weights_load_and_say_what_they_are() -> None:

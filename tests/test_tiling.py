@@ -122,3 +122,19 @@ def test_site_units_have_context_and_skip_missing_sites() -> None:
     first = batches[0].units[0]
     assert first.read == Window(0, 0, 40, 40)  # half the site size (10) beats the margin (4)
     assert batches[1].units[0].read == Window(0, 0, 9, 9)
+
+
+def test_cell_batches_of_a_sentinel_2_scene_are_one_tile_at_full_resolution_and_four_on_blocks() -> None:
+    """What the run plans (``zones.plan_cell_zones``) for a 10 m scene: the batch size follows the blocks scored."""
+    from rasterio.crs import CRS
+    from rasterio.transform import from_origin
+
+    from detector.config import ScanOptions
+    from detector.imagery import Grid
+    from detector.zones import plan_cell_zones
+
+    grid = Grid(CRS.from_epsg(32645), from_origin(500000.0, 4800000.0, 10.0, 10.0), 3000, 3000)
+    area = Window(0, 0, 3000, 3000)
+    for scan, most in ((ScanOptions(), 1), (ScanOptions(bin=2), 4)):
+        batches = plan_cell_zones(500.0, scan, grid, area).batches
+        assert max(len(b.units) for b in batches) == most

@@ -407,10 +407,9 @@ def gather(results: Iterator[list[UnitResult]], zones: Zones, raster: ScoreRaste
 
 @dataclass(frozen=True, slots=True)
 class Scored:
-    """A scene scored: what was gathered, the options that applied (``classical`` where the CNN abstained, ``bin``
-    the blocks scored),
-    and the domain check of :func:`detector.fusion.domain_check` with the CNN's calibration (None for a method
-    without a CNN)."""
+    """A scene scored: what was gathered, the options that applied (``classical`` where the CNN abstained;
+    ``bin`` the blocks scored) and the domain check of :func:`detector.fusion.domain_check` with the CNN's
+    calibration (None for a method without a CNN)."""
 
     acc: Accumulated
     scan: ScanOptions

@@ -9,10 +9,11 @@ model run in ONNX Runtime never imports torch (:mod:`detector.inference`).
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 
 import numpy as np
+
+from detector.change import tile_quantile
 
 MODEL_BANDS = ("blue", "green", "red", "nir", "swir16", "swir22")
 STRIDE = 8  # the network's coarsest level is 1/8 of the input
@@ -63,14 +64,14 @@ def standardize(x: np.ndarray) -> np.ndarray:
     -------
     ndarray, shape (N, H, W), float32 in [-CLIP, CLIP]
     """
-    sample = x[:, ::4, ::4].reshape(len(x), -1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        centre = np.nan_to_num(np.nanmedian(sample, axis=1))
-        spread = np.nan_to_num(1.4826 * np.nanmedian(np.abs(sample - centre[:, None]), axis=1))
+    sample = x[:, ::4, ::4]
+    centre = np.nan_to_num(tile_quantile(sample, 0.5)[:, 0, 0])
+    spread = np.nan_to_num(1.4826 * tile_quantile(np.abs(sample - centre[:, None, None]), 0.5)[:, 0, 0])
     spread = np.maximum(spread, 0.01 * (np.abs(centre) + 1.0))
-    z = (x - centre[:, None, None]) / spread[:, None, None]
-    return np.nan_to_num(np.clip(z, -CLIP, CLIP), nan=0.0).astype(np.float32)
+    z = x - centre[:, None, None]  # in place from here: a third of the time of one expression per step
+    z /= spread[:, None, None]
+    np.clip(z, -CLIP, CLIP, out=z)
+    return np.nan_to_num(z, nan=0.0, copy=False).astype(np.float32, copy=False)
 
 
 def in_batches(inputs: np.ndarray, run: Callable[[np.ndarray], np.ndarray], *, batch: int) -> np.ndarray:

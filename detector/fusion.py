@@ -61,7 +61,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
+
+from detector.change import local_max
 
 SUPPORT_M = 15.0
 EXPONENT = 0.5
@@ -92,8 +93,9 @@ def near(cnn: np.ndarray, *, reach: int = 0) -> np.ndarray:
     """The CNN's highest probability within ``reach`` pixels; NaN where the CNN is NaN."""
     if reach <= 0:
         return cnn
-    size = (1, 2 * reach + 1, 2 * reach + 1)
-    return np.where(np.isnan(cnn), np.nan, ndimage.maximum_filter(np.nan_to_num(cnn, nan=0.0), size=size))
+    found = local_max(np.nan_to_num(cnn, nan=0.0), reach)
+    found[np.isnan(cnn)] = np.nan
+    return found
 
 
 def fuse(classical: np.ndarray, cnn: np.ndarray, *, reach: int = 0) -> np.ndarray:

@@ -115,14 +115,30 @@ def apply_shift(image: np.ndarray, shift: np.ndarray) -> np.ndarray:
 
 
 def _along(image: np.ndarray, offset: np.ndarray, *, axis: int, size: int) -> np.ndarray:
-    pos = np.arange(size)[None, :] + offset[:, None]
-    low = np.floor(pos).astype(np.intp)
-    frac = (pos - low).astype(np.float32)
-    outside = (pos < 0) | (pos > size - 1)
-    shape = [image.shape[0], 1, 1, 1]
-    shape[axis] = size
-    i0 = np.clip(low, 0, size - 1).reshape(shape)
-    i1 = np.clip(low + 1, 0, size - 1).reshape(shape)
-    f = frac.reshape(shape)
-    out = np.take_along_axis(image, i0, axis) * (1 - f) + np.take_along_axis(image, i1, axis) * f
-    return np.where(outside.reshape(shape), np.float32(np.nan), out).astype(np.float32, copy=False)
+    """Each tile sampled at ``i + offset`` along ``axis``: whole slices weighted, not gathered per pixel."""
+    out = np.empty_like(image, dtype=np.float32)
+    for n, shift in enumerate(offset):
+        out[n] = _shifted(image[n], float(shift), axis=axis - 1, size=size)
+    return out
+
+
+def _shifted(tile: np.ndarray, shift: float, *, axis: int, size: int) -> np.ndarray:
+    """One tile (C, H, W) sampled at ``i + shift`` along ``axis`` (bilinear), NaN where that is outside it."""
+    whole = int(np.floor(shift))
+    f = np.float32(shift - whole)
+    first, last = max(0, int(np.ceil(-shift))), min(size, int(np.floor(size - 1 - shift)) + 1)
+    out = np.full(tile.shape, np.nan, np.float32)
+    if first < last:
+        low = _cut(tile, first + whole, last + whole, axis)
+        target = _cut(out, first, last, axis)
+        if f == 0:
+            target[...] = low
+        else:  # i + shift <= size - 1 keeps i + whole + 1 inside the tile
+            target[...] = low * (1 - f) + _cut(tile, first + whole + 1, last + whole + 1, axis) * f
+    return out
+
+
+def _cut(x: np.ndarray, start: int, stop: int, axis: int) -> np.ndarray:
+    index = [slice(None)] * x.ndim
+    index[axis] = slice(start, stop)
+    return x[tuple(index)]

@@ -49,3 +49,30 @@ def test_apply_shift_undoes_the_shift_and_marks_outside_as_nan() -> None:
     assert np.nanmax(np.abs(back[inner] - before[:, 5:-5, 5:-5])) < 0.05 < 0.5 * before.std()
     assert np.isnan(back[0, 0, -1]).all() and np.isnan(back[0, 0, :, 0]).all()
     assert back.dtype == np.float32
+
+
+def bilinear(image: np.ndarray, dy: float, dx: float) -> np.ndarray:
+    """Each pixel of one (C, H, W) tile sampled at (y + dy, x + dx), pixel by pixel; NaN outside the tile."""
+    c, h, w = image.shape
+    out = np.full(image.shape, np.nan, np.float32)
+    for y in range(h):
+        for x in range(w):
+            py, px = y + dy, x + dx
+            if 0 <= py <= h - 1 and 0 <= px <= w - 1:
+                y0, x0 = int(np.floor(py)), int(np.floor(px))
+                y1, x1 = min(y0 + 1, h - 1), min(x0 + 1, w - 1)
+                fy, fx = py - y0, px - x0
+                out[:, y, x] = ((image[:, y0, x0] * (1 - fx) + image[:, y0, x1] * fx) * (1 - fy)
+                                + (image[:, y1, x0] * (1 - fx) + image[:, y1, x1] * fx) * fy)
+    return out
+
+
+@pytest.mark.parametrize("shift", [(0.3, -0.7), (-2.5, 1.25), (3.0, -1.0), (0.0, 0.6), (-11.2, 12.9), (20.0, 0.0)])
+def test_apply_shift_is_bilinear_sampling_pixel_by_pixel(shift: tuple[float, float]) -> None:
+    image = np.random.default_rng(3).uniform(0, 100, (2, 3, 15, 13)).astype(np.float32)
+    shifts = np.array([shift, (-shift[0], shift[1] / 2)])
+    out = apply_shift(image, shifts)
+    for tile, (dy, dx) in enumerate(shifts):
+        expected = bilinear(image[tile], float(dy), float(dx))
+        assert np.array_equal(np.isnan(out[tile]), np.isnan(expected))
+        assert np.allclose(out[tile], expected, atol=1e-3, equal_nan=True)

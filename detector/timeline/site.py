@@ -151,7 +151,8 @@ def site_series(site: gpd.GeoDataFrame, scenes: list[Scene], rule: TimelineRule,
     inside = features.geometry_mask([shape], stack.shape[-2:], transform, invert=True)
     pixel_m2 = float(h[0] * w[0]) * factor**2
     pixel_m = float(np.sqrt(pixel_m2))
-    score, series.method, series.check = change_maps(stack, names, rule.scan, model, pixel_m=pixel_m)
+    score, series.method, series.check = change_maps(stack, names, rule.scan, model, pixel_m=pixel_m,
+                                                      factor=factor)
     flags = site_flags(score, inside, rule.scan)
     first = int(onsets(flags[:, None, None], min_persistence=rule.kind.min_persistence)[0, 0])
     onset = pixel_onsets(changed_pixels(score, rule.scan), inside, first, rule.kind, pixel_m=pixel_m)
@@ -191,9 +192,10 @@ def read_dates(sources: list[DateSource], names: tuple[str, ...], grid: Any, win
 
 
 def change_maps(stack: np.ndarray, names: tuple[str, ...], scan: ScanOptions, model: Any, *,
-                pixel_m: float) -> tuple[np.ndarray, str, dict[str, Any] | None]:
+                pixel_m: float, factor: int = 1) -> tuple[np.ndarray, str, dict[str, Any] | None]:
     """Every date's change score against the reference (T, h, w) float32 (date 0: 0; NaN without data); the
-    method that applied, and the CNN's domain check."""
+    method that applied, and the CNN's domain check.  ``stack`` is on the grid block-averaged by ``factor``
+    (``scan.max_shift_px`` counts pixels of the grid, as in ``detector run``)."""
     method = METHODS[scan.method]
     t = len(stack)
     scores = {name: np.full(stack.shape[:1] + stack.shape[2:], np.nan, np.float32)
@@ -202,7 +204,7 @@ def change_maps(stack: np.ndarray, names: tuple[str, ...], scan: ScanOptions, mo
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows (a date without data there)
         for start in range(1, t, CHUNK):
-            chunk(stack, start, names, scan, model, pixel_m, scores, agreement)
+            chunk(stack, start, names, scan, model, pixel_m, factor, scores, agreement)
     check = fusion.domain_check(agreement) if method.uses_model else None
     applied = scan.method
     if check is not None and not check["in_domain"] and method.falls_back_to:
@@ -254,11 +256,11 @@ def pixel_onsets(changed: np.ndarray, inside: np.ndarray, first: int, rule: Kind
 
 
 def chunk(stack: np.ndarray, start: int, names: tuple[str, ...], scan: ScanOptions, model: Any, pixel_m: float,
-          scores: dict[str, np.ndarray], agreement: np.ndarray) -> None:
+          factor: int, scores: dict[str, np.ndarray], agreement: np.ndarray) -> None:
     """Score dates ``start`` to ``start + CHUNK`` against the reference, into ``scores`` and ``agreement``."""
     after = stack[start:start + CHUNK]
     before = np.repeat(stack[:1], len(after), axis=0)
-    tiles = score_tiles(before, after, names, pixel_m=pixel_m, max_shift_px=scan.max_shift_px,
+    tiles = score_tiles(before, after, names, pixel_m=pixel_m, max_shift_px=scan.max_shift_px / factor,
                         min_peak=scan.min_peak, params=scan.params)
     score, _, counts = method_score(scan, model, names, tiles.score, before, tiles.after, pixel_m=pixel_m)
     scores["classical"][start:start + CHUNK] = tiles.score

@@ -73,6 +73,10 @@ class ScanOptions:
             return self.bin
         return 1 if pixel_m >= FULL_RESOLUTION_M else 2
 
+    def shift_limit(self, factor: int) -> float:
+        """``max_shift_px`` (pixels of the grid) in blocks of ``factor`` x ``factor``: what the kernels get."""
+        return self.max_shift_px / factor
+
     def __post_init__(self) -> None:
         check(self)
         if self.model is not None and not methods.METHODS[self.method].uses_model:

@@ -121,7 +121,7 @@ class BatchScorer:
         first = cut_tiles(before, batch, factor=factor)
         tiles = score_tiles(first, cut_tiles(after, batch, factor=factor),
                             self.names, pixel_m=self.pixel_m * factor,
-                            max_shift_px=self.scan.max_shift_px / factor, min_peak=self.scan.min_peak,
+                            max_shift_px=self.scan.shift_limit(factor), min_peak=self.scan.min_peak,
                             params=self.scan.params)
         cnn, ran = cnn_scores(self.scan, self.model, self.names, tiles.score, first, tiles.after)
         counts = voter_counts(self.scan, tiles.score, cnn, ran, pixel_m=self.pixel_m * factor)

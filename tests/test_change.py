@@ -162,7 +162,7 @@ def test_score_tiles_corrects_a_small_shift_and_reports_it() -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(st.integers(1, 3), st.integers(1, 9), st.integers(1, 9), st.floats(0, 1), st.floats(0, 0.9), st.integers(0, 99))
-def test_the_vectorizedtile_quantile_is_numpys(rows: int, h: int, w: int, q: float, holes: float, seed: int) -> None:
+def test_the_vectorized_tile_quantile_is_numpys(rows: int, h: int, w: int, q: float, holes: float, seed: int) -> None:
     import warnings
 
     from detector.change import tile_quantile
@@ -177,7 +177,7 @@ def test_the_vectorizedtile_quantile_is_numpys(rows: int, h: int, w: int, q: flo
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(1, 3), st.integers(1, 9), st.integers(1, 9), st.integers(0, 3), st.integers(0, 99))
+@given(st.integers(1, 3), st.integers(1, 9), st.integers(1, 9), st.integers(0, 6), st.integers(0, 99))
 def test_the_shifted_maximum_is_scipys_maximum_filter(n: int, h: int, w: int, reach: int, seed: int) -> None:
     from scipy import ndimage
 

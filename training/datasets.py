@@ -290,7 +290,7 @@ def tile_evidence(before: np.ndarray, after: np.ndarray, names: tuple[str, ...],
     scan = ScanOptions()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        found = score_tiles(before, after, names, pixel_m=pixel_m, max_shift_px=scan.max_shift_px / factor,
+        found = score_tiles(before, after, names, pixel_m=pixel_m, max_shift_px=scan.shift_limit(factor),
                             min_peak=scan.min_peak, params=scan.params)
     return found.score[:, None]
 

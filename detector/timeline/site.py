@@ -260,7 +260,7 @@ def chunk(stack: np.ndarray, start: int, names: tuple[str, ...], scan: ScanOptio
     """Score dates ``start`` to ``start + CHUNK`` against the reference, into ``scores`` and ``agreement``."""
     after = stack[start:start + CHUNK]
     before = np.repeat(stack[:1], len(after), axis=0)
-    tiles = score_tiles(before, after, names, pixel_m=pixel_m, max_shift_px=scan.max_shift_px / factor,
+    tiles = score_tiles(before, after, names, pixel_m=pixel_m, max_shift_px=scan.shift_limit(factor),
                         min_peak=scan.min_peak, params=scan.params)
     score, _, counts = method_score(scan, model, names, tiles.score, before, tiles.after, pixel_m=pixel_m)
     scores["classical"][start:start + CHUNK] = tiles.score

@@ -48,7 +48,7 @@ from detector.results import (
 from detector.reviews import carry_over, read_labels
 from detector.scan import Progress, Scored, score_scene
 from detector.tiling import intersect, union
-from detector.zones import grid_pixel_m, plan_zones
+from detector.zones import grid_factor, plan_zones
 
 if TYPE_CHECKING:  # torch is imported only when a model is used
     from detector.weights import LoadedModel
@@ -76,7 +76,7 @@ def run(config: RunConfig, *, progress: Progress | None = None, command: list[st
         raise InputError(f"{config.before} and {config.after} do not overlap: give two dates over the same area")
     zones = plan_zones(config, grid, area)
     scan, review = config.scan, config.review
-    model = load_model(scan, names, factor=scan.factor(grid_pixel_m(grid)))
+    model = load_model(scan, names, factor=grid_factor(scan, grid))
     verdicts = earlier_reviews(config.out, review.reviews)
     labelled = read_labels(review.labels) if review.labels else None
     clock["plan_s"] = time.perf_counter() - start

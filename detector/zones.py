@@ -116,7 +116,7 @@ def plan_cell_zones(cell_m: float, scan: ScanOptions, grid: Grid, area: Window) 
     cell_h, cell_w = cell_pixels(cell_m, pixel)
     cells, batches = plan_cells(area, cell_h=cell_h, cell_w=cell_w, tile_px=scan.tile_px,
                                 margin=scan.margin_px, height=grid.height, width=grid.width,
-                                batch_tiles=tiles_per_batch(scan.tile_px, scan.factor(grid_pixel_m(grid))))
+                                batch_tiles=tiles_per_batch(scan.tile_px, grid_factor(scan, grid)))
     n_cols = -(-int(area.width) // cell_w)
     frame = cell_frame(cells, (len(cells) // n_cols, n_cols), grid.transform, grid.crs)
     return Zones(frame, batches, windows=cells)
@@ -127,6 +127,11 @@ def grid_pixel_m(grid: Grid) -> float:
     (:meth:`detector.config.ScanOptions.factor`) and the metres of the kernels' constants."""
     lon, lat = centre_lonlat(grid, Window(0, 0, grid.width, grid.height))
     return float(np.mean(pixel_size_m(grid.crs, grid.transform, lon, lat)))
+
+
+def grid_factor(scan: ScanOptions, grid: Grid) -> int:
+    """The blocks ``scan`` scores ``grid`` on (:meth:`detector.config.ScanOptions.factor` of :func:`grid_pixel_m`)."""
+    return scan.factor(grid_pixel_m(grid))
 
 
 def centre_lonlat(grid: Grid, area: Window) -> tuple[float, float]:

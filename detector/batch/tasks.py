@@ -38,7 +38,7 @@ from detector.results import results, with_chip_paths
 from detector.reviews import carry_over
 from detector.scan import score_scene
 from detector.tiling import intersect, union
-from detector.zones import Zones, grid_pixel_m, plan_site_zones
+from detector.zones import Zones, grid_factor, plan_site_zones
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def scan_pair(scan: ScanOptions, dates: tuple[DateSource, DateSource], names: tu
               zones: Zones) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame, bytes]:
     """The zones scored on two dates with ``run``'s scan and results, in one thread: their rows (verdict fields
     unreviewed, no chips, no rank yet), their change polygons and the change raster's bytes."""
-    model = load_model(scan, names, factor=scan.factor(grid_pixel_m(grid)))
+    model = load_model(scan, names, factor=grid_factor(scan, grid))
     with tempfile.TemporaryDirectory(prefix="detector-site-") as tmp:
         scene = score_scene(scan, dates, names, grid, zones,
                             lambda: ScoreRaster(Path(tmp) / "change.tif", crs=grid.crs, transform=grid.transform,

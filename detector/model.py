@@ -7,9 +7,10 @@ float32, NaN = nodata`` with canonical band ``names``; the network takes
 
 Band adapter.  The network always sees the six bands of :data:`MODEL_BANDS`
 for each date, before then after.  Each band of each date is standardized on
-its own, per tile (median and spread of the tile's valid pixels), so uint8
-RGB frames, Sentinel-2 reflectance and Landsat DN all arrive on one scale and
-a uniform brightness change between the dates is not change.  A band the
+its own (median and spread of the valid pixels of the ground around each
+pixel, in windows of the model's coarsest training tiles), so uint8 RGB
+frames, Sentinel-2 reflectance and Landsat DN all arrive on one scale and a
+uniform brightness change between the dates is not change.  A band the
 imagery lacks is filled with zeros (the standardized mean); training drops
 NIR and SWIR at random so that RGB-only imagery is scored by the same
 weights.  Nodata is zero as well: pixels without data are never scored (the

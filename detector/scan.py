@@ -173,7 +173,8 @@ def cnn_scores(scan: ScanOptions, model: LoadedModel | None, names: tuple[str, .
         if model is None:
             raise ValueError(f"method {method.name} needs a model")
         evidence = classical[pick][:, None] if model.evidence else None  # EVIDENCE: the classical score
-        cnn[pick] = predictor(model, scan.backend)(adapt(before[pick], after[pick], names, evidence=evidence))
+        inputs = adapt(before[pick], after[pick], names, evidence=evidence, window=model.window)
+        cnn[pick] = predictor(model, scan.backend)(inputs)
     cnn[np.isnan(classical)] = np.nan
     return cnn, pick
 

@@ -51,6 +51,14 @@ class LoadedModel:
             raise InputError(f"model {self.path} needs bands {', '.join(missing)}; the imagery has {list(names)}: "
                              "give imagery with at least red, green and blue, or use --method classical")
 
+    @property
+    def window(self) -> int:
+        """The side, in pixels, of the ground the adapter standardizes each pixel against
+        (:func:`detector.adapter.standardize`): the ground of the model's coarsest training tiles
+        (``tile_px`` pixels block-averaged by the largest training scale: 256 for the shipped weights)."""
+        scales = self.card.get("settings", {}).get("scales") or [1]
+        return int(self.card["tile_px"]) * int(max(scales))
+
     def check_tile(self, tile_px: int) -> None:
         """Refuse tiles smaller than the model was trained to see."""
         least = int(self.card["tile_px"]) // 2
@@ -67,7 +75,8 @@ class LoadedModel:
     def record(self) -> dict[str, Any]:
         """What ``run.json`` says about the model."""
         keep = ("name", "architecture", "bands", "evidence", "tile_px", "parameters", "trained_on", "seed", "metrics")
-        return {"path": str(self.path), "sha256": self.sha256, **{k: self.card.get(k) for k in keep}}
+        return {"path": str(self.path), "sha256": self.sha256, **{k: self.card.get(k) for k in keep},
+                "standardized_over_px": self.window}
 
 
 def save(network: nn.Module, card: dict[str, Any], path: Path) -> None:

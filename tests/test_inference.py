@@ -113,6 +113,7 @@ def test_a_model_with_a_matching_export_runs_without_torch(scene, tmp_path: Path
     record = json.loads((tmp_path / "out" / "run.json").read_text())
     assert record["model"]["backend"]["name"] == "onnxruntime"
     assert record["model"]["sha256"] == weights.load(default_model_path()).sha256
+    assert record["model"]["standardized_over_px"] == 256  # 128-px training tiles, the coarser of 2 x 2 blocks
 
 
 def test_an_export_of_other_weights_is_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,6 +14,7 @@ from detector import weights
 from detector.cli import main
 from detector.errors import InputError, MissingFileError
 from detector.methods import default_model_path
+from detector.adapter import local_stats, standardize
 from detector.model import ARCHITECTURES, MODEL_BANDS, STRIDE, adapt, build, fuse_batchnorm, parameter_count, predict
 
 
@@ -63,6 +64,36 @@ def test_adapter_survives_flat_and_empty_tiles() -> None:
     empty = np.full((1, 1, 16, 16), np.nan, dtype=np.float32)
     for tile in (flat, empty):
         assert np.all(adapt(tile, tile, ("red",)) == 0)
+
+
+def test_a_window_as_large_as_the_tile_standardizes_as_the_whole_tile() -> None:
+    x = np.random.default_rng(2).normal(100, 10, (2, 96, 80)).astype(np.float32)
+    x[0, :10, :20] = np.nan
+    whole = standardize(x)
+    assert np.array_equal(standardize(x, 96), whole) and np.array_equal(standardize(x, 500), whole)
+
+
+def test_each_pixel_is_standardized_against_the_ground_around_it() -> None:
+    """A tile of dark fields and a bright town: with windows of the training tiles' size each part is
+    centred on its own median and keeps its texture, which the whole tile's spread squashes; no seam
+    along the windows' borders."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(100, 5, (1, 512, 512)).astype(np.float32)
+    x[:, :, 256:] += 400
+    local, whole = standardize(x, 128), standardize(x)
+    assert abs(np.median(local[0, :, :128])) < 0.2 and abs(np.median(local[0, :, 384:])) < 0.2
+    assert 0.8 < local[0, :, :128].std() < 1.2 and whole[0, :, :128].std() < 0.05
+    ramp = np.broadcast_to(np.linspace(0, 50, 512, dtype=np.float32), (1, 512, 512)).copy()
+    assert np.abs(np.diff(standardize(ramp, 128)[0], axis=1)).max() < 0.2  # smooth: no step at 128, 256...
+
+
+def test_a_window_without_data_takes_the_tiles_statistics() -> None:
+    x = np.full((1, 300, 300), np.nan, np.float32)
+    x[0, :, :60] = np.random.default_rng(4).normal(50, 2, (300, 60))
+    centre, spread = local_stats(x, 100)
+    assert np.allclose(centre[0, :, 200:], centre[0, 150, 30], atol=1.0)
+    assert np.isfinite(spread).all() and (spread > 0).all()
+    assert np.all(standardize(np.full((1, 300, 300), np.nan, np.float32), 100) == 0)
 
 
 def saved_model(path: Path, **card_changes: object) -> Path:

@@ -210,6 +210,7 @@ def test_train_then_run_with_the_new_model_from_the_command_line(pairs: Path, sc
     record = json.loads((out / "run.json").read_text())
     assert record["method"] == "cnn" and record["model"]["path"] == str(model)
     assert record["model"]["sha256"] == weights.load(model).sha256
+    assert record["model"]["standardized_over_px"] == 64  # the ground of its 32-px tiles at scale 2
 
 
 def test_bad_training_inputs_get_one_line_and_status_2(pairs: Path, tmp_path: Path,

@@ -239,7 +239,7 @@ def _site_window(bounds: tuple[float, float, float, float], grid: Grid, area: Wi
 
 
 def cut_tiles(scenes: list[Scene], tile: int, *, scales: tuple[int, ...] = (1,),
-              evidence: tuple[str, ...] = ()) -> Tiles:
+              evidence: tuple[str, ...] = (), window: int | None = None) -> Tiles:
     """Cut scenes into network-ready tiles of ``tile`` px at each scale.
 
     Each scene is split into blocks of ``tile * max(scales)`` px (blocks
@@ -248,7 +248,8 @@ def cut_tiles(scenes: list[Scene], tile: int, *, scales: tuple[int, ...] = (1,),
     block share its ``block`` number, so a split by block keeps every tile of
     a piece of ground on one side.  ``evidence`` ("classical") adds the
     classical change score of each tile, scored as ``detector run`` scores it
-    (:func:`tile_evidence`), as a channel after the bands.
+    (:func:`tile_evidence`), as a channel after the bands.  ``window``: the ground each pixel is
+    standardized against (:func:`detector.adapter.standardize`; None: the tile).
     """
     parts: list[tuple[np.ndarray, np.ndarray, float, int, str]] = []
     side = tile * max(scales)
@@ -264,7 +265,7 @@ def cut_tiles(scenes: list[Scene], tile: int, *, scales: tuple[int, ...] = (1,),
                     continue
                 bb, ab, tb = (np.stack(x) for x in zip(*picked, strict=True))
                 extra = tile_evidence(bb, ab, scene.names, pixel_m=scene.pixel_m * s, factor=s) if evidence else None
-                for x, y in zip(adapt(bb, ab, scene.names, evidence=extra), tb, strict=True):
+                for x, y in zip(adapt(bb, ab, scene.names, evidence=extra, window=window), tb, strict=True):
                     parts.append((x, y, scene.weak, block, scene.name))
             block += 1
     if not parts:

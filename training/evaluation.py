@@ -120,7 +120,7 @@ def evaluate(model: Path | None, data: tuple[Path, ...], out: Path, *, tile_px: 
     if loaded.network is None:  # weights.load always gives one; the type also allows an ONNX-only model
         raise ValueError(f"{loaded.path} was read without its network")
     scenes = [scene for folder in data for scene in load_scenes(folder, bands=bands)]
-    tiles = cut_tiles(scenes, tile_px, scales=(scale,), evidence=loaded.evidence)
+    tiles = cut_tiles(scenes, tile_px, scales=(scale,), evidence=loaded.evidence, window=loaded.window)
     prob = predict(loaded.network, tiles.inputs)
     found = pixel_metrics(prob, tiles.target, threshold=threshold)
     per_source = {}

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from detector import weights
+from detector.adapter import local_stats, standardize
 from detector.cli import main
 from detector.errors import InputError, MissingFileError
 from detector.methods import default_model_path
-from detector.adapter import local_stats, standardize
 from detector.model import ARCHITECTURES, MODEL_BANDS, STRIDE, adapt, build, fuse_batchnorm, parameter_count, predict
 
 

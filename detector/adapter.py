@@ -105,8 +105,8 @@ def local_stats(x: np.ndarray, window: int | None) -> tuple[np.ndarray, np.ndarr
     spread = np.maximum(spread, 0.01 * (np.abs(centre) + 1.0))
     if centre.shape[1:] == (1, 1):
         return centre, spread
-    at_rows, at_cols = rows + size_r / 2 - 0.5, cols + size_c / 2 - 0.5
-    return _bilinear(centre, at_rows, at_cols, h, w), _bilinear(spread, at_rows, at_cols, h, w)
+    down, across = _weights(rows + size_r / 2 - 0.5, h), _weights(cols + size_c / 2 - 0.5, w).T
+    return (down @ centre.astype(np.float32) @ across), (down @ spread.astype(np.float32) @ across)
 
 
 def _step(side: int) -> int:
@@ -123,14 +123,9 @@ def _starts(length: int, window: int | None) -> np.ndarray:
     return np.round(np.linspace(0, length - window, count)).astype(np.int64)
 
 
-def _bilinear(grid: np.ndarray, at_rows: np.ndarray, at_cols: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Values known at window centres ``grid`` (N, R, C) on pixel rows ``at_rows`` and columns
-    ``at_cols``, interpolated onto every pixel (N, h, w): two small matrix products."""
-    return (_weights(at_rows, h) @ grid.astype(np.float32) @ _weights(at_cols, w).T).astype(np.float32)
-
-
 def _weights(at: np.ndarray, length: int) -> np.ndarray:
-    """(length, len(at)) float32: each pixel's linear interpolation weights between the points ``at``."""
+    """(length, len(at)) float32: each pixel's linear interpolation weights between the points ``at`` (the
+    window centres; held beyond the outer ones), so that ``rows @ grid @ cols.T`` is bilinear."""
     position = np.interp(np.arange(length), at, np.arange(len(at)))
     low = np.floor(position).astype(np.int64)
     high = np.minimum(low + 1, len(at) - 1)

@@ -284,3 +284,19 @@ def test_the_timeline_opens_in_qgis_styled_by_kind_and_year(result: Path, tmp_pa
     assert timeline["valid"] and parts["valid"] and timeline["crs"] == parts["crs"] == "EPSG:4326"
     assert timeline["renderer"] == "categorizedSymbol" and timeline["classes"] == 4 and timeline["labels"]
     assert parts["renderer"] == "graduatedSymbol" and {"onset_year", "onset_before"} <= set(parts["fields"])
+
+
+@pytest.mark.parametrize(("factor", "registered"), [(1, True), (2, False)])
+def test_the_shift_limit_counts_pixels_of_the_imagery_grid_not_of_the_blocks(factor: int, registered: bool) -> None:
+    """A date 3 blocks off the reference: within 4 px of the grid at blocks of 1 (corrected, as with a limit of
+    16), beyond them at blocks of 2, where 3 blocks are 6 px (left as it is)."""
+    from detector.config import ScanOptions
+    from detector.timeline.site import change_maps
+    rng = np.random.default_rng(4)
+    texture = ndimage.gaussian_filter(rng.normal(size=(128, 128)), 2) * 3000 + 2000
+    first = np.repeat(texture[None], 4, axis=0)
+    stack = np.stack([first, ndimage.shift(first, (0, 3.0, 0), order=1, mode="nearest")]).astype(np.float32)
+    score = {limit: change_maps(stack, ("blue", "green", "red", "nir"), ScanOptions(max_shift_px=limit,
+                                method="classical"), None, pixel_m=10.0 * factor, factor=factor)[0]
+             for limit in (4.0, 16.0)}
+    assert np.allclose(score[4.0], score[16.0], equal_nan=True) == registered

@@ -244,12 +244,14 @@ def cut_tiles(scenes: list[Scene], tile: int, *, scales: tuple[int, ...] = (1,),
 
     Each scene is split into blocks of ``tile * max(scales)`` px (blocks
     over the edge padded with NaN, so every pixel is in one block); a block gives
-    ``(s')**2`` tiles at scale ``s`` (block-averaged by ``s``).  Tiles of one
+    ``(s')**2`` tiles at scale ``s`` (block-averaged by ``s``), each cut from the block as a whole made
+    network-ready, so that a tile's inputs are standardized over the block as ``detector run``
+    standardizes them over windows of the block's side (:attr:`detector.model.LoadedModel.window`).  Tiles of one
     block share its ``block`` number, so a split by block keeps every tile of
     a piece of ground on one side.  ``evidence`` ("classical") adds the
     classical change score of each tile, scored as ``detector run`` scores it
     (:func:`tile_evidence`), as a channel after the bands.  ``window``: the ground each pixel is
-    standardized against (:func:`detector.adapter.standardize`; None: the tile).
+    standardized against (:func:`detector.adapter.standardize`; None: the block).
     """
     parts: list[tuple[np.ndarray, np.ndarray, float, int, str]] = []
     side = tile * max(scales)
@@ -257,16 +259,13 @@ def cut_tiles(scenes: list[Scene], tile: int, *, scales: tuple[int, ...] = (1,),
     for scene in scenes:
         for b, a, t in _blocks(scene, side):
             for s in scales:
-                first, second, known = bin_mean(b, s), bin_mean(a, s), bin_mean(t[None], s)[0]
-                picked = [(first[:, rows, cols], second[:, rows, cols], known[rows, cols])
-                          for rows, cols in _grid(side // s, tile)]
-                picked = [(bb, ab, tb) for bb, ab, tb in picked if _useful(bb, tb, scene)]
-                if not picked:
-                    continue
-                bb, ab, tb = (np.stack(x) for x in zip(*picked, strict=True))
-                extra = tile_evidence(bb, ab, scene.names, pixel_m=scene.pixel_m * s, factor=s) if evidence else None
-                for x, y in zip(adapt(bb, ab, scene.names, evidence=extra, window=window), tb, strict=True):
-                    parts.append((x, y, scene.weak, block, scene.name))
+                first, second, known = bin_mean(b, s)[None], bin_mean(a, s)[None], bin_mean(t[None], s)[0]
+                extra = (tile_evidence(first, second, scene.names, pixel_m=scene.pixel_m * s, factor=s)
+                         if evidence else None)
+                ready = adapt(first, second, scene.names, evidence=extra, window=window)[0]
+                for rows, cols in _grid(side // s, tile):
+                    if _useful(first[0, :, rows, cols], known[rows, cols], scene):
+                        parts.append((ready[:, rows, cols], known[rows, cols], scene.weak, block, scene.name))
             block += 1
     if not parts:
         raise InputError("no tiles: the training scenes are empty")

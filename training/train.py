@@ -267,7 +267,7 @@ def model_card(config: TrainConfig, architecture: str, tiles: Tiles, train_idx: 
         "tile_px": config.tile_px,
         "parameters": parameter_count(network),
         "normalization": "per band and date: (x - median) / (1.4826 MAD), clipped to +-6, missing band = 0; "
-                         "over each training tile, and in run over windows of tile_px x max(scales) px",
+                         "over each training block of tile_px x max(scales) px, and in run over windows of that side",
         "trained_on": sorted(set(tiles.source[train_idx].tolist())),
         "validated_on": sorted(set(tiles.source[val_idx].tolist())) or "the training tiles (nothing held out)",
         "tiles": {"train": int(len(train_idx)), "val": int(len(val_idx))},

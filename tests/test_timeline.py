@@ -154,6 +154,8 @@ def test_the_csv_charts_filmstrips_report_and_record(result: Path) -> None:
     record = json.loads((result / "timeline.json").read_text())
     assert len(record["inputs"]["scenes"]) == len(DATES) and record["rule"].startswith("onset: ")
     assert record["sites"]["quiet"]["dates_skipped"]
+    assert record["parameters"]["rule"]["scan"]["bin"] == 0  # as given: chosen per site from its pixel size
+    assert record["sites"]["quiet"]["bin"] == 1 and record["sites"]["far away"]["bin"] is None  # 10 m: every pixel
     assert (result / "timeline.qml").is_file() and (result / "parts.qml").is_file()
 
 

@@ -77,6 +77,7 @@ class SiteSeries:
     why: str = ""
     method: str = ""
     check: dict[str, Any] | None = None
+    bin: int | None = None  # the side of the blocks scored (ScanOptions.factor at the site)
     parts: list[tuple[Any, int]] = field(default_factory=list)  # (EPSG:4326 polygon, onset index)
     site_score: np.ndarray = field(default_factory=lambda: np.zeros(0))  # the site's score against the reference
     frames: list[np.ndarray] = field(default_factory=list)  # (h, w, 3) uint8 per date, one stretch
@@ -137,7 +138,7 @@ def site_series(site: gpd.GeoDataFrame, scenes: list[Scene], rule: TimelineRule,
     grid = reference_grid(sources[0], names)
     lon, lat = shapely.centroid(geom).x, shapely.centroid(geom).y
     h, w = pixel_size_m(grid.crs, grid.transform, np.array([lon]), np.array([lat]))
-    factor = rule.scan.factor(float(np.sqrt(h[0] * w[0])))
+    factor = series.bin = rule.scan.factor(float(np.sqrt(h[0] * w[0])))
     shape = site.to_crs(grid.crs).geometry.iloc[0]
     whole = Window(0, 0, grid.width, grid.height)
     core = intersect(bounds_window(shape.bounds, grid.transform), whole)

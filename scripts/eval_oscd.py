@@ -9,7 +9,9 @@ With ``--folds K`` the ten cities of ``../shared/data/oscd-dev`` are split by
 city into K folds (fold i: ``sorted(cities)[i::K]``); fold i's model is
 trained on the other folds with the recipe of the shipped weights
 (``scripts/train_default.py --cities``, seed 0; kept in ``--models`` and
-trained only where missing), and every city of fold i is run with it.
+trained only where missing), and every city of fold i is run with it
+(``--cities`` picks which of them are run; the folds stay those of all ten,
+so a kept fold model is always the one its name says).
 Without ``--folds`` every city listed is run with ``--model`` (default: the
 shipped weights, trained on all ten: in-domain figures, not generalization).
 
@@ -73,6 +75,13 @@ def fold_model(models: Path, index: int, k: int, train_on: list[Path]) -> Path:
                         "--out", str(path)],
                        check=True, stdout=subprocess.DEVNULL)
     return path
+
+
+def fold_plan(every: list[Path], chosen: list[Path], k: int, models: Path) -> list[tuple[Path, Path]]:
+    """Each chosen city with the model of its fold; the folds are cut over ``every`` city, whichever are chosen,
+    and only the folds of chosen cities get a model (trained where missing)."""
+    return [(c, fold_model(models, i, k, [x for x in every if x not in fold]))
+            for i, fold in enumerate(folds(every, k)) if set(fold) & set(chosen) for c in fold if c in chosen]
 
 
 def with_bands(city: Path, bands: Path | None, folder: Path) -> tuple[Path, Path]:
@@ -166,12 +175,9 @@ def rates(tp: int, fp: int, fn: int) -> dict[str, float]:
 
 
 def labelled(args: argparse.Namespace, methods: list[str]) -> dict[str, Any]:
-    cities = cities_of(args.data)
-    if args.cities:
-        cities = [c for c in cities if c.name in args.cities.split(",")]
-    plan = ([(c, fold_model(args.models, i, args.folds, [x for x in cities_of(args.data) if x not in fold]))
-             for i, fold in enumerate(folds(cities, args.folds)) for c in fold] if args.folds else
-            [(c, args.model) for c in cities])
+    every = cities_of(args.data)
+    chosen = [c for c in every if not args.cities or c.name in args.cities.split(",")]
+    plan = fold_plan(every, chosen, args.folds, args.models) if args.folds else [(c, args.model) for c in chosen]
     results: dict[str, dict[str, Any]] = {m: {} for m in methods}
     print(f"{'city':<12} {'method':<10} {'P':>6} {'R':>6} {'F1':>6} {'IoU':>6} {'AP':>6} {'cellAP':>7} "
           f"{'chance':>7}  rule")
@@ -196,7 +202,7 @@ def labelled(args: argparse.Namespace, methods: list[str]) -> dict[str, Any]:
               f"{s['mean_ap']:6.3f} {s['mean_cell_ap']:7.3f}          worst {worst} F1 {s['worst_f1']:.3f}"
               "  (AP: mean over cities)")
     return {"per_city": results, "pooled": summary, "folds": args.folds,
-            "fold_cities": [[c.name for c in f] for f in folds(cities, args.folds)] if args.folds else None}
+            "fold_cities": [[c.name for c in f] for f in folds(every, args.folds)] if args.folds else None}
 
 
 def unlabelled(args: argparse.Namespace, methods: list[str]) -> dict[str, Any]:

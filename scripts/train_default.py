@@ -29,14 +29,14 @@ SHARED = ROOT.parent / "shared" / "data"
 
 def recipe(data: tuple[Path, ...], out: Path, *, seed: int = 0, epochs: int = 40, max_minutes: float = 30.0,
            architecture: str = "ef-fpn-s", name: str = "default", notes: dict | None = None,
-           augment: str = "standard", ema: float = 0.995, evidence: tuple[str, ...] = ()) -> Any:
+           augment: str = "standard", ema: float = 0.995, evidence: tuple[str, ...] = (), paste: float = 0.0) -> Any:
     """The training recipe of the shipped weights, for any set of cities (``scripts/eval_oscd.py --folds``
     trains each fold's model with it)."""
     from training.train import TrainConfig
 
     return TrainConfig(data=data, out=out, epochs=epochs, seed=seed, patience=40, architecture=architecture,
                        max_minutes=max_minutes, name=name, notes=notes or {}, augment=augment, ema=ema,
-                       evidence=evidence)
+                       evidence=evidence, paste=paste)
 
 
 def train_with_progress(config: Any) -> dict:
@@ -71,6 +71,8 @@ def main() -> int:
                         help="decay per step of the moving average of the weights that is kept (0: none; 0.995)")
     parser.add_argument("--evidence", default="", help="evidence the network reads beside the bands: classical "
                                                        "(default: none)")
+    parser.add_argument("--paste", type=float, default=0.0,
+                        help="share of the training tiles given another tile's labelled change (default 0: none)")
     parser.add_argument("--cities", help="comma-separated cities to train on (default: all; scripts/eval_oscd.py "
                                          "--folds trains each fold's model with this)")
     args = parser.parse_args()
@@ -90,7 +92,7 @@ def main() -> int:
                          "the weights are trained on them: use them under the same terms"}
     config = recipe(tuple(oscd / c for c in chosen), args.out, seed=args.seed, epochs=args.epochs,
                     max_minutes=args.max_minutes, architecture=args.architecture, notes=notes, augment=args.augment,
-                    ema=args.ema, evidence=tuple(e for e in args.evidence.split(",") if e))
+                    ema=args.ema, evidence=tuple(e for e in args.evidence.split(",") if e), paste=args.paste)
     train_with_progress(config)
     return 0
 

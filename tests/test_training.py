@@ -17,7 +17,7 @@ from detector import weights
 from detector.cli import main
 from detector.errors import InputError
 from detector.model import MODEL_BANDS, build
-from training.augment import augment_batch
+from training.augment import augment_batch, paste_change
 from training.datasets import cut_tiles, load_scenes, split
 from training.evaluation import confusion, pixel_metrics, pr_curve
 from training.train import TrainConfig, loss_fn, train
@@ -112,6 +112,27 @@ def test_augmentation_keeps_shapes_and_labels_with_their_pixels() -> None:
     zoomed, zy = augment_batch(x, y, rng, zoom=2.0, zoom_share=1.0)
     assert zoomed.shape == x.shape and zy.shape == y.shape
     assert set(np.unique(zy)) <= {0.0, 1.0} and not np.array_equal(zy, y)  # labels stay labels
+
+
+def test_pasted_change_lands_in_the_after_date_only_with_its_label() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 12, 16, 16)).astype(np.float32)
+    y = np.zeros((6, 16, 16), np.float32)
+    y[0, 2:8, 3:7] = 1  # the one donor: 24 changed pixels
+    x[0, 6:, 2:8, 3:7] = 9.0  # its after date there
+    x[4, [9, 10, 11]] = 0.0  # SWIR and NIR missing in one tile
+    y[5] = np.nan  # a tile without labels
+    px, py = paste_change(x, y, rng, share=1.0)
+    assert np.array_equal(px[:, :6], x[:, :6])  # the before dates stay their own
+    for i in (1, 2, 3, 4):  # every other labelled tile got the donor's change, turned or flipped
+        assert py[i].sum() == 24 and np.array_equal(px[i, 6] == 9.0, py[i] == 1)
+    assert np.all(px[4, [9, 10, 11]] == 0)  # a band the tile lacks is not pasted in
+    assert np.all(np.isnan(py[5])) and np.array_equal(px[5], x[5])  # nor onto ground of unknown label
+    assert np.array_equal(py[0], y[0])  # the donor keeps its own change
+    same, _ = paste_change(x, y, rng, share=0.0)
+    assert np.array_equal(same, x)
+    with pytest.raises(InputError, match="--paste"):
+        TrainConfig(data=(), out=Path("m.pt"), paste=1.5)
 
 
 def test_one_training_step_lowers_the_loss_on_a_tiny_batch() -> None:
@@ -337,3 +358,20 @@ def test_a_model_that_reads_the_classical_evidence_trains_and_runs(pairs: Path, 
     assert main(["-q", "evaluate", "--data", str(pairs), "--model", str(model), "--out", str(tmp_path / "e"),
                  "--tile-px", "32"]) == 0  # evaluated with the evidence it reads
     assert json.loads((tmp_path / "e" / "metrics.json").read_text())["model"]["evidence"] == ["classical"]
+
+
+def test_cross_city_folds_stay_those_of_every_city_when_some_are_chosen(tmp_path: Path) -> None:
+    """``scripts/eval_oscd.py --folds 5 --cities ...``: fold i is still sorted(all cities)[i::5], so a kept
+    fold model is the one its name says (cutting folds over the chosen cities trained fold 2 on cupertino)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from eval_oscd import fold_plan
+
+    every = [tmp_path / name for name in ("a", "b", "c", "d", "e", "f", "g", "h", "i", "j")]
+    models = tmp_path / "models"
+    models.mkdir()
+    for i in range(5):
+        (models / f"fold{i}of5.pt").write_bytes(b"kept")  # present: nothing is trained
+    plan = fold_plan(every, [every[0], every[4], every[5]], 5, models)
+    assert [(c.name, m.name) for c, m in plan] == [("a", "fold0of5.pt"), ("f", "fold0of5.pt"), ("e", "fold4of5.pt")]

@@ -31,7 +31,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from detector import weights
 from detector.errors import InputError
 from detector.model import ARCHITECTURES, EVIDENCE, MODEL_BANDS, build, parameter_count, predict
-from training.augment import STRENGTHS, augment_batch
+from training.augment import STRENGTHS, augment_batch, paste_change
 from training.datasets import Tiles, cut_tiles, groups, load_scenes, split
 from training.evaluation import pixel_metrics
 
@@ -64,6 +64,7 @@ class TrainConfig:
     bands: str | None = None  # --bands: the bands of image pairs' files (detector.bands)
     ema: float = 0.0  # decay of an exponential moving average of the weights (0: none), validated and kept
     evidence: tuple[str, ...] = ()  # evidence the network reads beside the bands (detector.model.EVIDENCE)
+    paste: float = 0.0  # share of the tiles given another tile's change (training.augment.paste_change)
     notes: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -84,6 +85,10 @@ class TrainConfig:
             raise InputError(f"--ema is {self.ema}: give a decay in [0, 1) (0: no average)")
         if not set(self.evidence) <= set(EVIDENCE):
             raise InputError(f"--evidence {','.join(self.evidence)}: choose from {', '.join(EVIDENCE)}")
+        if not 0 <= self.paste <= 1:
+            raise InputError(f"--paste is {self.paste}: give a share of the tiles in [0, 1]")
+        if self.paste and self.evidence:
+            raise InputError("--paste with --evidence: pasted change has no classical evidence; give one of them")
         if not 0 <= self.val_fraction < 1:
             raise InputError(f"--val-fraction is {self.val_fraction}: give a value in [0, 1)")
 
@@ -221,7 +226,10 @@ def run_epoch(network: torch.nn.Module, optimizer: torch.optim.Optimizer, schedu
     losses = []
     for _ in range(config.steps_per_epoch):
         pick = rng.choice(train_idx, size=min(config.batch, len(train_idx)), replace=len(train_idx) < config.batch)
-        x, y = augment_batch(tiles.inputs[pick], tiles.target[pick], rng, strength=config.augment)
+        x, y = tiles.inputs[pick], tiles.target[pick]
+        if config.paste:
+            x, y = paste_change(x, y, rng, share=config.paste)
+        x, y = augment_batch(x, y, rng, strength=config.augment)
         logits = network(torch.from_numpy(x).contiguous(memory_format=torch.channels_last))
         loss = loss_fn(logits, torch.from_numpy(y), torch.from_numpy(tiles.weak[pick]))
         optimizer.zero_grad(set_to_none=True)

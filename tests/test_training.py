@@ -362,7 +362,7 @@ def test_a_model_that_reads_the_classical_evidence_trains_and_runs(pairs: Path, 
 
 def test_cross_city_folds_stay_those_of_every_city_when_some_are_chosen(tmp_path: Path) -> None:
     """``scripts/eval_oscd.py --folds 5 --cities ...``: fold i is still sorted(all cities)[i::5], so a kept
-    fold model is the one its name says (cutting folds over the chosen cities trained fold 2 on cupertino)."""
+    fold model is the one its name says (cut over four chosen cities, "fold 2" was trained on all but cupertino)."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 import warnings
 from pathlib import Path
@@ -34,8 +33,6 @@ def command(commands: argparse._SubParsersAction, name: str, *, help: str) -> ar
                        help="GDAL's own messages too")
     return commands.add_parser(name, parents=[quiet], help=help)
 
-
-INTERRUPTED = 130  # the shell's code for a Ctrl-C
 
 DESCRIPTION = ("Find new construction and expansion at candidate sites (or in a grid of cells) between two dates of "
                "satellite imagery, with the evidence to defend each flag.")
@@ -210,9 +207,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"detector: error: {first_line(exc, limit=300)}: check that the output folder can be written and "
               "the inputs read", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("detector: interrupted; results already complete are kept", file=sys.stderr)
-        return INTERRUPTED
 
 
 def run_command(args: argparse.Namespace, argv: list[str]) -> int:
@@ -440,21 +434,3 @@ def _progress(done: int, total: int) -> None:
     width = 30
     filled = width * done // max(total, 1)
     _status("scan", f"scoring [{'#' * filled}{'.' * (width - filled)}] {100 * done // max(total, 1)} %", done, total)
-
-
-def entry() -> int:
-    """The console script: :func:`main`, then no interrupt during the exit (the work is done, or said not to be;
-    a Ctrl-C now would only print a trace of the interpreter's shutdown).  After an interrupt the process ends at
-    once: what it was doing is already cleaned up, and half-imported libraries' exit handlers have nothing to say."""
-    try:
-        code = main()
-    finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if code == INTERRUPTED:
-        sys.stderr.flush()
-        os._exit(code)
-    return code
-
-
-if __name__ == "__main__":
-    raise SystemExit(entry())

@@ -173,7 +173,7 @@ def child(kind: str, paths: tuple[Path, Path], out: Path, bin_factor: int = 0,
                f"bench.plain_read({[str(p) for p in paths]!r}, {READS[kind]!r})"
         command = [sys.executable, "-c", code]
     else:
-        command = [sys.executable, "-m", "detector.cli", "-q", "run", "--before", str(paths[0]), "--after",
+        command = [sys.executable, "-m", "detector", "-q", "run", "--before", str(paths[0]), "--after",
                    str(paths[1]), "--out", str(out / kind), "--overwrite", "--cell-m", "500", "--bin", str(bin_factor),
                    "--method", kind.split(":")[1], "--backend", backend]
     start = time.perf_counter()

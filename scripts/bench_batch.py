@@ -126,7 +126,7 @@ def main() -> None:
         tic = time.perf_counter()
         make_data(args.data)
         print(f"generated 760 windows in {time.perf_counter() - tic:.1f} s under {args.data}")
-    detector = [sys.executable, "-m", "detector.cli", "-q", "batch"]
+    detector = [sys.executable, "-m", "detector", "-q", "batch"]
     rows = []
     for executor, count, option in (("local", 95, "--workers"), ("local", 190, "--workers"),
                                     ("local", 380, "--workers"), ("dask", 380, "--dask")):

@@ -108,7 +108,7 @@ def threaded_read(dates: dict[str, Path]) -> float:
 
 def timed_run(dates: dict[str, Path], out: Path) -> float:
     tic = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "detector.cli", "-q", "run", "--before", str(dates["before"]), "--after",
+    subprocess.run([sys.executable, "-m", "detector", "-q", "run", "--before", str(dates["before"]), "--after",
                     str(dates["after"]), "--out", str(out), "--overwrite"], check=True)
     return time.perf_counter() - tic
 

@@ -122,7 +122,7 @@ def main() -> None:
         marker.touch()
         print(f"generated {args.tiles}x{args.tiles} tiles of {args.tile_px} px, two dates, in "
               f"{time.perf_counter() - tic:.1f} s under {args.data}")
-    detector = [sys.executable, "-m", "detector.cli", "-q", "batch"]
+    detector = [sys.executable, "-m", "detector", "-q", "batch"]
     rows = []
     for label, option, value, workers in (("local, 1 worker", "--workers", "1", 1),
                                           ("local, 2 workers", "--workers", "2", 2),

@@ -85,7 +85,7 @@ print(time.perf_counter() - tic, resource.getrusage(resource.RUSAGE_CHILDREN).ru
 
 
 def timed(catalog: Path, sites: Path, out: Path, *, workers: int, buffer_m: float) -> tuple[float, float, int]:
-    command = [sys.executable, "-m", "detector.cli", "-q", "timeline", "--sites", str(sites), "--catalog",
+    command = [sys.executable, "-m", "detector", "-q", "timeline", "--sites", str(sites), "--catalog",
                str(catalog), "--out", str(out), "--overwrite", "--buffer-m", str(buffer_m), "--workers", str(workers)]
     state = out.parent / f".{out.name}.state"
     subprocess.run(["rm", "-rf", str(state), str(out)], check=True)

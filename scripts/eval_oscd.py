@@ -52,7 +52,7 @@ from training.evaluation import Counts
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 DEFAULT_DATA = SHARED / "oscd-dev"
-DETECTOR = [sys.executable, "-m", "detector.cli", "-q"]
+DETECTOR = [sys.executable, "-m", "detector", "-q"]
 
 
 def cities_of(folder: Path, *, labelled: bool = True) -> list[Path]:

@@ -225,7 +225,7 @@ def test_bad_input_creates_no_output_folder(case: str, scene: Scene, tmp_path: P
 def test_the_console_script_exits_2_with_one_line(make, expected: str, scene: Scene, tmp_path: Path) -> None:
     """At the default verbosity too: GDAL's own messages about a damaged file stay off stderr."""
     exe = Path(sys.executable).with_name("detector")
-    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "detector.cli"]
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "detector"]
     proc = subprocess.run([*command, "run", "--before", str(make(tmp_path, scene)), "--after",
                            str(scene.after), "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert proc.returncode == 2
@@ -315,6 +315,42 @@ def result_state(out: Path) -> tuple[float, str]:
     return record["threshold"]["value"], sites.loc["compound", "review_status"]
 
 
+SLOW_IMPORT = """
+import sys, time
+print("import started", flush=True)
+time.sleep(1.0)
+print("import finished", flush=True)
+"""
+
+INTERRUPTED_IN_IMPORT = """
+import signal, sys, time
+from detector.console import interrupt_after_imports
+signal.signal(signal.SIGINT, interrupt_after_imports)
+sys.path.insert(0, sys.argv[1])
+try:
+    import slow_import
+    time.sleep(30)
+except KeyboardInterrupt:
+    print("interrupted, imported:", "slow_import" in sys.modules, flush=True)
+"""
+
+
+def test_ctrl_c_during_an_import_waits_for_the_import_to_end(tmp_path: Path) -> None:
+    """A KeyboardInterrupt raised inside a native library's initialization aborts the process (torch's pybind11
+    modules: ``terminate called after throwing pybind11::error_already_set``), so the run's handler lets an
+    import finish and interrupts right after it."""
+    import signal
+
+    (tmp_path / "slow_import.py").write_text(SLOW_IMPORT, encoding="utf-8")
+    process = subprocess.Popen([sys.executable, "-c", INTERRUPTED_IN_IMPORT, str(tmp_path)], stdout=subprocess.PIPE,
+                               text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert process.stdout.readline().strip() == "import started"
+    process.send_signal(signal.SIGINT)
+    out, _ = process.communicate(timeout=30)
+    assert out.splitlines() == ["import finished", "interrupted, imported: True"]
+    assert process.returncode == 0
+
+
 KILL_AT_STEP = """
 import os, signal, sys
 import detector.outputs as outputs
@@ -391,7 +427,7 @@ def test_ctrl_c_is_one_line_and_exit_130(scene: Scene, tmp_path: Path) -> None:
 
     codes = []
     for k, delay in enumerate((1.2, 1.7, 2.2)):
-        process = subprocess.Popen([sys.executable, "-m", "detector.cli", "run", "--before", str(scene.before),
+        process = subprocess.Popen([sys.executable, "-m", "detector", "run", "--before", str(scene.before),
                                     "--after", str(scene.after), "--out", str(tmp_path / str(k)), "--cell-m", "300",
                                     "--backend", "torch"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,

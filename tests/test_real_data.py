@@ -175,7 +175,7 @@ def test_no_stray_georeferencing_warning_whatever_the_thread_timing(tmp_path: Pa
 
     city = OSCD / "pisa"
     for k in range(3):
-        proc = subprocess.run([sys.executable, "-m", "detector.cli", "run", "--before", str(city / "imgs_1"),
+        proc = subprocess.run([sys.executable, "-m", "detector", "run", "--before", str(city / "imgs_1"),
                                "--after", str(city / "imgs_2"), "--out", str(tmp_path / str(k)), "--method",
                                "classical"], capture_output=True, text=True)
         assert proc.returncode == 0 and "NotGeoreferencedWarning" not in proc.stderr

@@ -236,7 +236,7 @@ def test_killed_with_sigkill_it_resumes_and_worker_processes_and_dask_give_the_s
     alone = tmp_path / "alone"
     assert main(["-q", *base, "--out", str(alone)]) == 0
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "detector.cli", "-q", *base, "--out", str(out)])
+    proc = subprocess.Popen([sys.executable, "-m", "detector", "-q", *base, "--out", str(out)])
     state = tmp_path / ".killed.state"
     deadline = time.time() + 120
     while len(list(state.glob("*.site.json"))) < 3 and time.time() < deadline and proc.poll() is None:

@@ -231,7 +231,7 @@ def test_kill_9_at_any_moment_then_resume_loses_and_repeats_nothing(tmp_path: Pa
     config = make_catalog(tmp_path / "killed", grid=4, buffer_m=150)
     reference = make_catalog(tmp_path / "whole", grid=4, buffer_m=150)
     assert batch(reference, "--workers", "1") == 1
-    command = [sys.executable, "-m", "detector.cli", "-q", "batch", str(config), "--workers", "1"]
+    command = [sys.executable, "-m", "detector", "-q", "batch", str(config), "--workers", "1"]
     manifest = config.parent / "results" / "manifest.csv"
     kills = 0
     orphans = []

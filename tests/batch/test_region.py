@@ -111,7 +111,7 @@ def test_the_cell_grid_and_its_blocks_cover_each_cell_once() -> None:
 @pytest.mark.slow
 def test_kill_9_at_any_moment_then_resume_loses_and_repeats_nothing(region: Path, tmp_path: Path) -> None:
     config = make_region(tmp_path / "killed")
-    command = [sys.executable, "-m", "detector.cli", "-q", "batch", str(config), "--workers", "1"]
+    command = [sys.executable, "-m", "detector", "-q", "batch", str(config), "--workers", "1"]
     manifest = config.parent / "results" / "manifest.csv"
     kills, orphans = 0, []
     for wait_lines in (2, 6, 11):

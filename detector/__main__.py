@@ -1,0 +1,5 @@
+"""``python -m detector``: the console script."""
+
+from detector.console import entry
+
+raise SystemExit(entry())

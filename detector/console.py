@@ -1,0 +1,65 @@
+"""The console script's first step: Ctrl-C handled from the first instant, before any library loads.
+
+Only the standard library is imported here; :mod:`detector.cli` and everything it needs load under the
+handler, so an interrupt at any moment ends in one line and exit status 130.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from types import FrameType
+
+INTERRUPTED = 130  # the shell's code for a Ctrl-C
+IMPORT_FRAMES = "<frozen importlib"  # the import system's own frames
+RETRY_S = 0.05
+
+
+def entry() -> int:
+    """The console script: :func:`detector.cli.main`, then no interrupt during the exit (the work is done, or said
+    not to be; a Ctrl-C now would only print a trace of the interpreter's shutdown).  After an interrupt the
+    process ends at once: what it was doing is already cleaned up, and half-imported libraries' exit handlers have
+    nothing to say."""
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where the shell said to ignore it
+        signal.signal(signal.SIGINT, interrupt_after_imports)
+    try:
+        from detector.cli import main
+
+        code = main()
+    except KeyboardInterrupt:
+        code = interrupted()
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if code == INTERRUPTED:
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def interrupted() -> int:
+    """Say so in one line; the exit status of an interrupt."""
+    print("detector: interrupted; results already complete are kept", file=sys.stderr)
+    return INTERRUPTED
+
+
+def interrupt_after_imports(signum: int, frame: FrameType | None) -> None:
+    """SIGINT handler: Python's KeyboardInterrupt, but not inside an import.  Raised while a native library
+    initializes (torch's pybind11 modules run Python code as they load), it cannot unwind the C++ that called
+    that code and the process aborts; so the signal is sent again every ``RETRY_S`` until the import is over."""
+    if importing(frame):
+        timer = threading.Timer(RETRY_S, os.kill, (os.getpid(), signum))
+        timer.daemon = True
+        timer.start()
+        return
+    raise KeyboardInterrupt
+
+
+def importing(frame: FrameType | None) -> bool:
+    """Whether ``frame`` or one of its callers is the import system's."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith(IMPORT_FRAMES):
+            return True
+        frame = frame.f_back
+    return False

@@ -7,11 +7,14 @@ or pixels in Python.  The result of :func:`change_score` is a per-pixel score
 in [0, 1] (NaN where either date has no data).
 
 The score is
-``magnitude * (1 - greening) * (1 - melting nearby) * (floor + (1 - floor) * construction * (1 - greening nearby))``:
+``magnitude * (1 - greening) * (1 - melting nearby) * (floor + (1 - floor) * built)``, where
+``built = construction * (1 - greening nearby)``:
 
 - *magnitude*: the change vector length ``m`` of the radiometrically
   normalized bands, in units of each band's unchanged-pixel noise, mapped to
-  ``1 - exp(-(m - m_low) / m_scale)`` (0 under ``m_low``);
+  ``1 - exp(-(m - m_low) / scale)`` (0 under ``m_low``), ``scale`` going from
+  ``m_scale_plain`` without construction evidence to ``m_scale`` with full
+  evidence: a change needs to be larger to count where nothing says it is built;
 - *construction*: the larger of new straight edges (an increase of oriented
   structure-tensor energy of brightness, spread over ``support_m``) and, where a
   SWIR band exists, an increase of the built-up index NDBI where the after date
@@ -24,8 +27,10 @@ The score is
   taken for new walls.  Its maximum over the edge evidence's support takes
   the whole score down, the edges of the drift's rim included.
 
-Change with no sign of construction stays under ``floor`` (0.5, the default
-pixel threshold).  Greening is measured per pixel (averaged over 3 x 3), so
+Change with no sign of construction reaches at most ``floor`` (0.7) of its
+magnitude, so it is flagged (0.5) only where it is far out of the noise (``m``
+about 4.6 noise units, against 2.5 with full construction evidence).
+Greening is measured per pixel (averaged over 3 x 3), so
 the roofs beside a lawn planted in a new compound keep their score; its
 maximum over 3 x 3 pixels cancels the edge evidence, so the border of a field
 that turned green is not taken for a new wall.
@@ -50,7 +55,8 @@ class ChangeParams:
 
     m_low: float = 1.5
     m_scale: float = 1.5
-    floor: float = 0.5
+    m_scale_plain: float = 2.5
+    floor: float = 0.7
     edge_gain: float = 0.5
     ndbi_gain: float = 0.1
     green_gain: float = 0.15
@@ -393,14 +399,13 @@ def change_score(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], 
     """
     sigma = noise(before, after, params=params)
     m = magnitude(before, after, sigma)
-    strength = _saturate(m - params.m_low, params.m_scale)
     light = light if light is not None else (brightness(before, names), brightness(after, names))
-    built = construction(before, after, names, pixel_m=pixel_m, params=params, light=light)
     green = greening(before, after, names, params=params, light=light)
-    near_green = local_max(green)
+    built = construction(before, after, names, pixel_m=pixel_m, params=params, light=light) * (1 - local_max(green))
+    strength = _saturate(m - params.m_low, params.m_scale_plain - (params.m_scale_plain - params.m_scale) * built)
     # the edges a drift's rim leaves reach as far as the edge evidence
     near_snow = melting(before, after, names, light, params=params, reach=_support(pixel_m, params))
-    score = strength * (1 - green) * (1 - near_snow) * (params.floor + (1 - params.floor) * built * (1 - near_green))
+    score = strength * (1 - green) * (1 - near_snow) * (params.floor + (1 - params.floor) * built)
     return score.astype(np.float32)
 
 

@@ -12,8 +12,8 @@ can go under: where the CNN says nothing, strong classical evidence still
 scores ``FLOOR`` of itself (a classical 0.8 stays 0.56), so the CNN can lower
 a score but never veto it.  The ceiling is the same rule the other way: the
 CNN raises a classical score by ``LIFT`` at most, so it cannot flag alone
-what the classical evidence calls change without construction (under 0.35;
-change with no sign of construction stays under 0.5 there): on the
+what the classical evidence calls no change or weak change (under 0.35;
+change with no sign of construction reaches 0.35 only from 3.2 noise units): on the
 registered Dabancheng frames a CNN sure of a road and of scattered streaks of
 a snowy March day lifted the bare Facility #2 over the threshold.  All terms
 are in [0, 1], so the fused score is too.

@@ -41,6 +41,24 @@ def test_new_roofs_score_high_and_quiet_ground_low() -> None:
     assert np.nanmin(score) >= 0.0 and np.nanmax(score) <= 1.0
 
 
+def test_change_without_construction_evidence_counts_only_far_out_of_the_noise() -> None:
+    """A smooth patch that brightened in every band (no new edges inside it, no SWIR): by 3 noise units it is not
+    a change, by 8 it is (``floor`` 0.7 of a magnitude scored on ``m_scale_plain``); the same brightening as roofs
+    with walls between them is a change at 3 units already."""
+    before = bare_ground()
+    after = bare_ground(seed=1)
+    noise_units = np.float32(20 * np.sqrt(2))  # each date's pixel noise is 20
+    after[0, :, 30:66, 30:66] += 3 * noise_units
+    after[1, :, 30:66, 30:66] += 8 * noise_units
+    plain = change_score(before, after, NAMES, pixel_m=10.0)[:, 42:54, 42:54]
+    assert np.median(plain[0]) < 0.4 and np.median(plain[1]) > 0.6  # the rule before: 0.5 at most
+    walls = bare_ground(seed=1)
+    for r in range(30, 66, 8):
+        walls[:, :, r:r + 4, 30:66] += 3 * noise_units
+    built = change_score(before, walls, NAMES, pixel_m=10.0)
+    assert np.quantile(built[:, 30:66, 30:66], 0.9) > 0.5
+
+
 def test_a_field_turning_green_does_not_score_like_a_compound() -> None:
     before = bare_ground()
     compound = change_score(before, with_compound(bare_ground(seed=1)), NAMES, pixel_m=10.0)

@@ -2,4 +2,5 @@
 
 from detector.console import entry
 
-raise SystemExit(entry())
+if __name__ == "__main__":
+    raise SystemExit(entry())

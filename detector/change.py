@@ -409,8 +409,9 @@ def change_score(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], 
     return score.astype(np.float32)
 
 
-def _saturate(x: np.ndarray, scale: float) -> np.ndarray:
-    """0 for x <= 0, rising to 1 as ``1 - exp(-x / scale)``: no ties at the top, so ranks survive."""
+def _saturate(x: np.ndarray, scale: float | np.ndarray) -> np.ndarray:
+    """0 for x <= 0, rising to 1 as ``1 - exp(-x / scale)``: no ties at the top, so ranks survive.  ``scale``
+    broadcasts against ``x`` (one per pixel, or one for all)."""
     return -np.expm1(-np.maximum(x, 0.0) / scale)
 
 

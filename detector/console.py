@@ -15,6 +15,7 @@ from types import FrameType
 INTERRUPTED = 130  # the shell's code for a Ctrl-C
 IMPORT_FRAMES = "<frozen importlib"  # the import system's own frames
 RETRY_S = 0.05
+INTERRUPTED_LINE = "detector: interrupted; results already complete are kept"
 
 
 def entry() -> int:
@@ -40,20 +41,36 @@ def entry() -> int:
 
 def interrupted() -> int:
     """Say so in one line; the exit status of an interrupt."""
-    print("detector: interrupted; results already complete are kept", file=sys.stderr)
+    print(INTERRUPTED_LINE, file=sys.stderr)
     return INTERRUPTED
+
+
+_waiting: dict[str, bool] = {}  # "interrupt": a Ctrl-C waits for an import to end; "resent": the next SIGINT is ours
 
 
 def interrupt_after_imports(signum: int, frame: FrameType | None) -> None:
     """SIGINT handler: Python's KeyboardInterrupt, but not inside an import.  Raised while a native library
     initializes (torch's pybind11 modules run Python code as they load), it cannot unwind the C++ that called
-    that code and the process aborts; so the signal is sent again every ``RETRY_S`` until the import is over."""
-    if importing(frame):
-        timer = threading.Timer(RETRY_S, os.kill, (os.getpid(), signum))
-        timer.daemon = True
-        timer.start()
-        return
-    raise KeyboardInterrupt
+    that code and the process aborts; so the signal is sent again every ``RETRY_S`` until the import is over,
+    one resend at a time.  A second Ctrl-C while the first waits (an import that hangs) ends the process at once,
+    as a kill would: what a run writes is staged and swapped in whole, so earlier results stay as they were."""
+    ours = _waiting.pop("resent", False)
+    if not importing(frame):
+        _waiting.clear()
+        raise KeyboardInterrupt
+    if _waiting.get("interrupt") and not ours:
+        code = interrupted()
+        sys.stderr.flush()
+        os._exit(code)
+    _waiting["interrupt"] = True
+    timer = threading.Timer(RETRY_S, _resend, (signum,))
+    timer.daemon = True
+    timer.start()
+
+
+def _resend(signum: int) -> None:
+    _waiting["resent"] = True
+    os.kill(os.getpid(), signum)
 
 
 def importing(frame: FrameType | None) -> bool:

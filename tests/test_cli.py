@@ -318,7 +318,7 @@ def result_state(out: Path) -> tuple[float, str]:
 SLOW_IMPORT = """
 import sys, time
 print("import started", flush=True)
-time.sleep(1.0)
+time.sleep(float(sys.argv[2]))
 print("import finished", flush=True)
 """
 
@@ -332,23 +332,51 @@ try:
     time.sleep(30)
 except KeyboardInterrupt:
     print("interrupted, imported:", "slow_import" in sys.modules, flush=True)
+    time.sleep(0.5)  # a second resend pending would interrupt this
+    print("one interrupt", flush=True)
 """
+
+
+def _slow_import(tmp_path: Path, seconds: float) -> subprocess.Popen:
+    """A process that imports a module taking ``seconds`` to load, under the run's SIGINT handler."""
+    import signal
+
+    (tmp_path / "slow_import.py").write_text(SLOW_IMPORT, encoding="utf-8")
+    process = subprocess.Popen([sys.executable, "-c", INTERRUPTED_IN_IMPORT, str(tmp_path), str(seconds)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert process.stdout.readline().strip() == "import started"
+    return process
 
 
 def test_ctrl_c_during_an_import_waits_for_the_import_to_end(tmp_path: Path) -> None:
     """A KeyboardInterrupt raised inside a native library's initialization aborts the process (torch's pybind11
     modules: ``terminate called after throwing pybind11::error_already_set``), so the run's handler lets an
-    import finish and interrupts right after it."""
+    import finish and interrupts right after it, once."""
     import signal
 
-    (tmp_path / "slow_import.py").write_text(SLOW_IMPORT, encoding="utf-8")
-    process = subprocess.Popen([sys.executable, "-c", INTERRUPTED_IN_IMPORT, str(tmp_path)], stdout=subprocess.PIPE,
-                               text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    assert process.stdout.readline().strip() == "import started"
+    process = _slow_import(tmp_path, 1.0)
     process.send_signal(signal.SIGINT)
-    out, _ = process.communicate(timeout=30)
-    assert out.splitlines() == ["import finished", "interrupted, imported: True"]
+    out, err = process.communicate(timeout=30)
+    assert out.splitlines() == ["import finished", "interrupted, imported: True", "one interrupt"], err
     assert process.returncode == 0
+
+
+def test_a_second_ctrl_c_ends_an_import_that_hangs(tmp_path: Path) -> None:
+    """The first Ctrl-C waits for the import; a second one, pressed while it waits, ends the process at once
+    with the same line and status."""
+    import signal
+
+    process = _slow_import(tmp_path, 60.0)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.3)  # several resends later
+    process.send_signal(signal.SIGINT)
+    try:
+        out, err = process.communicate(timeout=10)
+    finally:
+        process.kill()
+    assert out == "" and err.splitlines() == ["detector: interrupted; results already complete are kept"]
+    assert process.returncode == 130
 
 
 KILL_AT_STEP = """

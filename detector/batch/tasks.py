@@ -43,7 +43,7 @@ from detector.zones import Zones, grid_factor, plan_site_zones
 log = logging.getLogger(__name__)
 
 PAIR_FIELDS = ("before_scene", "after_scene", "before_cloud", "after_cloud", "before_valid", "after_valid",
-               "season_gap_days", "pairing")
+               "season_gap_days", "pairing", "bin_applied")  # bin_applied: the blocks scored on the pair's grid
 WORKER_CACHE_MB = 128  # GDAL's block cache in a worker process: many of them share the machine
 
 
@@ -191,6 +191,7 @@ def scan_pair(scan: ScanOptions, dates: tuple[DateSource, DateSource], names: tu
     scored, changes = results(scene.scan, zones, scene.acc, grid, dates)
     sites, _ = carry_over(scored, None)
     sites = with_chip_paths(sites, np.zeros(len(sites), bool))
+    sites["bin_applied"] = scene.scan.bin  # run.json's bin_applied; here each site's pair has its own grid
     sites["rank"] = pd.array([None] * len(sites), dtype="Int64")  # ranked over the whole batch when it ends
     return sites, changes, data
 

@@ -70,7 +70,9 @@ def test_results_are_durable_files_with_runs_properties(small: Path, tmp_path: P
     ran = gpd.read_file(run_out / "sites.geojson")
     assert set(ran.columns) <= set(gpkg.columns)
     assert set(gpkg.columns) - set(ran.columns) == {"before_scene", "after_scene", "before_cloud", "after_cloud",
-                                                    "before_valid", "after_valid", "season_gap_days", "pairing"}
+                                                    "before_valid", "after_valid", "season_gap_days", "pairing",
+                                                    "bin_applied"}
+    assert (gpkg["bin_applied"] == json.loads((run_out / "run.json").read_text())["bin_applied"]).all()
     compound = ran.set_index("site_id").loc["compound"]
     assert gpkg.set_index("site_id").loc["compound", "score"] == compound["score"]  # same pair, same score
     with rasterio.open(out / "change" / next(p.name for p in (out / "change").iterdir()

@@ -70,6 +70,7 @@ def test_every_cell_of_the_region_is_stored_once_with_its_block_and_pair(region:
     assert cells.groupby("block_id").size().eq(25).all() and cells["block_id"].nunique() == BLOCKS
     assert (cells["before_scene"] == "T45_2017-04-02.tif").all() and cells["pairing"].str.contains(
         "covers the block").all()
+    assert (cells["bin_applied"] == 1).all()  # 10 m scenes: every pixel
     assert cells["rank"].notna().all() and sorted(cells["rank"]) == list(range(1, CELLS + 1))
     assert shapely.area(shapely.union_all(cells.to_crs(32645).geometry.to_numpy())) == pytest.approx(4e6, rel=1e-6)
     manifest = pd.read_csv(out / "manifest.csv")

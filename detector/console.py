@@ -53,15 +53,17 @@ def interrupt_after_imports(signum: int, frame: FrameType | None) -> None:
     initializes (torch's pybind11 modules run Python code as they load), it cannot unwind the C++ that called
     that code and the process aborts; so the signal is sent again every ``RETRY_S`` until the import is over,
     one resend at a time.  A second Ctrl-C while the first waits (an import that hangs) ends the process at once,
-    as a kill would: what a run writes is staged and swapped in whole, so earlier results stay as they were."""
+    as a kill would: what a run writes is staged and swapped in whole, so earlier results stay as they were.
+    (A press in the same instant as a resend counts once: the signals merge.)"""
     ours = _waiting.pop("resent", False)
+    if ours and not _waiting.get("interrupt"):
+        return  # a resend that crossed a second Ctrl-C pressed just after the import: that one was the interrupt
     if not importing(frame):
         _waiting.clear()
         raise KeyboardInterrupt
     if _waiting.get("interrupt") and not ours:
-        code = interrupted()
-        sys.stderr.flush()
-        os._exit(code)
+        os.write(2, f"{INTERRUPTED_LINE}\n".encode())  # not print: this may interrupt a print to stderr
+        os._exit(INTERRUPTED)
     _waiting["interrupt"] = True
     timer = threading.Timer(RETRY_S, _resend, (signum,))
     timer.daemon = True

@@ -61,6 +61,7 @@ class ResultStore:
         self.out, self.key = out, key
         self.fields = (key, *MANIFEST_FIELDS[1:])
         self.gpkg = out / "sites.gpkg"
+        self._columns: dict[str, set[str]] = {}  # each stored layer's columns, read once
         self.manifest = out / "manifest.csv"
         out.mkdir(parents=True, exist_ok=True)
         for stale in [*out.glob(TMP_GLOB), *out.glob(f"change/{TMP_GLOB}")]:  # left by a batch that was killed
@@ -109,8 +110,22 @@ class ResultStore:
             tmp.write_bytes(outcome.raster or b"")
 
     def _append(self, layer: str, frame: gpd.GeoDataFrame) -> None:
+        self._add_columns(layer, frame)
         pyogrio.write_dataframe(frame.to_crs(4326), self.gpkg, layer=layer, driver="GPKG", append=True,
                                 promote_to_multi=True)
+
+    def _add_columns(self, layer: str, frame: gpd.GeoDataFrame) -> None:
+        """The columns of ``frame`` that the stored layer lacks (a batch begun by an earlier version of the tool
+        and resumed by this one), added empty: the rows stored before keep NULL there."""
+        if layer not in self._columns:
+            self._columns[layer] = set(pyogrio.read_info(self.gpkg, layer=layer)["fields"])
+        new = [c for c in frame.columns if c != frame.geometry.name and c not in self._columns[layer]]
+        if new:
+            with sqlite3.connect(self.gpkg) as db:
+                for c in new:
+                    db.execute(f'ALTER TABLE "{layer}" ADD COLUMN "{c}" {_sql_type(frame[c])}')
+            db.close()
+            self._columns[layer].update(new)
 
     def _append_manifest(self, outcome: Outcome) -> None:
         row = {self.key: outcome.site_id, "status": "failed" if outcome.error else "done",
@@ -192,6 +207,12 @@ def ranked(sites: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     changed = np.nan_to_num(pd.to_numeric(sites["changed_area_m2"], errors="coerce").to_numpy(dtype=float))
     sites["rank"] = pd.array(rank(score, changed), dtype="Int64")
     return sites.sort_values("rank", na_position="last", kind="stable")
+
+
+def _sql_type(column: pd.Series) -> str:
+    """The GeoPackage type of a column of this dtype."""
+    kind = column.dtype.kind
+    return {"b": "BOOLEAN", "i": "INTEGER", "u": "INTEGER", "f": "REAL"}.get(kind, "TEXT")
 
 
 def _sql_value(value: object) -> object:

@@ -228,6 +228,18 @@ def test_store_recovers_from_a_kill_between_writes(tmp_path: Path) -> None:
     assert sites_of(tmp_path)["site_id"].tolist() == ["a", "b"]
 
 
+def test_a_batch_begun_by_an_earlier_version_resumes_with_the_new_columns_empty_on_its_rows(tmp_path: Path) -> None:
+    """Rows gain columns across versions (``bin_applied``): a store without them takes the new rows all the same."""
+    frame = gpd.GeoDataFrame({"site_id": ["a"], "score": [0.5]}, geometry=[box(0, 0, 1, 1)], crs=4326)
+    ResultStore(tmp_path).add(Outcome("a", sites=frame))
+    store = ResultStore(tmp_path)  # resumed by the newer version
+    store.add(Outcome("b", sites=frame.assign(site_id="b", bin_applied=1, pairing="best")))
+    store.add(Outcome("c", sites=frame.assign(site_id="c", bin_applied=2, pairing="only")))
+    stored = sites_of(tmp_path).set_index("site_id")
+    assert stored["bin_applied"].isna().tolist() == [True, False, False] and stored.loc["c", "bin_applied"] == 2
+    assert stored["pairing"].tolist()[1:] == ["best", "only"] and stored.loc["b", "score"] == 0.5
+
+
 @pytest.mark.slow
 def test_kill_9_at_any_moment_then_resume_loses_and_repeats_nothing(tmp_path: Path) -> None:
     config = make_catalog(tmp_path / "killed", grid=4, buffer_m=150)

@@ -202,6 +202,11 @@ def index_gain(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], fi
     return _difference(after, names, first, second) - _difference(before, names, first, second)
 
 
+def ndvi(x: np.ndarray, names: tuple[str, ...]) -> np.ndarray | None:
+    """(nir - red) / (nir + red) of tiles (N, C, H, W), shape (N, H, W); None without both bands."""
+    return _difference(x, names, "nir", "red") if "nir" in names and "red" in names else None
+
+
 def _difference(x: np.ndarray, names: tuple[str, ...], first: str, second: str) -> np.ndarray:
     """(first - second) / (first + second) of tiles (N, C, H, W) that hold both bands, shape (N, H, W)."""
     i, j = names.index(first), names.index(second)
@@ -209,7 +214,8 @@ def _difference(x: np.ndarray, names: tuple[str, ...], first: str, second: str) 
 
 
 def greening(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], *,
-             params: ChangeParams, light: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+             params: ChangeParams, light: tuple[np.ndarray, np.ndarray] | None = None,
+             vegetation: np.ndarray | None = None) -> np.ndarray:
     """How much the ground turned green, 0..1 per pixel, shape (N, H, W).
 
     NDVI gain where a NIR band exists, counted only where the after date is
@@ -226,12 +232,12 @@ def greening(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], *,
     ground and so "greener" by that index, are far brighter (full weight at
     the same brightness, none from ``exg_brighter`` brighter up).  Averaged
     over 3 x 3 pixels so that the colour noise of compressed RGB counts
-    less.  ``light`` is the brightness of both dates when the caller has it
-    already.
+    less.  ``light`` is the brightness of both dates and ``vegetation`` the
+    after date's NDVI (:func:`ndvi`) when the caller has them already.
     """
     if "nir" in names and "red" in names:
-        vegetation = _difference(after, names, "nir", "red")
-        gain = _smooth(vegetation - _difference(before, names, "nir", "red"))
+        vegetation = ndvi(after, names) if vegetation is None else vegetation
+        gain = _smooth(vegetation - ndvi(before, names))
         near = local_max(_smooth(vegetation))
         gate = np.clip((near - params.green_ndvi) / params.green_ndvi_ramp, 0.0, 1.0)
         return np.clip(gain / params.green_gain * gate, 0.0, 1.0)
@@ -337,15 +343,16 @@ def _support(pixel_m: float, params: ChangeParams) -> int:
 
 
 def construction(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], *, pixel_m: float,
-                 params: ChangeParams, light: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+                 params: ChangeParams, light: tuple[np.ndarray, np.ndarray] | None = None,
+                 vegetation: np.ndarray | None = None) -> np.ndarray:
     """Evidence specific to construction, 0..1 per pixel, shape (N, H, W).
 
     Straight edges that appeared, or NDBI that rose where the after date is
     not vegetation (:func:`not_vegetation`), whichever is larger.  Pixels
     without data in either date take the before brightness (or the tile
     mean) in both dates, so the edge of a nodata area is never a new edge.
-    ``light`` is the brightness of both dates when the caller has it
-    already.
+    ``light`` is the brightness of both dates and ``vegetation`` the after
+    date's NDVI when the caller has them already.
     """
     light_b, light_a = light if light is not None else (brightness(before, names), brightness(after, names))
     invalid = ~(np.isfinite(light_b) & np.isfinite(light_a))
@@ -359,12 +366,13 @@ def construction(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], 
     evidence = _saturate(edges, params.edge_gain)
     ndbi = index_gain(before, after, names, "swir16", "nir")
     if ndbi is not None:
-        built = _saturate(ndbi, params.ndbi_gain) * not_vegetation(after, names, params=params)
+        built = _saturate(ndbi, params.ndbi_gain) * not_vegetation(after, names, params=params, vegetation=vegetation)
         evidence = np.maximum(evidence, np.nan_to_num(built))
     return evidence
 
 
-def not_vegetation(after: np.ndarray, names: tuple[str, ...], *, params: ChangeParams) -> np.ndarray | float:
+def not_vegetation(after: np.ndarray, names: tuple[str, ...], *, params: ChangeParams,
+                   vegetation: np.ndarray | None = None) -> np.ndarray | float:
     """How surely the after date is not vegetation at each pixel, 0..1, shape (N, H, W) (1.0 without NIR or red).
 
     Roofs, paving and bare ground have an NDVI near 0: full under
@@ -376,7 +384,7 @@ def not_vegetation(after: np.ndarray, names: tuple[str, ...], *, params: ChangeP
     """
     if "nir" not in names or "red" not in names:
         return 1.0
-    vegetation = _difference(after, names, "nir", "red")
+    vegetation = ndvi(after, names) if vegetation is None else vegetation
     return np.clip((params.green_ndvi - vegetation) / params.green_ndvi_ramp, 0.0, 1.0)
 
 
@@ -400,8 +408,10 @@ def change_score(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], 
     sigma = noise(before, after, params=params)
     m = magnitude(before, after, sigma)
     light = light if light is not None else (brightness(before, names), brightness(after, names))
-    green = greening(before, after, names, params=params, light=light)
-    built = construction(before, after, names, pixel_m=pixel_m, params=params, light=light) * (1 - local_max(green))
+    vegetation = ndvi(after, names)  # the after date's, for both the greening and the NDBI gate
+    green = greening(before, after, names, params=params, light=light, vegetation=vegetation)
+    built = (construction(before, after, names, pixel_m=pixel_m, params=params, light=light, vegetation=vegetation)
+             * (1 - local_max(green)))
     strength = _saturate(m - params.m_low, params.m_scale_plain - (params.m_scale_plain - params.m_scale) * built)
     # the edges a drift's rim leaves reach as far as the edge evidence
     near_snow = melting(before, after, names, light, params=params, reach=_support(pixel_m, params))

@@ -48,11 +48,15 @@ def read_sites(
     path = Path(path)
     if not path.exists():
         raise MissingFileError(f"{path} does not exist: give an existing site file")
+    if path.is_dir():
+        raise InputError(f"{path} is a folder: give one site file (the .shp, .gpkg or .geojson in it)")
     frame = _read_csv(path, lon_col, lat_col) if path.suffix.lower() in (".csv", ".txt") else _read_vector(path)
     if frame.empty:
         raise InputError(f"{path} holds no sites: add at least one feature or row")
     frame = _repair(frame, path)
+    source_crs = frame.crs
     frame = frame.to_crs(4326)
+    _check_degrees(frame, path, source_crs)
     frame = frame.set_geometry(buffer_sites(frame.geometry.values, buffer_m=buffer_m))
     ids, source = site_ids(frame, path, id_col)
     log.info("%s: site ids from %s", path.name, source)
@@ -128,6 +132,19 @@ def _find_column(columns: pd.Index, names: tuple[str, ...]) -> str | None:
     return next((lower[n] for n in names if n in lower), None)
 
 
+def _check_degrees(frame: gpd.GeoDataFrame, path: Path, source_crs: object) -> None:
+    """Refuse sites whose coordinates, in EPSG:4326, are no longitude and latitude: numbers of a projected grid
+    in a file that says degrees (a GeoJSON is always degrees), or a CRS that does not fit them."""
+    bounds = shapely.bounds(frame.geometry.values)
+    bad = np.flatnonzero(~np.isfinite(bounds).all(axis=1) | (np.abs(bounds[:, [0, 2]]) > 180).any(axis=1)
+                         | (np.abs(bounds[:, [1, 3]]) > 90).any(axis=1))
+    if bad.size:
+        x, y = bounds[bad[0], 0], bounds[bad[0], 1]
+        raise InputError(f"{path} row {int(bad[0]) + 1} lies at x={x:.6g}, y={y:.6g} in EPSG:4326, outside "
+                         f"longitude -180..180 and latitude -90..90: its coordinates do not fit its CRS "
+                         f"({source_crs}); save the file with the CRS its numbers are in (GeoJSON: degrees)")
+
+
 def _repair(frame: gpd.GeoDataFrame, path: Path) -> gpd.GeoDataFrame:
     geoms = frame.geometry.values
     empty = np.flatnonzero(shapely.is_missing(geoms) | shapely.is_empty(geoms))
@@ -138,7 +155,7 @@ def _repair(frame: gpd.GeoDataFrame, path: Path) -> gpd.GeoDataFrame:
     invalid = ~shapely.is_valid(geoms)
     if invalid.any():
         log.warning("%s: repaired %d invalid geometries (rows %s)", path, invalid.sum(),
-                    list(np.flatnonzero(invalid)[:10] + 1))
+                    [int(i) + 1 for i in np.flatnonzero(invalid)[:10]])
         fixed = shapely.make_valid(geoms[invalid])
         if (shapely.is_empty(fixed) | (shapely.area(fixed) == 0) & (shapely.get_type_id(geoms[invalid]) >= 3)).any():
             row = int(np.flatnonzero(invalid)[0]) + 1

@@ -207,6 +207,11 @@ def ndvi(x: np.ndarray, names: tuple[str, ...]) -> np.ndarray | None:
     return _difference(x, names, "nir", "red") if "nir" in names and "red" in names else None
 
 
+def _ndvi_of(x: np.ndarray, names: tuple[str, ...], given: np.ndarray | None) -> np.ndarray:
+    """``given`` (the caller's NDVI of ``x``), else that of tiles that hold both bands."""
+    return _difference(x, names, "nir", "red") if given is None else given
+
+
 def _difference(x: np.ndarray, names: tuple[str, ...], first: str, second: str) -> np.ndarray:
     """(first - second) / (first + second) of tiles (N, C, H, W) that hold both bands, shape (N, H, W)."""
     i, j = names.index(first), names.index(second)
@@ -236,8 +241,8 @@ def greening(before: np.ndarray, after: np.ndarray, names: tuple[str, ...], *,
     after date's NDVI (:func:`ndvi`) when the caller has them already.
     """
     if "nir" in names and "red" in names:
-        vegetation = ndvi(after, names) if vegetation is None else vegetation
-        gain = _smooth(vegetation - ndvi(before, names))
+        vegetation = _ndvi_of(after, names, vegetation)
+        gain = _smooth(vegetation - _difference(before, names, "nir", "red"))
         near = local_max(_smooth(vegetation))
         gate = np.clip((near - params.green_ndvi) / params.green_ndvi_ramp, 0.0, 1.0)
         return np.clip(gain / params.green_gain * gate, 0.0, 1.0)
@@ -384,7 +389,7 @@ def not_vegetation(after: np.ndarray, names: tuple[str, ...], *, params: ChangeP
     """
     if "nir" not in names or "red" not in names:
         return 1.0
-    vegetation = ndvi(after, names) if vegetation is None else vegetation
+    vegetation = _ndvi_of(after, names, vegetation)
     return np.clip((params.green_ndvi - vegetation) / params.green_ndvi_ramp, 0.0, 1.0)
 
 

@@ -8,7 +8,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from rasterio.errors import NotGeoreferencedWarning
 
@@ -23,6 +23,13 @@ from detector.methods import NAMES as METHOD_NAMES
 if TYPE_CHECKING:
     from detector.batch.run import BatchStatus
     from detector.timeline.run import TimelineConfig
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with the house's one-line error (the usage block is for ``--help``)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def command(commands: argparse._SubParsersAction, name: str, *, help: str) -> argparse.ArgumentParser:
@@ -57,7 +64,7 @@ def add_imagery_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="detector", description=DESCRIPTION)
+    parser = Parser(prog="detector", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"detector {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
     parser.add_argument("-v", "--verbose", action="store_true", help="GDAL's own messages too")
@@ -241,8 +248,10 @@ def train_command(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def evaluate_command(args: argparse.Namespace, argv: list[str]) -> int:
+    from detector.outputs import check_out
     from training.evaluation import evaluate
 
+    check_out(args.out, overwrite=True, ours=("metrics.json", "pr_curve.png"))  # its own files only are replaced
     report = evaluate(args.model, tuple(args.data), args.out, tile_px=args.tile_px, scale=args.scale,
                       threshold=args.threshold, bands=args.bands)
     print(f"{'source':<40} {'P':>6} {'R':>6} {'F1':>6} {'IoU':>6} {'AP':>6} {'changed':>8}")
@@ -283,11 +292,14 @@ def detect_command(args: argparse.Namespace, argv: list[str]) -> int:
 
 def batch_command(args: argparse.Namespace, argv: list[str]) -> int:
     from detector.batch.config import read_batch_config
+    from detector.batch.executors import check_address
     from detector.batch.run import run_batch
     from detector.errors import InputError
 
     if args.workers < 0:
         raise InputError(f"--workers is {args.workers}: give 1 or more (0: one per core)")
+    if args.dask:
+        check_address(args.dask)
     config = read_batch_config(args.config)
     record = run_batch(config, workers=args.workers, dask=args.dask,
                        progress=None if args.quiet else _batch_progress)
@@ -312,11 +324,14 @@ def batch_command(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def timeline_command(args: argparse.Namespace, argv: list[str]) -> int:
+    from detector.batch.executors import check_address
     from detector.errors import InputError
     from detector.timeline.run import timeline
 
     if args.workers < 1:
         raise InputError(f"--workers is {args.workers}: give 1 or more")
+    if args.dask:
+        check_address(args.dask)
     config = timeline_config(args)
     record = timeline(config, workers=args.workers, dask=args.dask, command=["detector", *argv],
                       progress=None if args.quiet else _progress)

@@ -305,6 +305,12 @@ def overlap_window(grid: Grid, date: DateSource) -> Window:
             raise InputError(
                 f"{file} does not overlap the before imagery: give two dates over the same area"
             )
+    for file in dict.fromkeys(b.path for b in date.bands if b.name in MASKS):
+        g = grid_of(file)
+        if intersect(window, bounds_window(transform_bounds(g.crs, grid.crs, *g.bounds, densify_pts=21),
+                                           grid.transform)) is None:
+            raise InputError(f"the mask {file} does not overlap the imagery it masks ({date.path}): "
+                             "give the mask of this date and place")
     return window
 
 

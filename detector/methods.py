@@ -78,14 +78,27 @@ def model_path(scan: ScanOptions) -> Path:
     return Path(scan.model or default_model_path())
 
 
+def check_model(scan: ScanOptions) -> None:
+    """Read the model of ``scan`` once, where the method uses one, so that a missing or foreign file is
+    refused before any work starts (a batch or a timeline, whose workers load it again, from this check's
+    cache where they share the process)."""
+    if METHODS[scan.method].uses_model:
+        _cached(scan)
+
+
+def _cached(scan: ScanOptions) -> LoadedModel:
+    """The model of ``scan``, read once per process while its file stays the same (:func:`_weights`)."""
+    path = model_path(scan)
+    stat = path.stat() if path.is_file() else None
+    return _weights(str(path), stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0, scan.backend)
+
+
 def load_model(scan: ScanOptions, names: tuple[str, ...], *, factor: int = 1) -> LoadedModel | None:
     """The CNN of ``scan.model`` (default: the shipped weights), checked against the imagery (its bands, and
     tiles of ``scan.tile_px`` scored on blocks of ``factor``); None when the method uses no model."""
     if not METHODS[scan.method].uses_model:
         return None
-    path = model_path(scan)
-    stat = path.stat() if path.is_file() else None
-    model = _weights(str(path), stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0, scan.backend)
+    model = _cached(scan)
     model.check_bands(names)
     model.check_tile(scan.tile_px // factor)
     predictor(model, scan.backend)  # made here, once, so that its cost and its errors belong to the planning

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -23,6 +24,8 @@ from detector.files import TMP_GLOB, remove, temporary_name
 
 RECORDS = ("run.json", "batch.json")  # written last: a record beside the results says they are complete
 
+log = logging.getLogger(__name__)
+
 
 CHIP_NAME = re.compile(r"\d{4}_[0-9a-f]{8}_(before|after|change)\.png")  # chips.chip_key + kind
 
@@ -35,6 +38,7 @@ def check_out(out: Path, *, overwrite: bool, ours: tuple[str, ...] = ()) -> None
     """
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out} is a file: give a folder for --out")
+    check_writable(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise OutputExistsError(f"{out} already exists and is not empty: pass --overwrite or choose another --out")
     foreign = foreign_files(out, ours) if out.is_dir() else []
@@ -42,6 +46,20 @@ def check_out(out: Path, *, overwrite: bool, ours: tuple[str, ...] = ()) -> None
         raise OutputExistsError(f"{out} holds files detector did not write ({', '.join(foreign[:3])}"
                                 f"{' …' if len(foreign) > 3 else ''}): --overwrite replaces only our results; "
                                 "move them, or choose another --out")
+
+
+def check_writable(out: Path, *, key: str = "--out") -> None:
+    """Refuse an ``out`` whose nearest existing folder (``out`` itself, or the one it would be made in) is a
+    file or cannot be written: the results are written beside ``out`` first, then put in its place."""
+    out = Path(os.path.abspath(out))
+    base = out.parent
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise OutputExistsError(f"{out} cannot be made: {base} is a file; give a folder path for {key}")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise OutputExistsError(f"{out} cannot be written: {base} is not writable by this user; give a folder "
+                                f"you can write for {key}")
 
 
 def foreign_files(out: Path, ours: tuple[str, ...]) -> list[str]:
@@ -127,7 +145,7 @@ class NewFolder:
     """
 
     def __init__(self, out: Path) -> None:
-        self.out = out
+        self.out = out = Path(os.path.abspath(out))  # "." and ".." have no name to put a folder beside
         out.parent.mkdir(parents=True, exist_ok=True)
         for stale in [*out.parent.glob(f".{out.name}.*.new"), *out.parent.glob(f".{out.name}.*.old")]:
             remove(stale)  # left by a run that was killed
@@ -142,6 +160,9 @@ class NewFolder:
         if self.out.exists():
             _exchange(self.work, self.out)
             remove(self.work)  # the old results, now that the new ones are in place
+            if self.work.exists():
+                log.warning("the new results are in %s, but the old ones could not all be removed from %s: "
+                            "delete it by hand", self.out, self.work)
         else:
             os.replace(self.work, self.out)
         _sync_dir(self.out.parent)

@@ -7,6 +7,7 @@ outputs; it owns no arithmetic, and nothing in the package but the CLI imports i
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +53,8 @@ from detector.zones import grid_factor, plan_zones
 
 if TYPE_CHECKING:  # torch is imported only when a model is used
     from detector.weights import LoadedModel
+
+log = logging.getLogger(__name__)
 
 
 def run(config: RunConfig, *, progress: Progress | None = None, command: list[str] | None = None) -> dict[str, Any]:
@@ -150,7 +153,13 @@ def band_key(config: RunConfig, date: str) -> str:
 
 
 def check_order(config: RunConfig, before: DateSource, after: DateSource) -> None:
-    """Refuse a before date that is not before the after date: the change would be read backwards."""
+    """Refuse a before date that is not before the after date: the change would be read backwards.  A date
+    that neither the file nor its option gives leaves the order unchecked: said in a warning."""
+    for option, path, date in (("before", config.before, before.date), ("after", config.after, after.date)):
+        if not date:
+            log.warning("--%s %s has no date (none in its name, tags or product metadata): the order of the "
+                        "dates is not checked and the outputs leave it empty; give --%s-date YYYY-MM-DD",
+                        option, path, option)
     if before.date and after.date and before.date >= after.date:
         raise InputError(f"--before {config.before} is dated {before.date}, not before --after {config.after} "
                          f"({after.date}): swap them, or correct --before-date / --after-date")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,23 @@ CANDIDATES = "candidates.geojson"  # cell mode: flagged cells merged into candid
 STYLES = ("sites.qml", "changes.qml", "change.qml")  # made by scripts/make_styles.py
 RUN_OUTPUTS = ("sites.geojson", "changes.geojson", "change.tif", "chips", "report.html", "run.json", KEPT, *STYLES,
                "clouds_before.tif", "clouds_after.tif", CANDIDATES, "candidates.qml")
+
+
+def renamed_user_columns(user: pd.DataFrame, ours: Iterable[str]) -> pd.DataFrame:
+    """The user's columns, each that clashes with one of ``ours`` renamed ``user_<name>`` (``user_<name>_2``...
+    where that is taken too: a file that went through a run once already has ``user_score`` beside ``score``);
+    names compared without case, as GeoPackage (SQLite) does."""
+    taken = {str(c).lower() for c in (*ours, *user.columns)}
+    names = {}
+    for column in user.columns:
+        if str(column).lower() in {str(f).lower() for f in ours}:
+            name, k = f"user_{column}", 1
+            while name.lower() in taken:
+                k += 1
+                name = f"user_{column}_{k}"
+            taken.add(name.lower())
+            names[column] = name
+    return user.rename(columns=names)
 
 
 def user_columns(sites: gpd.GeoDataFrame, more_fields: tuple[str, ...] = ()) -> list[str]:
@@ -229,9 +246,7 @@ def site_results(scan: ScanOptions, zones: Zones, acc: Accumulated, grid: Grid, 
     table["before_date"], table["after_date"] = before.date, after.date
     table["threshold"] = scan.rule.threshold
     table["method"] = scan.method
-    user = frame.drop(columns=[frame.geometry.name, "site_id"])
-    ours = {f.lower() for f in OUR_FIELDS}  # GeoPackage (SQLite) column names ignore case
-    user = user.rename(columns={c: f"user_{c}" for c in user.columns if str(c).lower() in ours})
+    user = renamed_user_columns(frame.drop(columns=[frame.geometry.name, "site_id"]), OUR_FIELDS)
     out = pd.concat([frame[["site_id"]], table.set_index(frame.index), user], axis=1)
     out = gpd.GeoDataFrame(out, geometry=frame.geometry.values, crs=grid.crs).to_crs(4326)
     return out.sort_values("rank", na_position="last", kind="stable")

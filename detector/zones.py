@@ -80,7 +80,8 @@ MIN_CELL_PX = 3  # a cell of fewer pixels a side measures nothing: its score is 
 
 
 def warn_under_a_pixel(frame: gpd.GeoDataFrame, grid: Grid, source: str) -> None:
-    """Say so where sites are smaller than one pixel of the imagery: they get no pixel and no coverage."""
+    """Say so where sites are smaller than one pixel of the imagery: they get a pixel only where they cover a
+    pixel's centre, and none (no coverage) elsewhere."""
     pixel_m2 = abs(grid.transform.determinant)
     if grid.crs.is_geographic:
         metric = frame.to_crs(frame.estimate_utm_crs())
@@ -91,9 +92,9 @@ def warn_under_a_pixel(frame: gpd.GeoDataFrame, grid: Grid, source: str) -> None
         areas = frame.area.to_numpy()
     small = int((areas < pixel_m2).sum())
     if small:
-        log.warning("%d of the %d sites of %s are smaller than one pixel of the imagery (%.0f m2): they will show "
-                    "no coverage; give them a larger --buffer-m (at least %.0f m)", small, len(frame), source,
-                    pixel_m2, np.sqrt(pixel_m2))
+        log.warning("%d of the %d sites of %s are smaller than one pixel of the imagery (%.0f m2): each is scored "
+                    "on the one pixel whose centre it covers, if any (else it shows no coverage); draw them larger "
+                    "(points: --buffer-m at least %.0f m)", small, len(frame), source, pixel_m2, np.sqrt(pixel_m2))
 
 
 def pixel_extents(geoms: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndarray]:

@@ -160,6 +160,15 @@ def far_raster(scene: Scene, tmp_path: Path) -> Path:
     return path
 
 
+def projected_numbers(tmp_path: Path) -> Path:
+    """A GeoJSON (always degrees) holding the metres of a UTM grid, as a file saved without reprojecting does."""
+    path = tmp_path / "utm.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"name": "a"},
+         "geometry": {"type": "Point", "coordinates": [500000.0, 4800000.0]}}]}), encoding="utf-8")
+    return path
+
+
 def other_bands(scene: Scene, tmp_path: Path) -> Path:
     folder = tmp_path / "swir_only"
     folder.mkdir()
@@ -188,13 +197,21 @@ BAD = {
     "date not real": lambda s, t: ["--before", s.before, "--after", s.after, "--before-date", "2017-02-30"],
     "date in words": lambda s, t: ["--before", s.before, "--after", s.after, "--after-date", "last march"],
     "cells under a pixel": lambda s, t: ["--before", s.before, "--after", s.after, "--cell-m", "1"],
+    "projected numbers in a GeoJSON": lambda s, t: ["--before", s.before, "--after", s.after, "--sites",
+                                                    projected_numbers(t)],
+    "sites folder": lambda s, t: ["--before", s.before, "--after", s.after, "--sites",
+                                  (t / "shapes", (t / "shapes").mkdir())[0]],
+    "mask elsewhere": lambda s, t: ["--before", s.before, "--after", s.after, "--after-mask", far_raster(s, t)],
 }
 NAMES = {"missing file": "nope.tif", "not a raster": "sites.geojson", "not a vector": "before_2017-03-02.tif",
          "no crs": "nocrs.tif", "damaged tif": "damaged.tif", "sites outside": "far.csv", "dates apart": "far.tif",
          "csv without coordinates": "nocoords.csv", "empty sites": "e.geojson", "no common band": "swir_only",
          "dates reversed": "dated 2018-", "date not real": "--before-date is '2017-02-30'",
          "date in words": "--after-date is 'last march': give a real date as YYYY-MM-DD",
-         "cells under a pixel": "--cell-m 1 is under 3 pixels of the imagery (10.0 m each)"}
+         "cells under a pixel": "--cell-m 1 is under 3 pixels of the imagery (10.0 m each)",
+         "projected numbers in a GeoJSON": "utm.geojson row 1 lies at x=500000, y=4.8e+06 in EPSG:4326",
+         "sites folder": "shapes is a folder: give one site file",
+         "mask elsewhere": "the mask"}
 
 
 @pytest.mark.parametrize("case", list(BAD))
@@ -254,6 +271,50 @@ def test_overlapping_sites_csv_input_and_clashing_attributes(scene: Scene, tmp_p
     with rasterio.open(out / "change.tif") as src:
         data = src.read(1)
     assert np.isfinite(data).sum() > 0 and np.nanmax(data) <= 1
+
+
+def test_a_sites_file_fed_back_keeps_the_users_columns_beside_ours(scene: Scene, tmp_path: Path) -> None:
+    """A run's own sites.geojson as --sites holds score and user_score: both are kept, neither lost."""
+    first = tmp_path / "first"
+    assert run_cli("-q", "run", "--sites", scene.sites, "--before", scene.before, "--after", scene.after,
+                   "--out", first, "--buffer-m", "250", "--method", "classical") == 0
+    again = tmp_path / "again"
+    assert run_cli("-q", "run", "--sites", first / "sites.geojson", "--before", scene.before, "--after",
+                   scene.after, "--out", again, "--method", "classical") == 0
+    twice = tmp_path / "twice"
+    assert run_cli("-q", "run", "--sites", again / "sites.geojson", "--before", scene.before, "--after",
+                   scene.after, "--out", twice, "--method", "classical") == 0
+    sites = gpd.read_file(twice / "sites.geojson").set_index("site_id")
+    first_scores = gpd.read_file(first / "sites.geojson").set_index("site_id").loc[sites.index, "score"]
+    again_scores = gpd.read_file(again / "sites.geojson").set_index("site_id").loc[sites.index, "score"]
+    assert list(sites.columns).count("score") == 1
+    # the second run's score came as the file's own `score`: renamed past its `user_score`, the first run's
+    np.testing.assert_array_equal(sites["user_score"].to_numpy(float), first_scores.to_numpy(float))
+    np.testing.assert_array_equal(sites["user_score_2"].to_numpy(float), again_scores.to_numpy(float))
+
+
+def test_an_option_of_the_wrong_type_is_one_line(capsys) -> None:
+    with pytest.raises(SystemExit) as stop:
+        run_cli("run", "--before", "a.tif", "--after", "b.tif", "--out", "o", "--buffer-m", "abc")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1
+    assert err[0] == "detector run: error: argument --buffer-m: invalid float value: 'abc' (see detector run --help)"
+
+
+def test_an_undated_date_is_said_and_the_current_folder_can_be_the_output(scene: Scene, tmp_path: Path,
+                                                                         monkeypatch, caplog) -> None:
+    import logging
+    import shutil
+
+    undated = tmp_path / "scene.tif"
+    shutil.copy(scene.before, undated)
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    with caplog.at_level(logging.WARNING):
+        assert run_cli("-q", "run", "--before", undated, "--after", scene.after, "--sites", scene.sites,
+                       "--out", ".", "--method", "classical") == 0
+    assert "--before" in caplog.text and "has no date" in caplog.text and "--before-date" in caplog.text
+    assert (tmp_path / "here" / "run.json").is_file() and not list(tmp_path.glob(".*"))
 
 
 def test_the_sample_change_raster_has_overviews(tmp_path: Path) -> None:

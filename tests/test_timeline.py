@@ -173,6 +173,29 @@ def test_a_catalog_of_one_date_and_undated_files_are_one_line(catalog: Path, tmp
     assert "has no date in its name" in capsys.readouterr().err and not out.exists()
 
 
+def test_sites_no_scene_covers_and_a_missing_model_are_one_line_and_leave_the_results(result: Path, catalog: Path,
+                                                                                      tmp_path: Path,
+                                                                                      capsys) -> None:
+    import shutil
+
+    earlier = tmp_path / "earlier"
+    shutil.copytree(result, earlier)
+    listing = sorted(p.name for p in earlier.iterdir())
+    far = tmp_path / "far.geojson"
+    far.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"name": "far away"},
+         "geometry": {"type": "Point", "coordinates": [10.0, 10.0]}}]}))
+    args = ["-q", "timeline", "--catalog", str(catalog / "scenes"), "--out", str(earlier), "--overwrite"]
+    for more, message in ((["--sites", str(far)], "none of the 1 sites lies in a scene of the catalog"),
+                          (["--sites", str(catalog / "sites.geojson"), "--model", str(tmp_path / "nope.pt")],
+                           "nope.pt does not exist")):
+        assert main([*args, *more]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+        assert sorted(p.name for p in earlier.iterdir()) == listing
+        assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no state beside it
+
+
 @pytest.mark.real_data
 @pytest.mark.skipif(not (SHARED / "dabancheng-sentinel2" / "registered").exists(), reason="needs ../shared/data")
 def test_the_real_dabancheng_frames_date_facility_1_and_its_extension(tmp_path: Path) -> None:

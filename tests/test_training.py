@@ -243,6 +243,8 @@ def test_bad_training_inputs_get_one_line_and_status_2(pairs: Path, tmp_path: Pa
     (broken / "B" / "0.png").write_bytes(b"\x89PNG not really")
     (tmp_path / "folder.pt").mkdir()
     (tmp_path / "file").write_text("x")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "sites.geojson").write_text("a run's results")
     cases = [
         ["train", "--data", str(grey), "--out", str(tmp_path / "m.pt")],
         ["train", "--data", str(broken), "--out", str(tmp_path / "m.pt")],
@@ -250,12 +252,14 @@ def test_bad_training_inputs_get_one_line_and_status_2(pairs: Path, tmp_path: Pa
         ["train", "--data", str(pairs), "--out", str(tmp_path / "m.pt"), "--steps", "0"],
         ["evaluate", "--data", str(pairs), "--out", str(tmp_path / "file")],
         ["evaluate", "--data", str(pairs), "--out", str(tmp_path / "e"), "--scale", "0"],
+        ["evaluate", "--data", str(pairs), "--out", str(tmp_path / "results")],  # files not its own
     ]
     for args in cases:
         assert main(["-q", *args]) == 2, args
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith("detector: error:"), (args, err)
     assert not (tmp_path / "m.pt").exists()
+    assert [p.name for p in (tmp_path / "results").iterdir()] == ["sites.geojson"]
 
 
 def test_fine_tuning_keeps_the_architecture_of_the_model_it_starts_from(pairs: Path, tmp_path: Path) -> None:

@@ -197,7 +197,7 @@ def fit(network: torch.nn.Module, tiles: Tiles, train_idx: np.ndarray, val_idx: 
     best: dict[str, Any] = {"ap": -1.0}
     best_state = {k: v.clone() for k, v in kept.state_dict().items()}
     history: list[dict[str, Any]] = []
-    stale, stopped = 0, "epochs"
+    stale, stopped = 0, f"all {config.epochs} epochs"
     for epoch in range(1, config.epochs + 1):
         loss = run_epoch(network, optimizer, schedule, tiles, train_idx, config, rng, average)
         row = {"epoch": epoch, "loss": loss, **validate(kept, tiles, val_idx if len(val_idx) else train_idx)}

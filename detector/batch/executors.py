@@ -113,6 +113,18 @@ def _wait_dask(running: dict[Any, Any]) -> list[Any]:
     return list(finished)
 
 
+def check_address(address: str) -> None:
+    """Refuse a ``--dask`` value that is neither ``local:N`` nor a scheduler's ``[tcp://]HOST:PORT``, before any
+    work starts."""
+    if address.startswith("local:"):
+        _local_workers(address)
+        return
+    host, _, port = address.removeprefix("tcp://").rpartition(":")
+    if not host or "/" in host or not port.isdigit():
+        raise InputError(f"--dask {address!r} is not a Dask address: give a scheduler tcp://HOST:PORT "
+                         "(e.g. tcp://10.0.0.5:8786), or local:N for a LocalCluster of N workers")
+
+
 def _local_workers(address: str) -> int:
     count = address.removeprefix("local:")
     if not count.isdigit() or int(count) < 1:

@@ -30,6 +30,7 @@ from rasterio.errors import RasterioError, WindowError
 from rasterio.warp import transform_geom
 from rasterio.windows import Window, from_bounds
 
+from detector.bands import KNOWN
 from detector.batch.catalog import Scene, item_scene
 from detector.batch.config import BatchConfig
 from detector.batch.pairing import covering
@@ -57,6 +58,7 @@ def fetch(config: BatchConfig, stac: str, *, collections: list[str] | None = Non
           bands: tuple[str, ...] = DEFAULT_BANDS, margin_m: float = 320.0, threads: int = 4,
           progress: FetchProgress | None = None) -> dict[str, int]:
     """Fetch the windows of every site of ``config`` into its catalog folder; return counts."""
+    check_fetch_options(bands, margin_m)
     if config.catalog.suffix.lower() == ".json":
         raise InputError(f"[imagery] catalog is {config.catalog}, a JSON file: fetch writes rasters into a folder; "
                          "give a folder as the catalog")
@@ -74,18 +76,52 @@ def fetch(config: BatchConfig, stac: str, *, collections: list[str] | None = Non
     return {"items": len(scenes), "windows": len(jobs), "written": written, "kept": len(jobs) - len(todo)}
 
 
-def search(config: BatchConfig, sites: gpd.GeoDataFrame, stac: str, collections: list[str] | None,
-           bands: tuple[str, ...]) -> Iterator[Scene]:
-    """Scenes of the items over the sites in either date window, with only the wanted bands."""
+def check_fetch_options(bands: tuple[str, ...], margin_m: float) -> None:
+    """Refuse band names no scene can have and a margin that is not a distance."""
+    known = tuple(dict.fromkeys((*KNOWN, *MASKS)))
+    unknown = [b for b in bands if b not in known]
+    if unknown:
+        raise InputError(f"--bands {' '.join(unknown)}: not a band name; give names among {', '.join(known)}")
+    if not np.isfinite(margin_m) or margin_m < 0:
+        raise InputError(f"--margin-m is {margin_m}: give a distance in metres, 0 or more")
+
+
+class ItemFile:
+    """A STAC ItemCollection file (which ``batch`` reads as a catalog), walked as a static catalog is."""
+
+    def __init__(self, path: str) -> None:
+        import pystac
+
+        self.found = pystac.ItemCollection.from_file(path)
+
+    def conforms_to(self, _: object) -> bool:
+        return False
+
+    def get_items(self, recursive: bool = True) -> Iterator[Any]:
+        return iter(self.found.items)
+
+
+def open_stac(stac: str) -> Any:
+    """A pystac-client Client of an API or a static catalog, or an :class:`ItemFile`."""
     from pystac_client import Client
+    from pystac_client.errors import ClientTypeError
     from pystac_client.exceptions import APIError
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a static catalog has no conformance classes: that is expected
-            client = Client.open(stac)
-    except (APIError, OSError, ValueError) as exc:
+            try:
+                return Client.open(stac)
+            except ClientTypeError:  # not a catalog: an ItemCollection file, or nothing STAC
+                return ItemFile(stac)
+    except (APIError, ClientTypeError, OSError, ValueError, KeyError, TypeError) as exc:
         raise InputError(f"could not open the STAC catalog {stac}: {why_not(exc)}") from None
+
+
+def search(config: BatchConfig, sites: gpd.GeoDataFrame, stac: str, collections: list[str] | None,
+           bands: tuple[str, ...]) -> Iterator[Scene]:
+    """Scenes of the items over the sites in either date window, with only the wanted bands."""
+    client = open_stac(stac)
     for window in (config.before, config.after):
         start, end = widen(window, config.tolerance_days)
         for bbox in group_bounds(sites):

@@ -43,7 +43,8 @@ from detector.batch.store import Outcome, ResultStore, folder_lock
 from detector.batch.tasks import PAIR_FIELDS, plan_tasks, score_site, worker_setup
 from detector.errors import InputError, first_line
 from detector.files import write_json, write_json_atomic
-from detector.outputs import Staging
+from detector.methods import check_model
+from detector.outputs import Staging, check_writable
 from detector.report import render
 from detector.results import CANDIDATES, OUR_FIELDS, user_columns, versions
 
@@ -86,6 +87,11 @@ def run_batch(config: BatchConfig, *, workers: int = 0, dask: str | None = None,
     sites = config.read_sites() if config.region is None else config.read_region()
     scenes = read_catalog(config.catalog, bands=config.bands, key=f"{config.path.name}: [imagery] bands")
     check_finish_inputs(config)
+    check_model(config.scan)
+    if config.out.exists() and not config.out.is_dir():
+        raise InputError(f"{config.path}: [output] dir {config.out} is a file: give a folder")
+    check_writable(config.out, key=f"[output] dir in {config.path}")
+    refuse_run_results(config)  # before the lock, whose file would stay in the folder refused
     run = Runner(workers=workers, dask=dask, progress=progress)
     with folder_lock(config.out):
         check_same_batch(config)
@@ -194,12 +200,17 @@ def report(config: BatchConfig, sites: gpd.GeoDataFrame, record: dict[str, Any],
                   listed=listed)
 
 
-def check_same_batch(config: BatchConfig) -> None:
-    """Refuse to resume into a folder whose results came from another configuration."""
-    record = config.out / "batch.json"
+def refuse_run_results(config: BatchConfig) -> None:
+    """Refuse an output folder that holds the results of ``detector run``."""
     if (config.out / "run.json").exists():
         raise InputError(f"{config.out} holds the results of `detector run`: give another [output] dir in "
                          f"{config.path}")
+
+
+def check_same_batch(config: BatchConfig) -> None:
+    """Refuse to resume into a folder whose results came from another configuration."""
+    record = config.out / "batch.json"
+    refuse_run_results(config)
     if not record.exists():
         config.out.mkdir(parents=True, exist_ok=True)
         write_json_atomic({"config": config.to_json(), "complete": False}, record)

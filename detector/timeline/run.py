@@ -41,9 +41,9 @@ from detector.config import SiteOptions, as_table, plain
 from detector.errors import DetectorError, InputError, first_line
 from detector.files import file_record, write_json
 from detector.imagery import DateSource
-from detector.methods import METHODS, load_model, model_path
+from detector.methods import METHODS, check_model, load_model, model_path
 from detector.outputs import NewFolder, check_out, write_geojson
-from detector.results import versions
+from detector.results import renamed_user_columns, versions
 from detector.timeline.figures import chart, filmstrip_png, report
 from detector.timeline.site import SiteSeries, TimelineRule, site_series
 from detector.timeline.store import SiteStore
@@ -90,8 +90,13 @@ def timeline(config: TimelineConfig, *, workers: int = 1, dask: str | None = Non
     check_out(config.out, overwrite=config.overwrite, ours=OUTPUTS)
     sites = read_site_files(list(config.sites), **asdict(config.site)).to_crs(4326)
     scenes = catalog_scenes(config)
+    check_model(config.rule.scan)
+    tasks = plan_tasks(sites, scenes, config.rule)
+    if not any(task.scenes for task in tasks):
+        raise InputError(f"none of the {len(sites)} sites lies in a scene of the catalog {config.catalog}: "
+                         "check that its scenes cover the sites (and the sites' coordinates)")
     store = SiteStore(config.out, fingerprint(config, sites, scenes))
-    tasks = plan_tasks(sites, scenes, config.rule, skip=store.done)
+    tasks = [task for task in tasks if task.site_id not in store.done]
     run = (executors.dask(site_task, tasks, address=dask, initializer=worker_setup) if dask else
            executors.local(site_task, tasks, workers=workers, initializer=worker_setup) if workers > 1 else
            ((task, site_task(task)) for task in tasks))
@@ -114,15 +119,13 @@ def timeline(config: TimelineConfig, *, workers: int = 1, dask: str | None = Non
     return record
 
 
-def plan_tasks(sites: gpd.GeoDataFrame, scenes: list[Scene], rule: TimelineRule, *,
-               skip: set[str]) -> list[TimelineTask]:
-    """One task per site not in ``skip``, with only the scenes that cover it (a task stays small however large
-    the catalog)."""
+def plan_tasks(sites: gpd.GeoDataFrame, scenes: list[Scene], rule: TimelineRule) -> list[TimelineTask]:
+    """One task per site, with only the scenes that cover it (a task stays small however large the catalog)."""
     site_of, scene_of = covering(np.asarray(sites.geometry.values, dtype=object),
                                  np.array([s.footprint for s in scenes], dtype=object))
     starts = np.searchsorted(site_of, np.arange(len(sites) + 1))
     return [TimelineTask(sites.iloc[[i]], tuple(scenes[j] for j in scene_of[starts[i]:starts[i + 1]]), rule)
-            for i in range(len(sites)) if str(sites["site_id"].iloc[i]) not in skip]
+            for i in range(len(sites))]
 
 
 def catalog_scenes(config: TimelineConfig) -> list[Scene]:
@@ -217,8 +220,8 @@ def site_frame(sites: gpd.GeoDataFrame, results: list[dict[str, Any]]) -> gpd.Ge
     keys = [chip_key(int(r), s) for r, s in zip(rows["rank"], rows["site_id"], strict=True)]
     rows["chart"] = [f"sites/{k}_chart.png" if r["dates_used"] else None for k, r in zip(keys, results, strict=True)]
     rows["filmstrip"] = [f"sites/{k}_filmstrip.png" if r["rows"] else None for k, r in zip(keys, results, strict=True)]
-    user = sites.drop(columns=[sites.geometry.name, "site_id"]).reset_index(drop=True)
-    user = user.rename(columns={c: f"user_{c}" for c in user.columns if c in rows.columns})
+    user = renamed_user_columns(sites.drop(columns=[sites.geometry.name, "site_id"]).reset_index(drop=True),
+                                rows.columns)
     frame = gpd.GeoDataFrame(pd.concat([rows, user], axis=1), geometry=sites.geometry.to_numpy(), crs=4326)
     return frame.iloc[order].reset_index(drop=True)
 

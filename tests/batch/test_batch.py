@@ -372,6 +372,37 @@ def test_resuming_with_another_configuration_is_refused(small: Path, tmp_path: P
     assert (small.parent / "results" / "manifest.csv").read_bytes() == before
 
 
+def test_a_folder_refused_is_left_as_it_was(small: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A `detector run` folder, a bad model, a Dask address without a port: one line each, before any work,
+    and nothing written (no lock in the run's folder: `run --overwrite` there still works)."""
+    from conftest import make_scene
+
+    scene = make_scene(tmp_path / "scene")
+    run_out = tmp_path / "run"
+    assert main(["-q", "run", "--before", str(scene.before), "--after", str(scene.after), "--sites",
+                 str(scene.sites), "--out", str(run_out), "--method", "classical"]) == 0
+    listing = sorted(p.name for p in run_out.iterdir())
+    base = (small.read_text().replace('method = "classical"', 'method = "fused"')
+            .replace('dir = "results/"', 'dir = "elsewhere/"'))
+    cases = {"holds the results of `detector run`": ('dir = "elsewhere/"', f'dir = "{run_out}"'),
+             "is refused: it is not a model file of ours": ("[run]", f'[run]\nmodel = "{scene.before}"'),
+             "is a file: give a folder": ('dir = "elsewhere/"', f'dir = "{scene.before}"')}
+    for message, (old, new) in cases.items():
+        config = small.parent / "refused.toml"
+        config.write_text(base.replace(old, new))
+        assert batch(config) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+        assert not (small.parent / "elsewhere").exists()
+    assert sorted(p.name for p in run_out.iterdir()) == listing
+    assert main(["-q", "run", "--before", str(scene.before), "--after", str(scene.after), "--sites",
+                 str(scene.sites), "--out", str(run_out), "--method", "classical", "--overwrite"]) == 0
+    for address in ("nope", "tcp://", "tcp://host:port"):
+        assert batch(small, "--dask", address) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"--dask '{address}' is not a Dask address" in err
+
+
 def aspi_batch(folder: Path, *site_files: Path) -> Path:
     """A batch of real site lists over the registered Dabancheng frames, 2017 H1 against 2018 H2."""
     config = folder / "batch.toml"

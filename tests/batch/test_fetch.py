@@ -103,3 +103,18 @@ def test_fetch_from_an_unreachable_catalog_is_one_line(tmp_path: Path, capsys: p
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "could not open the STAC catalog http://127.0.0.1:9" in err
     assert "cannot be reached from here" in err and "HTTPConnection(host=" not in err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--margin-m", "nan"], "--margin-m is nan: give a distance in metres"),
+    (["--margin-m", "-5"], "--margin-m is -5.0"),
+    (["--bands", "blue", "foo"], "--bands foo: not a band name"),
+])
+def test_fetch_options_are_checked_before_anything_is_fetched(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                             args: list[str], message: str) -> None:
+    config = make_catalog(tmp_path / "batch")
+    listing = sorted(p.name for p in config.parent.iterdir())
+    assert main(["fetch", str(config), "--stac", "http://127.0.0.1:9/catalog.json", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert sorted(p.name for p in config.parent.iterdir()) == listing

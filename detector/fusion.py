@@ -8,9 +8,13 @@ on buildings, not on the yards, walls and roads between them that belong to
 the same compound), the classical score says how far the change extends,
 with its own checks (change in noise units of the tile, greening suppressed,
 registration checked).  The second term is the floor that no single voter
-can go under: where the CNN says nothing, strong classical evidence still
-scores ``FLOOR`` of itself (a classical 0.8 stays 0.56), so the CNN can lower
-a score but never veto it.  The ceiling is the same rule the other way: the
+can go under: where the CNN says nothing, classical evidence still scores
+``FLOOR`` of itself (a classical 0.8 stays 0.44), so the CNN can lower a
+score by at most 45 % and never take it to nothing; overwhelming classical
+evidence (0.91 and more) is flagged whatever the CNN says.  Between, the CNN
+decides, in its domain and calibrated to the scene: on nine of the ten OSCD
+cities, seen by models that never trained on them, what it so takes under
+the threshold is more false change than true.  The ceiling is the same rule the other way: the
 CNN raises a classical score by ``LIFT`` at most, so it cannot flag alone
 what the classical evidence calls no change or weak change (under 0.35;
 change with no sign of construction reaches 0.35 only from 3.2 noise units): on the
@@ -35,7 +39,10 @@ evidence alone (:func:`domain_check`; ``run.json`` records the check and the
 rule that applied).  With fewer than ``MIN_CHANGED_PX`` classically changed
 pixels there is nothing to check against, and the rule stands.
 
-The floor is the no-veto rule itself (a cut of 30 % at most), the ceiling
+The floor is the no-veto rule itself (a cut of 45 % at most: with 30 %, as
+until a later stop, every classical 0.71 flagged alone and pooled F1 across
+the folds was 0.362 against 0.380; the real camp's 28 pairs and the built
+Facility #2 of the L2A pair come out as they did), the ceiling
 its mirror (a lift of 0.15 at most: without it the snowy 2018-03-22 frame
 flags the bare Facility #2; it cost 0.011 of pooled pixel F1 on the folds,
 0.292 to 0.281, before greening was gated); the fall-back
@@ -66,7 +73,7 @@ from detector.change import local_max
 
 SUPPORT_M = 15.0
 EXPONENT = 0.5
-FLOOR = 0.7
+FLOOR = 0.55
 LIFT = 0.15
 MIN_AGREEMENT = 0.02
 MIN_CHANGED_PX = 200

@@ -20,6 +20,16 @@ def test_fused_needs_both_voters_above_its_floor_and_passes_nodata_through() -> 
     assert np.isclose(fused[0, 0, 4], FLOOR * 0.9)  # a silent CNN lowers strong classical evidence, no more
 
 
+def test_a_silent_cnn_vetoes_no_overwhelming_classical_evidence_and_takes_no_score_to_nothing() -> None:
+    from detector.fusion import FLOOR
+
+    classical = np.array([[[0.3, 0.6, 0.85, 0.9, 0.92, 0.99]]], dtype=np.float32)
+    fused = fuse(classical, np.zeros_like(classical))
+    np.testing.assert_allclose(fused, FLOOR * classical)
+    assert ((fused >= 0.5) == (classical >= 0.5 / FLOOR)).all() and 0.85 < 0.5 / FLOOR < 0.95
+    assert (fused[0, 0, -2:] >= 0.5).all() and (fused[0, 0, :4] < 0.5).all()
+
+
 def test_a_confident_cnn_lifts_weak_classical_evidence_by_lift_at_most() -> None:
     from detector.fusion import LIFT
 

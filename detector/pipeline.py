@@ -37,6 +37,7 @@ from detector.results import (
     apply_budget,
     candidate_changes,
     candidate_results,
+    check_labelled,
     chosen_for_chips,
     earlier_reviews,
     results,
@@ -82,6 +83,7 @@ def run(config: RunConfig, *, progress: Progress | None = None, command: list[st
     model = load_model(scan, names, factor=grid_factor(scan, grid))
     verdicts = earlier_reviews(config.out, review.reviews)
     labelled = read_labels(review.labels) if review.labels else None
+    check_labelled(review, zones.frame["site_id"], labelled, verdicts)
     clock["plan_s"] = time.perf_counter() - start
     with ThreadPoolExecutor(max_workers=2) as side, NewFolder(config.out) as staging:
         before, after = detected_clouds(config, (before, after), grid, staging)

@@ -111,6 +111,12 @@ def test_max_flags_and_target_precision_set_the_threshold(scene: Scene, tmp_path
     assert "only 3 labelled sites (1 changed)" in record["warning"]  # and said on stderr
     assert run(scene, tmp_path / "both", "--max-flags", "1", "--target-precision", "0.9") == 2
     assert "give one" in capsys.readouterr().err
+    strangers = tmp_path / "strangers.geojson"  # labels of other sites: refused before any scoring
+    frame.assign(site_id=[f"other {i}" for i in range(len(frame))]).to_file(strangers, driver="GeoJSON")
+    assert run(scene, tmp_path / "s", "--target-precision", "0.9", "--labels", strangers) == 2
+    assert "labels none of the" in capsys.readouterr().err and not (tmp_path / "s").exists()
+    assert run(scene, tmp_path / "n", "--target-precision", "0.9") == 2  # nothing labelled, nothing to carry over
+    assert "needs labelled sites" in capsys.readouterr().err and not (tmp_path / "n").exists()
 
 
 def test_threshold_choices_on_hand_made_scores() -> None:

@@ -25,6 +25,7 @@ STATUSES = ("unreviewed", "confirmed", "rejected", "unsure")
 FIELDS = ("review_status", "reviewer", "notes")
 POSITIVE = {"1", "true", "yes", "change", "changed", "confirmed", "positive", "new", "expanded"}
 NEGATIVE = {"0", "false", "no", "no_change", "no change", "unchanged", "rejected", "negative", "false_positive"}
+UNKNOWN = {"", "nan", "none", "null", "unknown", "unsure", "unreviewed", "?"}  # said as such: NaN
 
 
 def read_reviews(path: Path) -> gpd.GeoDataFrame:
@@ -129,4 +130,11 @@ def site_labels(sites: pd.DataFrame, path: Path) -> np.ndarray:
     if column is None:
         raise InputError(f"{path} has no label or review_status column: review the sites first "
                          f"(found {list(sites.columns)})")
-    return labels(sites[column])
+    found = labels(sites[column])
+    words = sites[column].astype(str).str.strip().str.lower()
+    odd = np.flatnonzero(np.isnan(found) & sites[column].notna().to_numpy() & ~words.isin(UNKNOWN).to_numpy())
+    if odd.size:
+        raise InputError(f"{path} row {int(odd[0]) + 1} has {column} {sites[column].iloc[odd[0]]!r}: give 1 or 0 "
+                         "(or yes / no, changed / unchanged, confirmed / rejected), or leave it empty where "
+                         "unknown")
+    return found

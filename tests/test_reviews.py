@@ -117,6 +117,11 @@ def test_max_flags_and_target_precision_set_the_threshold(scene: Scene, tmp_path
     assert "labels none of the" in capsys.readouterr().err and not (tmp_path / "s").exists()
     assert run(scene, tmp_path / "n", "--target-precision", "0.9") == 2  # nothing labelled, nothing to carry over
     assert "needs labelled sites" in capsys.readouterr().err and not (tmp_path / "n").exists()
+    frame["label"] = frame["site_id"].map({"compound": "yes", "quiet": "maybe", "green field": ""})
+    frame.to_file(labels, driver="GeoJSON")  # a word that says neither is refused, not taken for unknown
+    assert run(scene, tmp_path / "m", "--target-precision", "0.9", "--labels", labels) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "has label 'maybe': give 1 or 0" in err and not (tmp_path / "m").exists()
 
 
 def test_threshold_choices_on_hand_made_scores() -> None:

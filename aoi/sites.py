@@ -48,8 +48,6 @@ def read_sites(
     path = Path(path)
     if not path.exists():
         raise MissingFileError(f"{path} does not exist: give an existing site file")
-    if path.is_dir():
-        raise InputError(f"{path} is a folder: give one site file (the .shp, .gpkg or .geojson in it)")
     frame = _read_csv(path, lon_col, lat_col) if path.suffix.lower() in (".csv", ".txt") else _read_vector(path)
     if frame.empty:
         raise InputError(f"{path} holds no sites: add at least one feature or row")
@@ -88,8 +86,10 @@ def _read_vector(path: Path) -> gpd.GeoDataFrame:
     try:
         frame = gpd.read_file(path)
     except Exception as exc:  # pyogrio raises several unrelated types
+        what = ("a folder GDAL cannot read as one vector dataset: give the site file in it (a .shp, .gpkg or "
+                ".geojson)" if path.is_dir() else "not a vector file GDAL can read")
         raise InputError(
-            f"{path} is not a vector file GDAL can read ({first_line(exc, limit=1000)}): "
+            f"{path} is {what} ({first_line(exc, limit=1000)}): "
             "give GeoJSON, GeoPackage, Shapefile, KML or a CSV with lon/lat columns"
         ) from None
     if not isinstance(frame, gpd.GeoDataFrame) or frame.geometry.name not in frame:
@@ -134,14 +134,16 @@ def _find_column(columns: pd.Index, names: tuple[str, ...]) -> str | None:
 
 def _check_degrees(frame: gpd.GeoDataFrame, path: Path, source_crs: object) -> None:
     """Refuse sites whose coordinates, in EPSG:4326, are no longitude and latitude: numbers of a projected grid
-    in a file that says degrees (a GeoJSON is always degrees), or a CRS that does not fit them."""
-    bounds = shapely.bounds(frame.geometry.values)
-    bad = np.flatnonzero(~np.isfinite(bounds).all(axis=1) | (np.abs(bounds[:, [0, 2]]) > 180).any(axis=1)
-                         | (np.abs(bounds[:, [1, 3]]) > 90).any(axis=1))
+    in a file that says degrees (a GeoJSON is always degrees), or a CRS that does not fit them.  Longitudes past
+    +-180 (a polygon across the antimeridian written unwrapped, or 0..360) are degrees too, up to +-360."""
+    bounds = shapely.bounds(frame.geometry.values)  # minx, miny, maxx, maxy
+    out = ~(np.abs(bounds) <= np.array([360.0, 90.0, 360.0, 90.0]))  # NaN and inf are out too
+    bad = np.flatnonzero(out.any(axis=1))
     if bad.size:
-        x, y = bounds[bad[0], 0], bounds[bad[0], 1]
-        raise InputError(f"{path} row {int(bad[0]) + 1} lies at x={x:.6g}, y={y:.6g} in EPSG:4326, outside "
-                         f"longitude -180..180 and latitude -90..90: its coordinates do not fit its CRS "
+        row = int(bad[0])
+        k = int(np.argmax(out[row]))
+        raise InputError(f"{path} row {row + 1} lies at {'xy'[k % 2]}={bounds[row, k]:.6g} in EPSG:4326, outside "
+                         f"longitude -360..360 and latitude -90..90: its coordinates do not fit its CRS "
                          f"({source_crs}); save the file with the CRS its numbers are in (GeoJSON: degrees)")
 
 

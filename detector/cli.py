@@ -251,7 +251,7 @@ def evaluate_command(args: argparse.Namespace, argv: list[str]) -> int:
     from detector.outputs import check_out
     from training.evaluation import evaluate
 
-    check_out(args.out, overwrite=True, ours=("metrics.json", "pr_curve.png"))  # its own files only are replaced
+    check_out(args.out, overwrite=True, ours=("metrics.json", "pr_curve.png"), inside=True)  # its own files only
     report = evaluate(args.model, tuple(args.data), args.out, tile_px=args.tile_px, scale=args.scale,
                       threshold=args.threshold, bands=args.bands)
     print(f"{'source':<40} {'P':>6} {'R':>6} {'F1':>6} {'IoU':>6} {'AP':>6} {'changed':>8}")

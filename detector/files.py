@@ -33,6 +33,12 @@ def atomic(path: Path, *, suffix: str = "") -> Iterator[Path]:
         remove(tmp)
 
 
+def absolute(path: Path) -> Path:
+    """``path`` from the root, ``.`` and ``..`` resolved (links kept): a result folder has a name and a parent
+    to write beside it, also when it is given as ``.``."""
+    return Path(os.path.abspath(path))
+
+
 def remove(path: Path) -> None:
     """A file or a folder, if it is there."""
     if path.is_dir():
@@ -59,9 +65,14 @@ def _plain(value: Any) -> Any:
 
 
 def file_record(path: Path) -> dict[str, Any]:
-    """Path, size and SHA-256 of an input file."""
+    """Path, size and SHA-256 of an input file; of a folder GDAL reads as one dataset (a File Geodatabase, a
+    folder of shapefiles), its files' names and bytes in order of name, and their total size."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return {"path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with open(file, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                digest.update(chunk)
+    return {"path": str(path.resolve()), "bytes": sum(f.stat().st_size for f in files), "sha256": digest.hexdigest()}

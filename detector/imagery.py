@@ -293,22 +293,23 @@ def match_bands(before: DateSource, after: DateSource) -> tuple[str, ...]:
     return common
 
 
+def footprint_window(file: Path | str, grid: Grid) -> Window:
+    """The window of ``grid`` that ``file``'s footprint covers (not clipped to the grid)."""
+    g = grid_of(file)
+    return bounds_window(transform_bounds(g.crs, grid.crs, *g.bounds, densify_pts=21), grid.transform)
+
+
 def overlap_window(grid: Grid, date: DateSource) -> Window:
     """Window of ``grid`` covered by every band of ``date`` (pixel-snapped, clipped); a mask may cover less."""
     window = Window(0, 0, grid.width, grid.height)
     for file in dict.fromkeys(b.path for b in date.bands if b.name not in MASKS):
-        g = grid_of(file)
-        bounds = transform_bounds(g.crs, grid.crs, *g.bounds, densify_pts=21)
-        other = bounds_window(bounds, grid.transform)
-        window = intersect(window, other)
+        window = intersect(window, footprint_window(file, grid))
         if window is None:
             raise InputError(
                 f"{file} does not overlap the before imagery: give two dates over the same area"
             )
     for file in dict.fromkeys(b.path for b in date.bands if b.name in MASKS):
-        g = grid_of(file)
-        if intersect(window, bounds_window(transform_bounds(g.crs, grid.crs, *g.bounds, densify_pts=21),
-                                           grid.transform)) is None:
+        if intersect(window, footprint_window(file, grid)) is None:
             raise InputError(f"the mask {file} does not overlap the imagery it masks ({date.path}): "
                              "give the mask of this date and place")
     return window

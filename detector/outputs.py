@@ -20,7 +20,7 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from detector.errors import OutputExistsError
-from detector.files import TMP_GLOB, remove, temporary_name
+from detector.files import TMP_GLOB, absolute, remove, temporary_name
 
 RECORDS = ("run.json", "batch.json")  # written last: a record beside the results says they are complete
 
@@ -30,15 +30,14 @@ log = logging.getLogger(__name__)
 CHIP_NAME = re.compile(r"\d{4}_[0-9a-f]{8}_(before|after|change)\.png")  # chips.chip_key + kind
 
 
-def check_out(out: Path, *, overwrite: bool, ours: tuple[str, ...] = ()) -> None:
-    """Refuse an ``out`` that is a file, that holds results while ``overwrite`` is off, or that holds files
-    we did not write (``ours``: the names a result folder holds; ``chips/`` holds our chips only).
+def check_out(out: Path, *, overwrite: bool, ours: tuple[str, ...] = (), inside: bool = False) -> None:
+    """Refuse an ``out`` that is a file or cannot be written (:func:`check_writable`; ``inside``: the results
+    are written into ``out`` itself, not beside it), that holds results while ``overwrite`` is off, or that
+    holds files we did not write (``ours``: the names a result folder holds; ``chips/`` holds our chips only).
 
     Touches nothing, so it can run before the inputs are checked.
     """
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"{out} is a file: give a folder for --out")
-    check_writable(out)
+    check_writable(out, inside=inside)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise OutputExistsError(f"{out} already exists and is not empty: pass --overwrite or choose another --out")
     foreign = foreign_files(out, ours) if out.is_dir() else []
@@ -48,11 +47,15 @@ def check_out(out: Path, *, overwrite: bool, ours: tuple[str, ...] = ()) -> None
                                 "move them, or choose another --out")
 
 
-def check_writable(out: Path, *, key: str = "--out") -> None:
-    """Refuse an ``out`` whose nearest existing folder (``out`` itself, or the one it would be made in) is a
-    file or cannot be written: the results are written beside ``out`` first, then put in its place."""
-    out = Path(os.path.abspath(out))
-    base = out.parent
+def check_writable(out: Path, *, key: str = "--out", inside: bool = False) -> None:
+    """Refuse an ``out`` that is a file, or whose folder this user cannot write: ``out`` itself where the
+    results go into it (``inside``, as a batch's and ``evaluate``'s do) and it exists, else the folder it is
+    made in (a run's results are written beside ``out`` first, then put in its place); a folder not made yet
+    counts as its nearest existing parent."""
+    out = absolute(out)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out} is a file: give a folder for {key}")
+    base = out if inside and out.exists() else out.parent
     while not base.exists() and base != base.parent:
         base = base.parent
     if not base.is_dir():
@@ -145,7 +148,7 @@ class NewFolder:
     """
 
     def __init__(self, out: Path) -> None:
-        self.out = out = Path(os.path.abspath(out))  # "." and ".." have no name to put a folder beside
+        self.out = out = absolute(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         for stale in [*out.parent.glob(f".{out.name}.*.new"), *out.parent.glob(f".{out.name}.*.old")]:
             remove(stale)  # left by a run that was killed

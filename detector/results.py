@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import platform
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection
 from importlib import metadata, resources
 from pathlib import Path
 from typing import Any
@@ -51,20 +51,20 @@ RUN_OUTPUTS = ("sites.geojson", "changes.geojson", "change.tif", "chips", "repor
                "clouds_before.tif", "clouds_after.tif", CANDIDATES, "candidates.qml")
 
 
-def renamed_user_columns(user: pd.DataFrame, ours: Iterable[str]) -> pd.DataFrame:
+def renamed_user_columns(user: pd.DataFrame, ours: Collection[str]) -> pd.DataFrame:
     """The user's columns, each that clashes with one of ``ours`` renamed ``user_<name>`` (``user_<name>_2``...
     where that is taken too: a file that went through a run once already has ``user_score`` beside ``score``);
     names compared without case, as GeoPackage (SQLite) does."""
-    taken = {str(c).lower() for c in (*ours, *user.columns)}
+    clashing = {str(f).lower() for f in ours}
+    taken = clashing | {str(c).lower() for c in user.columns}
     names = {}
-    for column in user.columns:
-        if str(column).lower() in {str(f).lower() for f in ours}:
-            name, k = f"user_{column}", 1
-            while name.lower() in taken:
-                k += 1
-                name = f"user_{column}_{k}"
-            taken.add(name.lower())
-            names[column] = name
+    for column in (c for c in user.columns if str(c).lower() in clashing):
+        name, k = f"user_{column}", 1
+        while name.lower() in taken:
+            k += 1
+            name = f"user_{column}_{k}"
+        taken.add(name.lower())
+        names[column] = name
     return user.rename(columns=names)
 
 

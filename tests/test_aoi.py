@@ -148,3 +148,25 @@ def test_a_csv_with_latitude_over_90_asks_whether_the_columns_are_swapped(tmp_pa
     path.write_text("lon,lat\n200.5,43.38\n", encoding="utf-8")
     with pytest.raises(InputError, match="give decimal degrees"):
         read_sites(path)
+
+
+def test_longitudes_past_180_are_degrees_and_projected_numbers_are_refused(tmp_path: Path) -> None:
+    import json
+
+    from aoi.sites import read_sites
+    from detector.errors import InputError
+
+    def collection(coordinates: list) -> dict:
+        polygon = {"type": "Polygon", "coordinates": [coordinates]}
+        return {"type": "FeatureCollection",
+                "features": [{"type": "Feature", "properties": {"name": "a"}, "geometry": polygon}]}
+
+    across = tmp_path / "across.geojson"  # unwrapped across the antimeridian, as PROJ takes it
+    ring = [[179.99, 10], [180.01, 10], [180.01, 10.01], [179.99, 10.01], [179.99, 10]]
+    across.write_text(json.dumps(collection(ring)))
+    assert read_sites(across).total_bounds[2] > 180
+    metres = tmp_path / "metres.geojson"
+    ring = [[500000, 4800000], [500100, 4800000], [500100, 4800100], [500000, 4800000]]
+    metres.write_text(json.dumps(collection(ring)))
+    with pytest.raises(InputError, match=r"metres.geojson row 1 lies at x=500000 in EPSG:4326"):
+        read_sites(metres)

@@ -209,9 +209,9 @@ NAMES = {"missing file": "nope.tif", "not a raster": "sites.geojson", "not a vec
          "dates reversed": "dated 2018-", "date not real": "--before-date is '2017-02-30'",
          "date in words": "--after-date is 'last march': give a real date as YYYY-MM-DD",
          "cells under a pixel": "--cell-m 1 is under 3 pixels of the imagery (10.0 m each)",
-         "projected numbers in a GeoJSON": "utm.geojson row 1 lies at x=500000, y=4.8e+06 in EPSG:4326",
-         "sites folder": "shapes is a folder: give one site file",
-         "mask elsewhere": "the mask"}
+         "projected numbers in a GeoJSON": "utm.geojson row 1 lies at x=500000 in EPSG:4326",
+         "sites folder": "shapes is a folder GDAL cannot read as one vector dataset: give the site file in it",
+         "mask elsewhere": "far.tif does not overlap the imagery it masks"}
 
 
 @pytest.mark.parametrize("case", list(BAD))
@@ -291,6 +291,18 @@ def test_a_sites_file_fed_back_keeps_the_users_columns_beside_ours(scene: Scene,
     # the second run's score came as the file's own `score`: renamed past its `user_score`, the first run's
     np.testing.assert_array_equal(sites["user_score"].to_numpy(float), first_scores.to_numpy(float))
     np.testing.assert_array_equal(sites["user_score_2"].to_numpy(float), again_scores.to_numpy(float))
+
+
+def test_a_folder_gdal_reads_as_one_dataset_is_sites_and_its_files_are_hashed(scene: Scene, tmp_path: Path) -> None:
+    folder = tmp_path / "shapes"
+    folder.mkdir()
+    gpd.read_file(scene.sites).to_file(folder / "sites.shp")
+    out = tmp_path / "out"
+    assert run_cli("-q", "run", "--sites", folder, "--before", scene.before, "--after", scene.after, "--out", out,
+                   "--buffer-m", "250", "--method", "classical") == 0
+    record = json.loads((out / "run.json").read_text())["inputs"]["sites"]
+    assert record["bytes"] == sum(p.stat().st_size for p in folder.iterdir()) and len(record["sha256"]) == 64
+    assert gpd.read_file(out / "sites.geojson").set_index("site_id").loc["compound", "flagged"]
 
 
 def test_an_option_of_the_wrong_type_is_one_line(capsys) -> None:

@@ -16,7 +16,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
-from detector.errors import InputError
+from detector.errors import InputError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -114,15 +114,19 @@ def _wait_dask(running: dict[Any, Any]) -> list[Any]:
 
 
 def check_address(address: str) -> None:
-    """Refuse a ``--dask`` value that is neither ``local:N`` nor a scheduler's ``[tcp://]HOST:PORT``, before any
-    work starts."""
+    """Refuse a ``--dask`` value that is neither ``local:N`` nor an address a Dask client can reach
+    (``[tcp://]HOST:PORT``, ``tls://``, ``ws://``..., IPv6 in brackets), before any work starts."""
     if address.startswith("local:"):
         _local_workers(address)
         return
-    host, _, port = address.removeprefix("tcp://").rpartition(":")
-    if not host or "/" in host or not port.isdigit():
-        raise InputError(f"--dask {address!r} is not a Dask address: give a scheduler tcp://HOST:PORT "
-                         "(e.g. tcp://10.0.0.5:8786), or local:N for a LocalCluster of N workers")
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        parse_host_port(parse_address(address)[1])
+    except ValueError as exc:
+        raise InputError(f"--dask {address!r} is not a Dask address ({first_line(exc)}): give a scheduler "
+                         "tcp://HOST:PORT (e.g. tcp://10.0.0.5:8786), or local:N for a LocalCluster of N "
+                         "workers") from None
 
 
 def _local_workers(address: str) -> int:
@@ -135,7 +139,7 @@ def _local_workers(address: str) -> int:
 def _connect(client_type: Any, address: str) -> Any:
     try:
         return client_type(address, timeout="10s")
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError, ValueError) as exc:
         raise InputError(f"could not reach the Dask scheduler at {address} ({exc}): start it with "
                          "`dask scheduler` or give --dask local:N") from None
 

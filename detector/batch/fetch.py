@@ -30,7 +30,7 @@ from rasterio.errors import RasterioError, WindowError
 from rasterio.warp import transform_geom
 from rasterio.windows import Window, from_bounds
 
-from detector.bands import KNOWN
+from detector.bands import ALIASES, KNOWN
 from detector.batch.catalog import Scene, item_scene
 from detector.batch.config import BatchConfig
 from detector.batch.pairing import covering
@@ -58,16 +58,16 @@ def fetch(config: BatchConfig, stac: str, *, collections: list[str] | None = Non
           bands: tuple[str, ...] = DEFAULT_BANDS, margin_m: float = 320.0, threads: int = 4,
           progress: FetchProgress | None = None) -> dict[str, int]:
     """Fetch the windows of every site of ``config`` into its catalog folder; return counts."""
-    check_fetch_options(bands, margin_m)
+    bands = fetch_bands(bands, margin_m)
     if config.catalog.suffix.lower() == ".json":
         raise InputError(f"[imagery] catalog is {config.catalog}, a JSON file: fetch writes rasters into a folder; "
                          "give a folder as the catalog")
-    config.catalog.mkdir(parents=True, exist_ok=True)
     sites = config.read_sites()
     scenes = {s.id: s for s in search(config, sites, stac, collections, bands)}
     jobs = plan_jobs(config, sites, list(scenes.values()), margin_m=margin_m)
     todo = [j for j in jobs if not j.target.exists()]
     written = 0
+    config.catalog.mkdir(parents=True, exist_ok=True)  # once the catalog was read: a refusal leaves no folder
     with ThreadPoolExecutor(max_workers=threads) as pool:
         for _ in pool.map(write_window, todo):
             written += 1
@@ -76,33 +76,21 @@ def fetch(config: BatchConfig, stac: str, *, collections: list[str] | None = Non
     return {"items": len(scenes), "windows": len(jobs), "written": written, "kept": len(jobs) - len(todo)}
 
 
-def check_fetch_options(bands: tuple[str, ...], margin_m: float) -> None:
-    """Refuse band names no scene can have and a margin that is not a distance."""
-    known = tuple(dict.fromkeys((*KNOWN, *MASKS)))
-    unknown = [b for b in bands if b not in known]
+def fetch_bands(bands: tuple[str, ...], margin_m: float) -> tuple[str, ...]:
+    """The bands to fetch by their canonical names (``swir1``, ``RED`` as ``--bands`` takes them elsewhere);
+    names no scene can have, and a margin that is not a distance, are refused."""
+    names = tuple(ALIASES.get(b.strip().lower(), b.strip().lower()) for b in bands)
+    unknown = [b for b, n in zip(bands, names, strict=True) if n not in KNOWN]
     if unknown:
-        raise InputError(f"--bands {' '.join(unknown)}: not a band name; give names among {', '.join(known)}")
+        raise InputError(f"--bands {' '.join(unknown)}: not a band name; give names among {', '.join(KNOWN)}")
     if not np.isfinite(margin_m) or margin_m < 0:
         raise InputError(f"--margin-m is {margin_m}: give a distance in metres, 0 or more")
-
-
-class ItemFile:
-    """A STAC ItemCollection file (which ``batch`` reads as a catalog), walked as a static catalog is."""
-
-    def __init__(self, path: str) -> None:
-        import pystac
-
-        self.found = pystac.ItemCollection.from_file(path)
-
-    def conforms_to(self, _: object) -> bool:
-        return False
-
-    def get_items(self, recursive: bool = True) -> Iterator[Any]:
-        return iter(self.found.items)
+    return names
 
 
 def open_stac(stac: str) -> Any:
-    """A pystac-client Client of an API or a static catalog, or an :class:`ItemFile`."""
+    """A pystac-client Client of a STAC API or a static catalog; anything else is one line."""
+    import pystac
     from pystac_client import Client
     from pystac_client.errors import ClientTypeError
     from pystac_client.exceptions import APIError
@@ -110,11 +98,12 @@ def open_stac(stac: str) -> Any:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a static catalog has no conformance classes: that is expected
-            try:
-                return Client.open(stac)
-            except ClientTypeError:  # not a catalog: an ItemCollection file, or nothing STAC
-                return ItemFile(stac)
-    except (APIError, ClientTypeError, OSError, ValueError, KeyError, TypeError) as exc:
+            return Client.open(stac)
+    except (ClientTypeError, pystac.STACTypeError) as exc:
+        raise InputError(f"{stac} is no STAC API or catalog ({first_line(exc, limit=200)}): fetch searches an API "
+                         "or walks a catalog; a STAC Item or ItemCollection file is read by `detector batch` "
+                         "directly as its [imagery] catalog") from None
+    except (APIError, OSError, ValueError, KeyError, TypeError, pystac.STACError) as exc:
         raise InputError(f"could not open the STAC catalog {stac}: {why_not(exc)}") from None
 
 

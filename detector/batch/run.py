@@ -43,7 +43,7 @@ from detector.batch.store import Outcome, ResultStore, folder_lock
 from detector.batch.tasks import PAIR_FIELDS, plan_tasks, score_site, worker_setup
 from detector.errors import InputError, first_line
 from detector.files import write_json, write_json_atomic
-from detector.methods import check_model
+from detector.methods import METHODS, check_model
 from detector.outputs import Staging, check_writable
 from detector.report import render
 from detector.results import CANDIDATES, OUR_FIELDS, user_columns, versions
@@ -84,14 +84,12 @@ def run_batch(config: BatchConfig, *, workers: int = 0, dask: str | None = None,
     """Score every site (or block of a region's cells) not yet done in ``config.out``; return the
     ``batch.json`` record."""
     start = time.perf_counter()
+    check_writable(config.out, key=f"[output] dir in {config.path}", inside=True)
+    refuse_run_results(config)  # before the lock, whose file would stay in the folder refused
+    check_model(config.scan)
     sites = config.read_sites() if config.region is None else config.read_region()
     scenes = read_catalog(config.catalog, bands=config.bands, key=f"{config.path.name}: [imagery] bands")
     check_finish_inputs(config)
-    check_model(config.scan)
-    if config.out.exists() and not config.out.is_dir():
-        raise InputError(f"{config.path}: [output] dir {config.out} is a file: give a folder")
-    check_writable(config.out, key=f"[output] dir in {config.path}")
-    refuse_run_results(config)  # before the lock, whose file would stay in the folder refused
     run = Runner(workers=workers, dask=dask, progress=progress)
     with folder_lock(config.out):
         check_same_batch(config)
@@ -208,19 +206,25 @@ def refuse_run_results(config: BatchConfig) -> None:
 
 
 def check_same_batch(config: BatchConfig) -> None:
-    """Refuse to resume into a folder whose results came from another configuration."""
+    """Refuse to resume into a folder whose results came from another configuration or another fusion rule (a
+    batch begun before the rule changed would rank scores of two rules together)."""
     record = config.out / "batch.json"
-    refuse_run_results(config)
+    rule = METHODS[config.scan.method].rule
     if not record.exists():
         config.out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic({"config": config.to_json(), "complete": False}, record)
+        write_json_atomic({"config": config.to_json(), "fusion": rule, "complete": False}, record)
         return
-    earlier = scoring_part(json.loads(record.read_text(encoding="utf-8")).get("config") or {})
+    found = json.loads(record.read_text(encoding="utf-8"))
+    earlier = scoring_part(found.get("config") or {})
     now = scoring_part(config.to_json())
     if earlier != now:
         changed = sorted(k for k in now if earlier.get(k) != now[k])
         raise InputError(f"{config.out} holds results of another batch configuration (differs in {changed}): "
                          f"give a new [output] dir in {config.path}, or restore the earlier settings")
+    if found.get("fusion") != rule:
+        raise InputError(f"{config.out} was begun with another fusion rule ({found.get('fusion') or 'not recorded'}; "
+                         f"this version: {rule}): give a new [output] dir in {config.path}, or finish it with the "
+                         "version that began it")
 
 
 def task_counts(store: ResultStore) -> dict[str, int]:

@@ -41,7 +41,7 @@ from detector.config import SiteOptions, as_table, plain
 from detector.errors import DetectorError, InputError, first_line
 from detector.files import file_record, write_json
 from detector.imagery import DateSource
-from detector.methods import METHODS, check_model, load_model, model_path
+from detector.methods import METHODS, load_model, model_path
 from detector.outputs import NewFolder, check_out, write_geojson
 from detector.results import renamed_user_columns, versions
 from detector.timeline.figures import chart, filmstrip_png, report
@@ -90,7 +90,7 @@ def timeline(config: TimelineConfig, *, workers: int = 1, dask: str | None = Non
     check_out(config.out, overwrite=config.overwrite, ours=OUTPUTS)
     sites = read_site_files(list(config.sites), **asdict(config.site)).to_crs(4326)
     scenes = catalog_scenes(config)
-    check_model(config.rule.scan)
+    load_model(config.rule.scan, ("red", "green", "blue"))  # refused before any site, as site_task loads it
     tasks = plan_tasks(sites, scenes, config.rule)
     if not any(task.scenes for task in tasks):
         raise InputError(f"none of the {len(sites)} sites lies in a scene of the catalog {config.catalog}: "
@@ -145,7 +145,7 @@ def fingerprint(config: TimelineConfig, sites: gpd.GeoDataFrame, scenes: list[Sc
     return {"sites": sorted(str(s) for s in sites["site_id"]), "scenes": sorted(s.id for s in scenes),
             "catalog": str(config.catalog.resolve()), "bands": config.bands, "site": asdict(config.site),
             "rule": plain(as_table(config.rule)), "model": str(model_path(config.rule.scan)),
-            "version": __version__}
+            "fusion": METHODS[config.rule.scan.method].rule, "version": __version__}
 
 
 _MODELS: dict[Any, Any] = {}

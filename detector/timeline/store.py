@@ -14,13 +14,14 @@ from typing import Any
 
 from detector.batch.store import safe_name
 from detector.errors import InputError
-from detector.files import atomic
+from detector.files import absolute, atomic
 
 
 class SiteStore:
     """The finished sites of one timeline configuration."""
 
     def __init__(self, out: Path, fingerprint: dict[str, Any]) -> None:
+        out = absolute(out)
         self.folder = out.parent / f".{out.name}.state"
         self.folder.mkdir(parents=True, exist_ok=True)
         marker = self.folder / "config.json"

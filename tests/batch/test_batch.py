@@ -372,6 +372,27 @@ def test_resuming_with_another_configuration_is_refused(small: Path, tmp_path: P
     assert (small.parent / "results" / "manifest.csv").read_bytes() == before
 
 
+def test_a_batch_begun_with_another_fusion_rule_is_not_resumed(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Its scores and the new ones would be ranked together (the floor changed between versions)."""
+    config = make_catalog(tmp_path / "batch", method="fused")
+    out = config.parent / "results"
+    out.mkdir()
+    (out / "batch.json").write_text(json.dumps({"config": read_config_json(config), "complete": False,
+                                                "fusion": "fused = an earlier rule"}))
+    assert batch(config) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "was begun with another fusion rule (fused = an earlier rule" in err
+    assert sorted(p.name for p in out.iterdir()) == [".batch.lock", "batch.json"]  # the lock is the folder's own
+    assert json.loads((out / "batch.json").read_text())["fusion"] == "fused = an earlier rule"
+
+
+def read_config_json(config: Path) -> dict:
+    from detector.batch.config import read_batch_config
+
+    return json.loads(json.dumps(read_batch_config(config).to_json(), default=str))
+
+
 def test_a_folder_refused_is_left_as_it_was(small: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A `detector run` folder, a bad model, a Dask address without a port: one line each, before any work,
     and nothing written (no lock in the run's folder: `run --overwrite` there still works)."""

@@ -64,3 +64,20 @@ def test_dask_setup_reaches_workers_that_join_later() -> None:
         marks = client.run(setup_marks)
     assert len(marks) == 2
     assert all(m == {"mark": "ran"} for m in marks.values())
+
+
+@pytest.mark.parametrize("address", ["scheduler:8786", "tcp://10.0.0.5:8786", "tls://host:8786", "ws://host:8786",
+                                     "tcp://[::1]:8786", "local:2"])
+def test_every_address_a_dask_client_takes_passes_the_check(address: str) -> None:
+    from detector.batch.executors import check_address
+
+    check_address(address)
+
+
+@pytest.mark.parametrize("address", ["nope", "tcp://", "tcp://host:port", "tcp://::1:8786", "local:0"])
+def test_an_address_no_client_can_reach_is_refused(address: str) -> None:
+    from detector.batch.executors import check_address
+    from detector.errors import InputError
+
+    with pytest.raises(InputError, match="--dask"):
+        check_address(address)

@@ -156,6 +156,15 @@ def scoring_part(config_json: dict[str, Any]) -> dict[str, Any]:
     return {**config_json, "run": run}
 
 
+def check_apart(path: Path, out: Path, inputs: list[Path]) -> None:
+    """Refuse an ``[output] dir`` that holds a site (or region) file: the batch writes its own ``sites.geojson``
+    and more there, and would overwrite or mix with it."""
+    for given in inputs:
+        if out.resolve() in given.resolve().parents:
+            raise InputError(f"{path}: [output] dir {out} holds the input {given}: the batch's results would "
+                             "overwrite or mix with it; give an [output] dir apart from the inputs")
+
+
 def read_batch_config(path: Path) -> BatchConfig:
     """Read and check a batch TOML file; every problem is one :class:`InputError` naming the file and key."""
     if not path.is_file():
@@ -170,6 +179,7 @@ def read_batch_config(path: Path) -> BatchConfig:
     sites, region = what_to_scan(path, base, data)
     options = dict(data.get("run", {}))
     site, scan, review = run_options(path, base, options)
+    check_apart(path, base / output.dir, [*sites, *([region.path] if region else [])])
     return BatchConfig(path=path, sites=sites, region=region, catalog=base / imagery.catalog,
                        before=tuple(dates.before), after=tuple(dates.after), out=base / output.dir,
                        site=site, scan=scan, review=review, tolerance_days=dates.tolerance_days,

@@ -351,6 +351,7 @@ BASE = ("[sites]\npaths=['s.geojson']\n[imagery]\ncatalog='c'\n[dates]\nbefore=[
     (BASE.replace("catalog='c'", "catalog='c'\nmax_cloud=true"), "[imagery] max_cloud is True: give a finite number"),
     (BASE.replace("after=", "tolerance_days=1.5\nafter="), "[dates] tolerance_days is 1.5: give a whole number"),
     ("[sites\n", "is not valid TOML"),
+    (BASE.replace("dir='o'", "dir='.'"), "holds the input"),  # its sites.geojson would be overwritten
 ])
 def test_bad_configuration_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str,
                                                    message: str) -> None:

@@ -127,6 +127,13 @@ def raster_scene(path: Path, bands: tuple[Band, ...]) -> Scene:
 
 
 def stac_scenes(path: Path) -> list[Scene]:
+    """The scenes of a STAC JSON file's items (a Catalog's, a Collection's, an Item or an ItemCollection)."""
+    scenes = [item_scene(item, base=path.parent) for item in stac_items(path)]
+    return [s for s in scenes if s is not None]
+
+
+def stac_items(path: Path) -> list[Any]:
+    """The items of a STAC JSON file: a Catalog's or Collection's (walked), an Item, an ItemCollection's."""
     import pystac
 
     try:
@@ -145,8 +152,7 @@ def stac_scenes(path: Path) -> list[Scene]:
     except (OSError, ValueError, KeyError, TypeError, pystac.STACError) as exc:
         raise InputError(f"{path} is not a STAC catalog, collection, item or ItemCollection ({first_line(exc)}): "
                          "give a folder of rasters or a STAC JSON file") from None
-    scenes = [item_scene(item, base=path.parent) for item in items]
-    return [s for s in scenes if s is not None]
+    return items
 
 
 def item_scene(item: Any, *, base: Path | None = None) -> Scene | None:

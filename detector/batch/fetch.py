@@ -31,7 +31,7 @@ from rasterio.warp import transform_geom
 from rasterio.windows import Window, from_bounds
 
 from detector.bands import ALIASES, KNOWN
-from detector.batch.catalog import Scene, item_scene
+from detector.batch.catalog import Scene, item_scene, stac_items
 from detector.batch.config import BatchConfig
 from detector.batch.pairing import covering
 from detector.batch.store import safe_name
@@ -88,8 +88,25 @@ def fetch_bands(bands: tuple[str, ...], margin_m: float) -> tuple[str, ...]:
     return names
 
 
+class ItemFile:
+    """The items of a local STAC Item or ItemCollection file (:func:`detector.batch.catalog.stac_items`), walked
+    as a static catalog is."""
+
+    def __init__(self, path: Path) -> None:
+        self.items = stac_items(path)
+
+    def conforms_to(self, _: object) -> bool:
+        """No API: nothing to search, the items are walked."""
+        return False
+
+    def get_items(self, recursive: bool = True) -> Iterator[Any]:
+        """Every item of the file."""
+        return iter(self.items)
+
+
 def open_stac(stac: str) -> Any:
-    """A pystac-client Client of a STAC API or a static catalog; anything else is one line."""
+    """A pystac-client Client of a STAC API or a static catalog, an :class:`ItemFile` of a local Item or
+    ItemCollection file; anything else is one line."""
     import pystac
     from pystac_client import Client
     from pystac_client.errors import ClientTypeError
@@ -100,11 +117,17 @@ def open_stac(stac: str) -> Any:
             warnings.simplefilter("ignore")  # a static catalog has no conformance classes: that is expected
             return Client.open(stac)
     except (ClientTypeError, pystac.STACTypeError) as exc:
-        raise InputError(f"{stac} is no STAC API or catalog ({first_line(exc, limit=200)}): fetch searches an API "
-                         "or walks a catalog; a STAC Item or ItemCollection file is read by `detector batch` "
-                         "directly as its [imagery] catalog") from None
+        if Path(stac).is_file():
+            return ItemFile(Path(stac))
+        raise InputError(f"{stac} is no STAC API or catalog ({first_line(exc, limit=200)}): give a STAC API, a "
+                         "static catalog, or a local Item or ItemCollection file") from None
     except (APIError, OSError, ValueError, KeyError, TypeError, pystac.STACError) as exc:
         raise InputError(f"could not open the STAC catalog {stac}: {why_not(exc)}") from None
+
+
+def local_base(stac: str) -> Path | None:
+    """The folder that relative asset addresses of a local STAC file start from (None for an http address)."""
+    return Path(stac).resolve().parent if Path(stac).is_file() else None
 
 
 def search(config: BatchConfig, sites: gpd.GeoDataFrame, stac: str, collections: list[str] | None,
@@ -115,7 +138,7 @@ def search(config: BatchConfig, sites: gpd.GeoDataFrame, stac: str, collections:
         start, end = widen(window, config.tolerance_days)
         for bbox in group_bounds(sites):
             for item in items(client, collections, bbox, start, end):
-                scene = item_scene(item)
+                scene = item_scene(item, base=local_base(stac))
                 if scene is not None:
                     kept = tuple(b for b in scene.bands if b.name in bands)
                     if any(b.name not in MASKS for b in kept):

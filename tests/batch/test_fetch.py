@@ -97,6 +97,22 @@ def test_fetch_downloads_only_windows_then_batch_scores_them(tmp_path: Path, ser
     assert sites.loc["quiet", "before_scene"].startswith("2017-06-20")
 
 
+def test_fetch_reads_a_local_item_collection_as_it_walks_a_catalog(tmp_path: Path, server: tuple[str, Path, Path],
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Search results saved as an ItemCollection file (what a STAC browser exports), assets over http."""
+    import pystac
+
+    url, root, _ = server
+    config = make_catalog(tmp_path / "batch")
+    publish(config.parent / "scenes", root, url)
+    items = list(pystac.Catalog.from_file(str(root / "stac" / "catalog.json")).get_items(recursive=True))
+    saved = tmp_path / "search.json"
+    pystac.ItemCollection(items).save_object(dest_href=str(saved))
+    config.write_text(config.read_text().replace('catalog = "scenes/"', 'catalog = "fetched/"'))
+    assert main(["fetch", str(config), "--stac", str(saved)]) == 0
+    assert "3 items over the sites; 9 windows: 9 written, 0 already there" in capsys.readouterr().out
+
+
 def test_fetch_from_an_unreachable_catalog_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = make_catalog(tmp_path / "batch")
     assert main(["fetch", str(config), "--stac", "http://127.0.0.1:9/catalog.json"]) == 2

@@ -84,7 +84,7 @@ def read_site_files(paths: list[Path], *, buffer_m: float = 500.0, id_col: str |
 
 def _read_vector(path: Path) -> gpd.GeoDataFrame:
     try:
-        frame = gpd.read_file(path)
+        frame = gpd.read_file(path, layer=_layer(path))
     except Exception as exc:  # pyogrio raises several unrelated types
         what = ("a folder GDAL cannot read as one vector dataset: give the site file in it (a .shp, .gpkg or "
                 ".geojson)" if path.is_dir() else "not a vector file GDAL can read")
@@ -97,6 +97,23 @@ def _read_vector(path: Path) -> gpd.GeoDataFrame:
     if frame.crs is None:
         raise InputError(f"{path} has no coordinate reference system: add a .prj or save it with a CRS")
     return frame
+
+
+def _layer(path: Path) -> str | None:
+    """The layer to read: the only one, or ``sites`` (a batch's ``sites.gpkg``); a source of several layers
+    without one named so is refused, naming them (GDAL would quietly read the first)."""
+    import pyogrio
+
+    try:
+        layers = [str(name) for name, _ in pyogrio.list_layers(path)]
+    except Exception:  # not a vector source: read_file says so in its own words
+        return None
+    if len(layers) <= 1:
+        return None
+    if "sites" in layers:
+        return "sites"
+    raise InputError(f"{path} holds {len(layers)} layers ({', '.join(layers[:5])}): give a file of one layer "
+                     "(export the one of the sites), or name it sites")
 
 
 def _read_csv(path: Path, lon_col: str | None, lat_col: str | None) -> gpd.GeoDataFrame:

@@ -34,9 +34,9 @@ def atomic(path: Path, *, suffix: str = "") -> Iterator[Path]:
 
 
 def absolute(path: Path) -> Path:
-    """``path`` from the root, ``.`` and ``..`` resolved (links kept): a result folder has a name and a parent
-    to write beside it, also when it is given as ``.``."""
-    return Path(os.path.abspath(path))
+    """``path`` from the root, ``.``, ``..`` and links resolved: a result folder has a name and a parent to write
+    beside it, also when it is given as ``.``, and a link to a folder stays a link to the new results."""
+    return Path(os.path.realpath(path))
 
 
 def remove(path: Path) -> None:

@@ -83,7 +83,7 @@ def run(config: RunConfig, *, progress: Progress | None = None, command: list[st
     model = load_model(scan, names, factor=grid_factor(scan, grid))
     verdicts = earlier_reviews(config.out, review.reviews)
     labelled = read_labels(review.labels) if review.labels else None
-    check_labelled(review, zones.frame["site_id"], labelled, verdicts)
+    check_labelled(review, zones.frame["site_id"], labelled, verdicts=verdicts is not None)
     clock["plan_s"] = time.perf_counter() - start
     with ThreadPoolExecutor(max_workers=2) as side, NewFolder(config.out) as staging:
         before, after = detected_clouds(config, (before, after), grid, staging)

@@ -182,16 +182,16 @@ def apply_budget(review: ReviewOptions, rule: ScoreRule, sites: gpd.GeoDataFrame
     return out, {"value": value, "rule": rule.describe(value), **note}
 
 
-def check_labelled(review: ReviewOptions, site_ids: pd.Series, labelled: pd.Series | None,
-                   verdicts: gpd.GeoDataFrame | None) -> None:
+def check_labelled(review: ReviewOptions, site_ids: pd.Series, labelled: pd.Series | None, *,
+                   verdicts: bool) -> None:
     """Refuse ``target_precision`` before any scoring where no site can be labelled: ``labels`` that name none of
-    the sites, or no labels and no earlier verdicts to carry over (:func:`threshold_for_target` needs some)."""
+    the sites, or no labels and no earlier ``verdicts`` to carry over (:func:`threshold_for_target` needs some)."""
     if review.target_precision is None:
         return
     if labelled is not None and not np.isfinite(site_ids.astype(str).map(labelled).to_numpy(dtype=float)).any():
         raise InputError(f"--labels {review.labels} labels none of the {len(site_ids)} sites of this run (by "
                          "site_id): give the labels of these sites, or review them first")
-    if labelled is None and verdicts is None:
+    if labelled is None and not verdicts:
         raise InputError("--target-precision needs labelled sites: give --labels, or review the sites.geojson of "
                          "an earlier run in --out (or --reviews) first")
 

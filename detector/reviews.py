@@ -134,7 +134,7 @@ def site_labels(sites: pd.DataFrame, path: Path) -> np.ndarray:
     words = sites[column].astype(str).str.strip().str.lower()
     odd = np.flatnonzero(np.isnan(found) & sites[column].notna().to_numpy() & ~words.isin(UNKNOWN).to_numpy())
     if odd.size:
-        raise InputError(f"{path} row {int(odd[0]) + 1} has {column} {sites[column].iloc[odd[0]]!r}: give 1 or 0 "
+        raise InputError(f"{path} row {int(odd[0]) + 1} has {column} '{sites[column].iloc[odd[0]]}': give 1 or 0 "
                          "(or yes / no, changed / unchanged, confirmed / rejected), or leave it empty where "
                          "unknown")
     return found

@@ -170,3 +170,22 @@ def test_longitudes_past_180_are_degrees_and_projected_numbers_are_refused(tmp_p
     metres.write_text(json.dumps(collection(ring)))
     with pytest.raises(InputError, match=r"metres.geojson row 1 lies at x=500000 in EPSG:4326"):
         read_sites(metres)
+
+
+def test_a_source_of_several_layers_reads_its_sites_layer_or_is_refused(tmp_path: Path) -> None:
+    import geopandas as gpd
+    from shapely.geometry import Point
+
+    from aoi.sites import read_sites
+    from detector.errors import InputError
+
+    frame = gpd.GeoDataFrame({"name": ["a"]}, geometry=[Point(88.3, 43.4)], crs=4326)
+    two = tmp_path / "two.gpkg"
+    frame.to_file(two, layer="other")
+    frame.assign(name=["b"]).to_file(two, layer="sites")
+    assert read_sites(two)["name"].tolist() == ["b"]  # a batch's sites.gpkg: its sites layer
+    neither = tmp_path / "neither.gpkg"
+    frame.to_file(neither, layer="roads")
+    frame.to_file(neither, layer="camps")
+    with pytest.raises(InputError, match=r"neither.gpkg holds 2 layers \(roads, camps\)"):
+        read_sites(neither)

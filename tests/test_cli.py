@@ -305,6 +305,17 @@ def test_a_folder_gdal_reads_as_one_dataset_is_sites_and_its_files_are_hashed(sc
     assert gpd.read_file(out / "sites.geojson").set_index("site_id").loc["compound", "flagged"]
 
 
+def test_an_output_that_is_a_link_stays_a_link_to_the_new_results(scene: Scene, tmp_path: Path) -> None:
+    target, link = tmp_path / "target", tmp_path / "link"
+    target.mkdir()
+    link.symlink_to(target)
+    for _ in range(2):
+        assert run_cli("-q", "run", "--before", scene.before, "--after", scene.after, "--sites", scene.sites,
+                       "--out", link, "--overwrite", "--method", "classical") == 0
+    assert link.is_symlink() and (link / "run.json").is_file() and (target / "run.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "target"]
+
+
 def test_an_option_of_the_wrong_type_is_one_line(capsys) -> None:
     with pytest.raises(SystemExit) as stop:
         run_cli("run", "--before", "a.tif", "--after", "b.tif", "--out", "o", "--buffer-m", "abc")

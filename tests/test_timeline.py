@@ -168,6 +168,11 @@ def test_a_catalog_of_one_date_and_undated_files_are_one_line(catalog: Path, tmp
     assert main([*args, str(one)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "1 date" in err and not out.exists()
+    (one / "S2_2017-05-01.tif").write_bytes((catalog / "scenes" / "S2_2017-05-01.tif").read_bytes())
+    assert main([*args, str(one)]) == 2  # two dates: every site would be insufficient_data
+    err = capsys.readouterr().err.strip()
+    assert "2 dates" in err and "needs at least 3 dated scenes" in err and not out.exists()
+    (one / "S2_2017-05-01.tif").unlink()
     (one / "scene.tif").write_bytes((catalog / "scenes" / "S2_2017-05-01.tif").read_bytes())
     assert main([*args, str(one)]) == 2
     assert "has no date in its name" in capsys.readouterr().err and not out.exists()

@@ -149,7 +149,7 @@ def stac_items(path: Path) -> list[Any]:
                 items = list(stac.get_items(recursive=True))
             else:
                 raise ValueError(f"a STAC {type(stac).__name__}")
-    except (OSError, ValueError, KeyError, TypeError, pystac.STACError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, pystac.STACError, pystac.STACTypeError) as exc:
         raise InputError(f"{path} is not a STAC catalog, collection, item or ItemCollection ({first_line(exc)}): "
                          "give a folder of rasters or a STAC JSON file") from None
     return items

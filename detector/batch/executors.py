@@ -113,25 +113,34 @@ def _wait_dask(running: dict[Any, Any]) -> list[Any]:
     return list(finished)
 
 
-def check_address(address: str) -> None:
-    """Refuse a ``--dask`` value that is neither ``local:N`` nor an address a Dask client can reach
-    (``[tcp://]HOST:PORT``, ``tls://``, ``ws://``..., IPv6 in brackets), before any work starts."""
+def check_address(address: str, *, reach: bool = False) -> None:
+    """Refuse a ``--dask`` value that is neither ``local:N`` nor an address a Dask client can take
+    (``[tcp://]HOST:PORT``, ``tls://``, ``ws://``..., IPv6 in brackets), before any work starts; with ``reach``,
+    also a scheduler that cannot be reached (the client connects once and closes)."""
     if address.startswith("local:"):
         _local_workers(address)
         return
+    from distributed.comm import registry
     from distributed.comm.addressing import parse_address, parse_host_port
 
     try:
-        parse_host_port(parse_address(address)[1])
+        scheme, location = parse_address(address)
+        _, port = parse_host_port(location)
+        if scheme not in registry.backends or not 0 < int(port) < 65536:
+            raise ValueError(f"scheme {scheme}:// of {sorted(registry.backends)}, port {port} of 1-65535")
     except ValueError as exc:
         raise InputError(f"--dask {address!r} is not a Dask address ({first_line(exc)}): give a scheduler "
                          "tcp://HOST:PORT (e.g. tcp://10.0.0.5:8786), or local:N for a LocalCluster of N "
                          "workers") from None
+    if reach:
+        from distributed import Client
+
+        _connect(Client, address).close()
 
 
 def _local_workers(address: str) -> int:
     count = address.removeprefix("local:")
-    if not count.isdigit() or int(count) < 1:
+    if not count.isdecimal() or not count.isascii() or int(count) < 1:
         raise InputError(f"--dask {address}: give local:N with N >= 1 workers, or a scheduler tcp://host:8786")
     return int(count)
 
@@ -139,8 +148,8 @@ def _local_workers(address: str) -> int:
 def _connect(client_type: Any, address: str) -> Any:
     try:
         return client_type(address, timeout="10s")
-    except (OSError, TimeoutError, ValueError) as exc:
-        raise InputError(f"could not reach the Dask scheduler at {address} ({exc}): start it with "
+    except Exception as exc:  # distributed raises many kinds (OSError, TypeError for TLS...)
+        raise InputError(f"could not reach the Dask scheduler at {address} ({first_line(exc)}): start it with "
                          "`dask scheduler` or give --dask local:N") from None
 
 

@@ -65,6 +65,9 @@ def fetch(config: BatchConfig, stac: str, *, collections: list[str] | None = Non
     sites = config.read_sites()
     scenes = {s.id: s for s in search(config, sites, stac, collections, bands)}
     jobs = plan_jobs(config, sites, list(scenes.values()), margin_m=margin_m)
+    if not jobs:
+        raise InputError(f"no item of {stac} covers a site in the date windows of {config.path} with the bands "
+                         f"{', '.join(bands)}: check the collections, the dates and the sites")
     todo = [j for j in jobs if not j.target.exists()]
     written = 0
     config.catalog.mkdir(parents=True, exist_ok=True)  # once the catalog was read: a refusal leaves no folder

@@ -36,6 +36,7 @@ from detector.results import (
     KEPT,
     apply_budget,
     candidate_results,
+    check_labelled,
     chosen_for_chips,
     earlier_reviews,
     split_verdicts,
@@ -57,11 +58,14 @@ def toml_key(key: str) -> str:
     return f"[run] {key}"
 
 
-def check_finish_inputs(config: BatchConfig) -> None:
-    """Read ``[run] reviews`` and ``labels`` once before any site runs, so a bad file stops the batch early."""
-    earlier_reviews(config.out, config.review.reviews)
-    if config.review.labels is not None:
-        read_labels(config.review.labels)
+def check_finish_inputs(config: BatchConfig, sites: gpd.GeoDataFrame) -> None:
+    """Read ``[run] reviews`` and ``labels`` once before any site runs, so a bad file stops the batch early; and
+    refuse a ``target_precision`` that no site's label could serve (:func:`detector.results.check_labelled`)."""
+    verdicts = earlier_reviews(config.out, config.review.reviews)
+    labelled = read_labels(config.review.labels) if config.review.labels is not None else None
+    if config.region is None:  # a region's cells are not known before they are scanned
+        check_labelled(config.review, sites["site_id"], labelled,
+                       verdicts=verdicts is not None or (config.out / "sites.gpkg").exists())
 
 
 @dataclass(frozen=True, slots=True)

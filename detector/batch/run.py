@@ -39,10 +39,10 @@ from detector.batch.finish import (
     finish_region,
     finish_sites,
 )
-from detector.batch.store import Outcome, ResultStore, folder_lock
+from detector.batch.store import LOCK, Outcome, ResultStore, folder_lock
 from detector.batch.tasks import PAIR_FIELDS, plan_tasks, score_site, worker_setup
 from detector.errors import InputError, first_line
-from detector.files import write_json, write_json_atomic
+from detector.files import TMP_GLOB, write_json, write_json_atomic
 from detector.methods import METHODS, check_model
 from detector.outputs import Staging, check_writable
 from detector.report import render
@@ -89,7 +89,9 @@ def run_batch(config: BatchConfig, *, workers: int = 0, dask: str | None = None,
     check_model(config.scan)
     sites = config.read_sites() if config.region is None else config.read_region()
     scenes = read_catalog(config.catalog, bands=config.bands, key=f"{config.path.name}: [imagery] bands")
-    check_finish_inputs(config)
+    check_finish_inputs(config, sites)
+    if dask:
+        executors.check_address(dask, reach=True)  # before the folder is made
     run = Runner(workers=workers, dask=dask, progress=progress)
     with folder_lock(config.out):
         check_same_batch(config)
@@ -199,10 +201,18 @@ def report(config: BatchConfig, sites: gpd.GeoDataFrame, record: dict[str, Any],
 
 
 def refuse_run_results(config: BatchConfig) -> None:
-    """Refuse an output folder that holds the results of ``detector run``."""
-    if (config.out / "run.json").exists():
-        raise InputError(f"{config.out} holds the results of `detector run`: give another [output] dir in "
-                         f"{config.path}")
+    """Refuse an output folder that is not a batch's: the results of ``detector run``, or, with no
+    ``batch.json`` in it, any file at all (the user's own, a catalog's rasters): a batch writes its
+    ``sites.geojson``, ``report.html`` and more there."""
+    out = config.out
+    if (out / "run.json").exists():
+        raise InputError(f"{out} holds the results of `detector run`: give another [output] dir in {config.path}")
+    if out.is_dir() and not (out / "batch.json").exists():
+        found = [p.name for p in sorted(out.iterdir()) if p.name != LOCK and not p.match(TMP_GLOB)]
+        if found:
+            raise InputError(f"{out} holds files that are not a batch's ({', '.join(found[:3])}"
+                             f"{' …' if len(found) > 3 else ''}): give a new or empty [output] dir in {config.path}, "
+                             "or the folder of an earlier batch to resume it")
 
 
 def check_same_batch(config: BatchConfig) -> None:

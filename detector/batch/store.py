@@ -222,13 +222,16 @@ def _sql_value(value: object) -> object:
     return value.item() if isinstance(value, np.generic) else value
 
 
+LOCK = ".batch.lock"
+
+
 @contextmanager
 def folder_lock(out: Path) -> Iterator[None]:
     """One batch at a time per output folder (an exclusive lock on ``out/.batch.lock``)."""
     import fcntl
 
     out.mkdir(parents=True, exist_ok=True)
-    with (out / ".batch.lock").open("a") as handle:
+    with (out / LOCK).open("a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

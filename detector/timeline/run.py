@@ -95,6 +95,8 @@ def timeline(config: TimelineConfig, *, workers: int = 1, dask: str | None = Non
     if not any(task.scenes for task in tasks):
         raise InputError(f"none of the {len(sites)} sites lies in a scene of the catalog {config.catalog}: "
                          "check that its scenes cover the sites (and the sites' coordinates)")
+    if dask:
+        executors.check_address(dask, reach=True)  # before the state folder is made
     store = SiteStore(config.out, fingerprint(config, sites, scenes))
     tasks = [task for task in tasks if task.site_id not in store.done]
     run = (executors.dask(site_task, tasks, address=dask, initializer=worker_setup) if dask else
@@ -133,10 +135,11 @@ def catalog_scenes(config: TimelineConfig) -> list[Scene]:
     if config.dates is not None:
         scenes = [s for s in scenes if config.dates[0] <= s.date <= config.dates[1]]
     dates = {s.date for s in scenes}
-    if len(dates) < 2:
+    least = config.rule.kind.min_dates  # under it every site is insufficient_data
+    if len(dates) < least:
         within = f" between {config.dates[0]} and {config.dates[1]}" if config.dates else ""
-        raise InputError(f"{config.catalog} holds scenes of {len(dates)} date{within}: a timeline needs several "
-                         "dated scenes (YYYY-MM-DD in each name)")
+        raise InputError(f"{config.catalog} holds scenes of {len(dates)} date{'' if len(dates) == 1 else 's'}"
+                         f"{within}: a timeline needs at least {least} dated scenes (YYYY-MM-DD in each name)")
     return scenes
 
 

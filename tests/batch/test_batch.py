@@ -407,6 +407,7 @@ def test_a_folder_refused_is_left_as_it_was(small: Path, tmp_path: Path, capsys:
     base = (small.read_text().replace('method = "classical"', 'method = "fused"')
             .replace('dir = "results/"', 'dir = "elsewhere/"'))
     cases = {"holds the results of `detector run`": ('dir = "elsewhere/"', f'dir = "{run_out}"'),
+             "holds files that are not a batch's (S2_2017-03-02.tif": ('dir = "elsewhere/"', 'dir = "scenes/"'),
              "is refused: it is not a model file of ours": ("[run]", f'[run]\nmodel = "{scene.before}"'),
              "is a file: give a folder": ('dir = "elsewhere/"', f'dir = "{scene.before}"')}
     for message, (old, new) in cases.items():
@@ -423,6 +424,23 @@ def test_a_folder_refused_is_left_as_it_was(small: Path, tmp_path: Path, capsys:
         assert batch(small, "--dask", address) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and f"--dask '{address}' is not a Dask address" in err
+    unreachable = small.parent / "unreachable.toml"  # a right address no scheduler answers: no folder made
+    unreachable.write_text(base)
+    assert batch(unreachable, "--dask", "tcp://127.0.0.1:9") == 2
+    assert "could not reach the Dask scheduler" in capsys.readouterr().err
+    assert not (small.parent / "elsewhere").exists()
+    labels = small.parent / "strangers.geojson"  # target_precision with labels of no site: before any scoring
+    labels.write_text(json.dumps({"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {
+        "site_id": "nobody", "label": 1}, "geometry": {"type": "Point", "coordinates": [0.0, 0.0]}}]}))
+    strangers = small.parent / "strangers.toml"
+    strangers.write_text(base.replace("[run]", f'[run]\ntarget_precision = 0.9\nlabels = "{labels}"'))
+    assert batch(strangers) == 2
+    assert "labels none of the" in capsys.readouterr().err and not (small.parent / "elsewhere").exists()
+    not_stac = small.parent / "not_stac.toml"  # the sites file where the catalog goes
+    not_stac.write_text(base.replace('catalog = "scenes/"', 'catalog = "sites.geojson"'))
+    assert batch(not_stac) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not a STAC catalog" in err
 
 
 def aspi_batch(folder: Path, *site_files: Path) -> Path:
@@ -480,6 +498,8 @@ def test_two_real_site_lists_whose_columns_differ_only_in_case(tmp_path: Path,
 def test_a_sites_gpkg_that_is_not_ours_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = make_catalog(tmp_path / "b", grid=1)
     (config.parent / "results").mkdir()
+    (config.parent / "results" / "batch.json").write_text(json.dumps(  # a batch's folder, its table damaged
+        {"config": read_config_json(config), "fusion": None, "complete": False}))
     (config.parent / "results" / "sites.gpkg").write_text("not a database")
     assert batch(config, "--workers", "1") == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -74,10 +74,20 @@ def test_every_address_a_dask_client_takes_passes_the_check(address: str) -> Non
     check_address(address)
 
 
-@pytest.mark.parametrize("address", ["nope", "tcp://", "tcp://host:port", "tcp://::1:8786", "local:0"])
+@pytest.mark.parametrize("address", ["nope", "tcp://", "tcp://host:port", "tcp://::1:8786", "local:0", "local:\u00b2",
+                                     "foo://host:1", "localhost:99999"])
 def test_an_address_no_client_can_reach_is_refused(address: str) -> None:
     from detector.batch.executors import check_address
     from detector.errors import InputError
 
     with pytest.raises(InputError, match="--dask"):
         check_address(address)
+
+
+def test_a_scheduler_that_cannot_be_reached_is_refused_when_asked_to_reach_it() -> None:
+    from detector.batch.executors import check_address
+    from detector.errors import InputError
+
+    check_address("tcp://127.0.0.1:9")  # the form is right
+    with pytest.raises(InputError, match=r"could not reach the Dask scheduler at tcp://127\.0\.0\.1:9"):
+        check_address("tcp://127.0.0.1:9", reach=True)

@@ -113,6 +113,19 @@ def test_fetch_reads_a_local_item_collection_as_it_walks_a_catalog(tmp_path: Pat
     assert "3 items over the sites; 9 windows: 9 written, 0 already there" in capsys.readouterr().out
 
 
+def test_fetch_that_finds_nothing_is_one_line_and_makes_no_folder(tmp_path: Path, server: tuple[str, Path, Path],
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    url, root, _ = server
+    config = make_catalog(tmp_path / "batch")
+    publish(config.parent / "scenes", root, url)
+    config.write_text(config.read_text().replace('catalog = "scenes/"', 'catalog = "fetched/"')
+                      .replace('"2017-01-01", "2017-06-30"', '"2010-01-01", "2010-06-30"')
+                      .replace('"2018-07-01", "2018-12-31"', '"2011-07-01", "2011-12-31"'))
+    assert main(["fetch", str(config), "--stac", f"{url}/stac/catalog.json"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no item of" in err and not (tmp_path / "batch" / "fetched").exists()
+
+
 def test_fetch_from_an_unreachable_catalog_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = make_catalog(tmp_path / "batch")
     assert main(["fetch", str(config), "--stac", "http://127.0.0.1:9/catalog.json"]) == 2

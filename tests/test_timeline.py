@@ -295,6 +295,8 @@ def test_a_batch_configuration_gives_its_timeline_beside_its_results(catalog: Pa
     assert sites.loc["new compound", "kind"] == "new" and sites.loc["new compound", "method"] == "classical"
     assert main(["-q", "timeline", str(config)]) == 0  # again: every site from the state, nothing run
     assert json.loads((out / "timeline.json").read_text())["counts"]["ran_this_time"] == 0
+    assert main(["-q", "batch", str(config), "--workers", "1"]) in (0, 1)  # its batch, after: the folder is its own
+    assert (tmp_path / "results" / "batch.json").is_file() and (out / "timeline.json").is_file()
 
 
 def test_the_timeline_opens_in_qgis_styled_by_kind_and_year(result: Path, tmp_path: Path) -> None:

@@ -200,6 +200,9 @@ def report(config: BatchConfig, sites: gpd.GeoDataFrame, record: dict[str, Any],
                   listed=listed)
 
 
+OWN_BEFORE_BATCH = (LOCK, "timeline", ".timeline.state")  # a folder a timeline of the configuration wrote first
+
+
 def refuse_run_results(config: BatchConfig) -> None:
     """Refuse an output folder that is not a batch's: the results of ``detector run``, or, with no
     ``batch.json`` in it, any file at all (the user's own, a catalog's rasters): a batch writes its
@@ -208,7 +211,7 @@ def refuse_run_results(config: BatchConfig) -> None:
     if (out / "run.json").exists():
         raise InputError(f"{out} holds the results of `detector run`: give another [output] dir in {config.path}")
     if out.is_dir() and not (out / "batch.json").exists():
-        found = [p.name for p in sorted(out.iterdir()) if p.name != LOCK and not p.match(TMP_GLOB)]
+        found = [p.name for p in sorted(out.iterdir()) if p.name not in OWN_BEFORE_BATCH and not p.match(TMP_GLOB)]
         if found:
             raise InputError(f"{out} holds files that are not a batch's ({', '.join(found[:3])}"
                              f"{' …' if len(found) > 3 else ''}): give a new or empty [output] dir in {config.path}, "

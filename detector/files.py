@@ -68,9 +68,10 @@ def file_record(path: Path) -> dict[str, Any]:
     """Path, size and SHA-256 of an input file; of a folder GDAL reads as one dataset (a File Geodatabase, a
     folder of shapefiles), its files' names and bytes in order of name, and their total size."""
     digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    folder = path.is_dir()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if folder else [path]
     for file in files:
-        if path.is_dir():
+        if folder:  # the names too: the same bytes under other names are another dataset
             digest.update(str(file.relative_to(path)).encode() + b"\0")
         with open(file, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 22), b""):

@@ -58,7 +58,9 @@ def fetch(config: BatchConfig, stac: str, *, collections: list[str] | None = Non
           bands: tuple[str, ...] = DEFAULT_BANDS, margin_m: float = 320.0, threads: int = 4,
           progress: FetchProgress | None = None) -> dict[str, int]:
     """Fetch the windows of every site of ``config`` into its catalog folder; return counts."""
-    bands = fetch_bands(bands, margin_m)
+    bands = fetch_bands(bands)
+    if not np.isfinite(margin_m) or margin_m < 0:
+        raise InputError(f"--margin-m is {margin_m}: give a distance in metres, 0 or more")
     if config.catalog.suffix.lower() == ".json":
         raise InputError(f"[imagery] catalog is {config.catalog}, a JSON file: fetch writes rasters into a folder; "
                          "give a folder as the catalog")
@@ -79,15 +81,13 @@ def fetch(config: BatchConfig, stac: str, *, collections: list[str] | None = Non
     return {"items": len(scenes), "windows": len(jobs), "written": written, "kept": len(jobs) - len(todo)}
 
 
-def fetch_bands(bands: tuple[str, ...], margin_m: float) -> tuple[str, ...]:
+def fetch_bands(bands: tuple[str, ...]) -> tuple[str, ...]:
     """The bands to fetch by their canonical names (``swir1``, ``RED`` as ``--bands`` takes them elsewhere);
-    names no scene can have, and a margin that is not a distance, are refused."""
+    names no scene can have are refused."""
     names = tuple(ALIASES.get(b.strip().lower(), b.strip().lower()) for b in bands)
     unknown = [b for b, n in zip(bands, names, strict=True) if n not in KNOWN]
     if unknown:
         raise InputError(f"--bands {' '.join(unknown)}: not a band name; give names among {', '.join(KNOWN)}")
-    if not np.isfinite(margin_m) or margin_m < 0:
-        raise InputError(f"--margin-m is {margin_m}: give a distance in metres, 0 or more")
     return names
 
 

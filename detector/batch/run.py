@@ -85,7 +85,7 @@ def run_batch(config: BatchConfig, *, workers: int = 0, dask: str | None = None,
     ``batch.json`` record."""
     start = time.perf_counter()
     check_writable(config.out, key=f"[output] dir in {config.path}", inside=True)
-    refuse_run_results(config)  # before the lock, whose file would stay in the folder refused
+    check_batch_folder(config)  # before the lock, whose file would stay in the folder refused
     check_model(config.scan)
     sites = config.read_sites() if config.region is None else config.read_region()
     scenes = read_catalog(config.catalog, bands=config.bands, key=f"{config.path.name}: [imagery] bands")
@@ -203,7 +203,7 @@ def report(config: BatchConfig, sites: gpd.GeoDataFrame, record: dict[str, Any],
 OWN_BEFORE_BATCH = (LOCK, "timeline", ".timeline.state")  # a folder a timeline of the configuration wrote first
 
 
-def refuse_run_results(config: BatchConfig) -> None:
+def check_batch_folder(config: BatchConfig) -> None:
     """Refuse an output folder that is not a batch's: the results of ``detector run``, or, with no
     ``batch.json`` in it, any file at all (the user's own, a catalog's rasters): a batch writes its
     ``sites.geojson``, ``report.html`` and more there."""
